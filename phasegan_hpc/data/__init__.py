@@ -1,0 +1,1 @@
+"""HDF5 readers and writers, training data sets (DESIGN.md §4)."""

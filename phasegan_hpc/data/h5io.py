@@ -1,0 +1,55 @@
+"""HDF5 conventions shared by every writer: compression, chunking, atomic publication.
+
+A file is written under a hidden temporary name and renamed into place only when complete, so a crash
+never leaves a file that looks finished (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin
+
+
+def compression() -> dict[str, Any]:
+    """Dataset keyword arguments for fast lossless compression: Blosc LZ4 with byte shuffle.
+
+    Readers need the filter registered, which ``import hdf5plugin`` does (a dependency of this package).
+    """
+    return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+
+
+def create_frames(
+    f: h5py.File, name: str, n: int, shape: tuple[int, int], *, units: str, description: str
+) -> h5py.Dataset:
+    """Create a float32 stack (n, H, W), one frame per chunk, compressed, with ``units`` attribute."""
+    ds = f.create_dataset(name, shape=(n, *shape), dtype="float32", chunks=(1, *shape), **compression())
+    ds.attrs["units"] = units
+    ds.attrs["description"] = description
+    return ds
+
+
+def partial_path(path: Path) -> Path:
+    """The hidden name a file is written under until it is complete."""
+    return path.with_name(f".{path.name}.partial")
+
+
+@contextmanager
+def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
+    """Open ``path``'s partial name for writing; on clean exit rename it to ``path``, on error delete it."""
+    path = Path(path)
+    tmp = partial_path(path)
+    f = h5py.File(tmp, "w")
+    try:
+        yield f
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    f.close()
+    os.replace(tmp, path)

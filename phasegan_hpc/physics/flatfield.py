@@ -1,0 +1,49 @@
+"""Flat/dark-field correction (DESIGN.md §3): (I - dark) / (flat - dark)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+def _mean_frame(frames: ArrayT, ndim_frame: int) -> ArrayT:
+    """Average a stack of reference frames down to one (H, W) frame; leave a single frame as it is."""
+    if frames.ndim == ndim_frame:
+        return frames
+    if isinstance(frames, torch.Tensor):
+        return frames.reshape(-1, *frames.shape[-2:]).double().mean(dim=0)
+    return np.asarray(frames, dtype=np.float64).reshape(-1, *frames.shape[-2:]).mean(axis=0)
+
+
+def flatfield_correct(frames: ArrayT, flats: ArrayT, darks: ArrayT, *, eps: float = 1e-6) -> ArrayT:
+    """Flat- and dark-field correct detector frames.
+
+    Args:
+        frames: raw frames (..., H, W), any real dtype (uint8/uint16/float), numpy or torch.
+        flats: flat fields (beam, no sample), (H, W) or a stack (..., H, W) that is averaged.
+        darks: dark fields (no beam), (H, W) or a stack (..., H, W) that is averaged.
+        eps: pixels whose flat - dark is <= eps (dead or saturated-dark pixels) get transmission 1.0
+            instead of a division by ~zero.
+
+    Returns:
+        float32 transmission (I - dark) / (flat - dark), shape of ``frames``, same array type.
+    """
+    flat = _mean_frame(flats, 2)
+    dark = _mean_frame(darks, 2)
+    if isinstance(frames, torch.Tensor):
+        flat = torch.as_tensor(flat, dtype=torch.float64, device=frames.device)
+        dark = torch.as_tensor(dark, dtype=torch.float64, device=frames.device)
+        denom = flat - dark
+        good = denom > eps
+        out = (frames.double() - dark) / torch.where(good, denom, torch.ones_like(denom))
+        return torch.where(good, out, torch.ones_like(out)).float()
+    flat = np.asarray(flat, dtype=np.float64)
+    dark = np.asarray(dark, dtype=np.float64)
+    denom = flat - dark
+    good = denom > eps
+    out = (np.asarray(frames, dtype=np.float64) - dark) / np.where(good, denom, 1.0)
+    return np.where(good, out, 1.0).astype(np.float32)
