@@ -1,0 +1,84 @@
+"""The installed `phasegan-hpc` console script: success paths and one-line errors that change nothing."""
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
+
+
+def run(*args, cwd=None):
+    assert EXE, "console script phasegan-hpc is not installed next to this Python"
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def snapshot(d: Path):
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_simulate_then_preview(tmp_path):
+    out = tmp_path / "data"
+    proc = run("simulate", out, "--train", 8, "--val", 4, "--size", 32, "--seed", 3, "--workers", 1)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out / "intensities.h5", "r") as f:
+        assert f["intensity"].shape == (8, 32, 32)
+    with h5py.File(out / "validation.h5", "r") as f:
+        assert f["phase"].shape == (4, 32, 32) and f.attrs["seed"] == 3
+    proc = run("preview", out, "--out", tmp_path / "p.png", "-n", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # An existing data set is not replaced without --overwrite, and nothing in it changes.
+    before = snapshot(out)
+    assert_one_line_error(run("simulate", out, "--train", 8, "--size", 32), "not empty", "--overwrite")
+    assert snapshot(out) == before
+    proc = run("simulate", out, "--train", 4, "--val", 2, "--size", 32, "--overwrite", "--workers", 1)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out / "objects.h5", "r") as f:
+        assert f["phase"].shape == (4, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "toml, needles",
+    [
+        ("[physics]\npixel_size = 1e-6\n", ["unknown key 'physics.pixel_size'", "bad.toml"]),
+        ("[physics]\npixel_size_m = -1e-6\n", ["pixel_size_m must be a positive number", "bad.toml"]),
+        ("[physics]\nwavelength_m = 0.0\n", ["wavelength_m must be a positive number"]),
+        ("[simulate]\nsize = 8\n", ["simulate.size must be >= 16"]),
+    ],
+)
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, toml, needles):
+    (tmp_path / "bad.toml").write_text(toml)
+    assert_one_line_error(run("simulate", tmp_path / "out", "--config", tmp_path / "bad.toml"), *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_options_and_paths(tmp_path):
+    assert_one_line_error(run("simulate", tmp_path / "out", "--size", 8), "simulate.size must be >= 16")
+    assert_one_line_error(run("simulate", tmp_path / "out", "--config", tmp_path / "none.toml"), "cannot read config")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(run("simulate", tmp_path / "afile"), "not a directory")
+    assert (tmp_path / "afile").read_text() == "x"
+    assert_one_line_error(run("preview", tmp_path / "empty"), "holds no data set")
+
+
+def test_help_lists_commands():
+    proc = run("--help")
+    assert proc.returncode == 0 and "simulate" in proc.stdout and "preview" in proc.stdout
+    assert run("--version").stdout.strip().startswith("phasegan-hpc")
