@@ -1,11 +1,15 @@
 # phasegan-hpc: `make test` and `make demo` do all set-up themselves, from a fresh clone.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 # Pinned: on a machine without CUDA this resolves to a CPU build (~2 GB venv); an unpinned torch pulls CUDA.
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.phasegan-installed
+PIP := $(PY) -m pip install --quiet
+# pip warns about every absent local index directory named in this machine's pip config: drop that noise.
+QUIET := 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; }
 DEMO_DIR ?= demo-out
 
 export RAY_AUTH_MODE ?= disabled
@@ -18,9 +22,9 @@ install: $(STAMP)
 # Re-run only when the venv is missing or broken, or pyproject.toml / this file changed.
 $(STAMP): pyproject.toml Makefile
 	@if ! $(PY) -c "import sys" >/dev/null 2>&1; then rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); fi
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,mpi]"
+	$(PIP) --upgrade pip $(QUIET)
+	$(PIP) "$(TORCH)" $(QUIET)
+	$(PIP) -e ".[dev,mpi]" $(QUIET)
 	@touch $@
 
 lint: install

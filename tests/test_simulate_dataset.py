@@ -162,6 +162,12 @@ def test_bad_basis_file_changes_nothing(tiny_config, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_no_validation_frames_gives_empty_paired_set(tiny_config, tmp_path):
+    simulate_dataset(tmp_path / "out", with_overrides(tiny_config, {"simulate.n_val": 0}))
+    with h5py.File(tmp_path / "out" / "validation.h5", "r") as f:
+        assert f["intensity"].shape == (0, 32, 32) and f["phase"].shape == (0, 32, 32)
+
+
 def test_default_config_is_the_paper_scale():
     cfg = load_config(None)
     assert (cfg.simulate.n_train, cfg.simulate.size) == (10000, 256)

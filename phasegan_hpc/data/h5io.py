@@ -27,8 +27,12 @@ def compression() -> dict[str, Any]:
 def create_frames(
     f: h5py.File, name: str, n: int, shape: tuple[int, int], *, units: str, description: str
 ) -> h5py.Dataset:
-    """Create a float32 stack (n, H, W), one frame per chunk, compressed, with ``units`` attribute."""
-    ds = f.create_dataset(name, shape=(n, *shape), dtype="float32", chunks=(1, *shape), **compression())
+    """Create a float32 stack (n, H, W), one frame per chunk, compressed, with ``units`` attribute.
+
+    The first axis is extendible (``maxshape`` None), which also allows an empty stack (n = 0).
+    """
+    ds = f.create_dataset(name, shape=(n, *shape), maxshape=(None, *shape), dtype="float32", chunks=(1, *shape),
+                          **compression())
     ds.attrs["units"] = units
     ds.attrs["description"] = description
     return ds

@@ -71,7 +71,8 @@ def synthetic_flats(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
             blobs = blobs - rng.uniform(-0.08, 0.15) * np.exp(-((y - by) ** 2 + (x - bx) ** 2) / (2 * s * s))
         drift = rng.normal(1.0, 0.05)
         flats[i] = drift * beam * stripes * blobs
-    return flats / flats.mean()
+    flats /= flats.mean()
+    return flats
 
 
 def pca_basis(flats: np.ndarray, n_components: int) -> FlatfieldBasis:
@@ -84,16 +85,20 @@ def pca_basis(flats: np.ndarray, n_components: int) -> FlatfieldBasis:
     Returns:
         The :class:`FlatfieldBasis`; coefficient spreads are the singular values / sqrt(n - 1).
     """
-    flats = np.asarray(flats, dtype=np.float64)
-    if flats.ndim != 3 or flats.shape[0] < max(2, n_components):
+    flats = np.array(flats, dtype=np.float64)  # a private copy, centred in place below
+    n = len(flats)
+    if flats.ndim != 3 or n < max(2, n_components):
         raise DataError(f"need a stack (n, H, W) of at least {max(2, n_components)} flats, got {flats.shape}")
-    flats = flats / flats.mean()
+    flats /= flats.mean()
     mean = flats.mean(axis=0)
-    centred = (flats - mean).reshape(len(flats), -1)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    k = n_components
-    return FlatfieldBasis(mean, vt[:k].reshape(k, *mean.shape), s[:k] / np.sqrt(len(flats) - 1))
-
+    flats -= mean
+    x = flats.reshape(n, -1)
+    # PCA through the small (n, n) Gram matrix: x = U S V^T, x x^T = U S^2 U^T, V_k^T = U_k^T x / S_k.
+    evals, evecs = np.linalg.eigh(x @ x.T)
+    top = np.argsort(evals)[::-1][:n_components]
+    s = np.sqrt(np.maximum(evals[top], 0.0))
+    comps = (evecs[:, top].T @ x) / np.maximum(s, 1e-300)[:, None]
+    return FlatfieldBasis(mean, comps.reshape(n_components, *mean.shape), s / np.sqrt(n - 1))
 
 def save_basis(path: str | Path, basis: FlatfieldBasis) -> None:
     """Write a basis to HDF5 (``/mean``, ``/components``, ``/std``) for ``[flatfield] basis_file``."""
