@@ -6,6 +6,7 @@ VENV ?= .venv
 # Pinned: on a machine without CUDA this resolves to a CPU build (~2 GB venv); an unpinned torch pulls CUDA.
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/phasegan-hpc
 STAMP := $(VENV)/.phasegan-installed
 PIP := $(PY) -m pip install --quiet
 # pip warns about every absent local index directory named in this machine's pip config: drop that noise.
@@ -33,10 +34,15 @@ lint: install
 test: install lint
 	$(PY) -m pytest
 
+# Simulate a small data set, train PhaseGAN briefly on it, score it next to Paganin, write figures.
 demo: install
-	$(VENV)/bin/phasegan-hpc simulate $(DEMO_DIR)/data --train 64 --val 16 --size 64 --overwrite
-	$(VENV)/bin/phasegan-hpc preview $(DEMO_DIR)/data --out $(DEMO_DIR)/preview.png
-	@echo "demo finished: see $(DEMO_DIR)/preview.png"
+	$(CLI) simulate $(DEMO_DIR)/data --config configs/tiny.toml --overwrite
+	$(CLI) preview $(DEMO_DIR)/data --out $(DEMO_DIR)/preview.png
+	rm -rf $(DEMO_DIR)/runs
+	$(CLI) train --config configs/tiny.toml --data $(DEMO_DIR)/data --runs-dir $(DEMO_DIR)/runs --name tiny
+	$(CLI) evaluate --model $(DEMO_DIR)/runs/latest/model.pt --data $(DEMO_DIR)/data/validation.h5 \
+		--baseline paganin --json $(DEMO_DIR)/evaluate.json
+	@echo "demo finished: $(DEMO_DIR)/preview.png, $(DEMO_DIR)/runs/tiny/figures/, $(DEMO_DIR)/evaluate.json"
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

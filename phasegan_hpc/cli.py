@@ -30,25 +30,28 @@ def cli() -> None:
               help="TOML config (default: built-in paper §3 values, as in configs/synthetic.toml).")
 @click.option("--train", "n_train", type=int, default=None, help="Objects and detector frames (each).")
 @click.option("--val", "n_val", type=int, default=None, help="Paired validation frames.")
+@click.option("--paired", "n_paired", type=int, default=None,
+              help="Paired training frames (paired.h5) for the paired / pix2pix baselines.")
 @click.option("--size", type=int, default=None, help="Frame side in pixels (>= 16).")
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @click.option("--workers", type=int, default=None, help="Processes (default: one per CPU core).")
 @click.option("--overwrite", is_flag=True, help="Replace the data set in a non-empty OUT_DIR.")
 def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val: int | None,
-             size: int | None, seed: int | None, workers: int | None, overwrite: bool) -> None:
+             n_paired: int | None, size: int | None, seed: int | None, workers: int | None, overwrite: bool) -> None:
     """Simulate the synthetic data set of paper §3 into OUT_DIR.
 
-    Writes objects.h5 and intensities.h5 (unpaired: independent draws) and validation.h5 (paired).
+    Writes objects.h5 and intensities.h5 (unpaired: independent draws), validation.h5 (paired) and,
+    with --paired N, paired.h5 (a paired training set for the baselines).
     """
     from phasegan_hpc.config import load_config, with_overrides
     from phasegan_hpc.simulate import simulate_dataset
     from phasegan_hpc.ui import progress_bar
 
     cfg = with_overrides(load_config(config_path), {
-        "simulate.n_train": n_train, "simulate.n_val": n_val, "simulate.size": size,
+        "simulate.n_train": n_train, "simulate.n_val": n_val, "simulate.n_paired": n_paired, "simulate.size": size,
         "simulate.seed": seed, "simulate.workers": workers,
     })
-    total = 2 * cfg.simulate.n_train + cfg.simulate.n_val
+    total = 2 * cfg.simulate.n_train + cfg.simulate.n_val + cfg.simulate.n_paired
     with progress_bar(total, f"simulating {total} frames") as advance:
         paths = simulate_dataset(out_dir, cfg, overwrite=overwrite, progress=advance)
     _err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -65,6 +68,77 @@ def preview(data_dir: Path, out_png: Path | None, n: int) -> None:
 
     path = preview_dataset(data_dir, out_png or data_dir / "preview.png", n=n)
     _err.print(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="TOML config (default: built-in paper §3 values, as in configs/synthetic.toml).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data directory from `phasegan-hpc simulate` (default: [train] data_dir).")
+@click.option("--method", type=click.Choice(["phasegan", "cyclegan", "pix2pix", "paired"]), default=None,
+              help="Training method (default: [train] method, phasegan).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: [train] epochs).")
+@click.option("--name", default=None, help="Run name: results in RUNS_DIR/NAME; the same name resumes.")
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=None, help="Default: [train] runs_dir.")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (resume later).")
+def train(config_path: Path | None, data_dir: Path | None, method: str | None, epochs: int | None,
+          name: str | None, runs_dir: Path | None, max_steps: int | None) -> None:
+    """Train PhaseGAN (or a baseline) in this process; rerunning the same --name resumes."""
+    from phasegan_hpc.config import load_config, with_overrides
+    from phasegan_hpc.train.local import train_local
+    from phasegan_hpc.ui import training_progress
+
+    cfg = with_overrides(load_config(config_path), {
+        "train.data_dir": None if data_dir is None else str(data_dir), "train.method": method,
+        "train.epochs": epochs, "train.name": name, "train.max_steps": max_steps,
+        "train.runs_dir": None if runs_dir is None else str(runs_dir),
+    })
+    with training_progress(f"{cfg.train.method} {cfg.train.name}") as update:
+        result = train_local(cfg, progress=update)
+    done = result.get("model_path")
+    _err.print(f"wrote {done}" if done else f"stopped at step {result.get('step')}; rerun to resume")
+
+
+@cli.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="model.pt to evaluate (omit to score baselines only).")
+@click.option("--data", "validation", type=click.Path(path_type=Path), required=True,
+              help="Paired validation file (validation.h5).")
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["paganin"]),
+              help="Classical baseline to score too (repeatable).")
+@click.option("--frames", type=int, default=0, help="Score only the first N frames (default: all).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
+def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ...], frames: int,
+             json_path: Path | None) -> None:
+    """Table of L2, DSSIM and FRCM (mean ± std) for phase and attenuation (paper Table 1)."""
+    import json
+
+    from phasegan_hpc.evaluate import evaluate as run_evaluation
+    from phasegan_hpc.ui import metrics_table
+
+    rows = run_evaluation(model_path, validation, tuple(baselines), max_frames=frames)
+    Console().print(metrics_table(rows, f"{validation}"))
+    if json_path is not None:
+        json_path.write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["frc", "step"]))
+@click.option("--size", type=int, default=256, show_default=True, help="Image side [px].")
+@click.option("--batch", type=int, default=16, show_default=True, help="Batch size.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repeats (median reported).")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
+def bench(name: str, size: int, batch: int, repeats: int, device: str, json_path: Path | None) -> None:
+    """Run benchmark NAME: frc (vectorised FRC loss vs a per-ring loop) or step (training step per method)."""
+    import json
+
+    from phasegan_hpc.bench import benchmarks
+
+    result = benchmarks()[name](size=size, batch=batch, repeats=repeats, device=device)
+    Console().print_json(json.dumps(result))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main() -> None:

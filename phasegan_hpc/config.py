@@ -120,6 +120,7 @@ class SimulateConfig:
     size: int = 256
     n_train: int = 10000
     n_val: int = 1000
+    n_paired: int = 0  # paired.h5: a paired training set for the paired / pix2pix baselines
     seed: int = 0
     chunk_frames: int = 32
     workers: int = 0  # 0 = one per CPU core
@@ -127,10 +128,104 @@ class SimulateConfig:
     def __post_init__(self) -> None:
         _require(self.size >= optics.MIN_SIZE, "simulate.size", f"must be >= {optics.MIN_SIZE}")
         _require(self.n_train >= 1, "simulate.n_train", "must be >= 1")
-        _require(self.n_val >= 0, "simulate.n_val", "must be >= 0")
+        _require(self.n_val >= 0 and self.n_paired >= 0, "simulate.n_val", "n_val and n_paired must be >= 0")
         _require(self.seed >= 0, "simulate.seed", "must be >= 0")
         _require(self.chunk_frames >= 1, "simulate.chunk_frames", "must be >= 1")
         _require(self.workers >= 0, "simulate.workers", "must be >= 0")
+
+
+METHODS = ("phasegan", "cyclegan", "pix2pix", "paired")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Networks (Supplement 1): U-Net generators, PatchGAN discriminators.
+
+    ``base_filters`` = 32 is the paper's 22.9 M-parameter U-Net; ``disc_filters`` = 64 its 2.76 M PatchGAN.
+    ``encoder_weights``: a local file with an ImageNet VGG11 state_dict (torchvision layout) to initialise
+    G_O's encoder as the paper did. Never downloaded. ``init``: "normal" = N(0, 0.02) for all networks;
+    "kaiming" = He-normal generators (discriminators stay N(0, 0.02)): narrow CPU-sized U-Nets learn from
+    scratch only with it.
+    """
+
+    generator: str = "unet"
+    base_filters: int = 32
+    init: str = "normal"
+    discriminator: str = "patchgan"
+    disc_filters: int = 64
+    disc_norm: str = "batch"
+    encoder_weights: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.generator == "unet", "model.generator", "must be 'unet'")
+        _require(self.discriminator == "patchgan", "model.discriminator", "must be 'patchgan'")
+        _require(self.base_filters >= 1 and self.disc_filters >= 1, "model.base_filters", "must be >= 1")
+        _require(self.init in ("normal", "kaiming"), "model.init", "must be 'normal' or 'kaiming'")
+        _require(self.disc_norm in ("batch", "instance"), "model.disc_norm", "must be 'batch' or 'instance'")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights, paper eq. 1 and 6 (synthetic PhaseGAN: alpha_cyc 20, alpha_frc 10; pix2pix alpha_mse 100).
+
+    ``object_cycle_weight`` multiplies the first (object-cycle) terms of eq. 3 and 4: 2.5 for the paper's
+    CycleGAN baseline, 1 for PhaseGAN.
+    """
+
+    adversarial: str = "bce"
+    alpha_cyc: float = 20.0
+    alpha_frc: float = 10.0
+    alpha_mse: float = 100.0
+    object_cycle_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.adversarial in ("bce", "lsgan"), "loss.adversarial", "must be 'bce' or 'lsgan'")
+        for key in ("alpha_cyc", "alpha_frc", "alpha_mse", "object_cycle_weight"):
+            _require(getattr(self, key) >= 0, f"loss.{key}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training (paper §3: Adam, lr_G 2e-4, lr_D 1e-4, betas 0.5/0.999, batch 16, lr / 10 every 30 epochs,
+    70 epochs). Checkpoints every ``checkpoint_every`` steps and at every epoch end; ``max_steps`` > 0 stops
+    early (a later run with the same name resumes)."""
+
+    method: str = "phasegan"
+    data_dir: str = "data/synthetic"
+    runs_dir: str = "runs"
+    name: str = "synthetic"
+    epochs: int = 70
+    batch_size: int = 16
+    lr_g: float = 2e-4
+    lr_d: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_decay_epochs: int = 30
+    lr_decay_factor: float = 0.1
+    grad_clip: float = 10.0
+    augment: bool = True
+    norm_frames: int = 1000
+    val_frames: int = 256
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    max_steps: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.method in METHODS, "train.method", f"must be one of {METHODS}")
+        for key in ("epochs", "batch_size", "lr_decay_epochs", "norm_frames", "checkpoint_every",
+                    "keep_checkpoints", "log_every"):
+            _require(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")
+        for key in ("lr_g", "lr_d"):
+            _require(getattr(self, key) > 0, f"train.{key}", "must be > 0")
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "must be in [0, 1)")
+        _require(0 < self.lr_decay_factor <= 1, "train.lr_decay_factor", "must be in (0, 1]")
+        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 = off)")
+        _require(self.val_frames >= 0 and self.max_steps >= 0 and self.seed >= 0, "train.val_frames",
+                 "val_frames, max_steps and seed must be >= 0")
+        _require(bool(self.name) and "/" not in self.name and self.name not in (".", "..", "latest"),
+                 "train.name", "must be a plain directory name other than 'latest'")
 
 
 @dataclass(frozen=True)
@@ -142,6 +237,9 @@ class Config:
     flatfield: FlatfieldConfig = field(default_factory=FlatfieldConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

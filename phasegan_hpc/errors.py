@@ -20,3 +20,7 @@ class PhysicsError(PhaseganError, ValueError):
 
 class DataError(PhaseganError):
     """An input or output file cannot be used as asked (missing, wrong layout, would be overwritten)."""
+
+
+class TrainingError(PhaseganError):
+    """Training cannot go on as configured (diverged, or a checkpoint of another configuration)."""

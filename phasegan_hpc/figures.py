@@ -64,3 +64,96 @@ def preview_dataset(data_dir: str | Path, out_png: str | Path, n: int = 4) -> Pa
 def _length(path: Path, name: str) -> int:
     with h5py.File(path, "r") as f:
         return len(f[name]) if name in f else 0
+
+
+def _grid(path: Path, rows: list[list[tuple[str, np.ndarray]]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.6 * ncols, 2.6 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            label, img = row[c]
+            im = ax.imshow(img, cmap="gray")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+            ax.set_title(label, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def cycle_figure(path: Path, intensity, obj, out, norm, prop) -> Path:
+    """The two PhaseGAN cycles of Supplement Fig. S2 for the first frame of a batch.
+
+    Args:
+        intensity: (B, 1, H, W) physical detector frames; obj: (B, 2, H, W) physical (phase, attenuation).
+        out: :class:`phasegan_hpc.models.cycle.CycleOutputs` of the generator pair (normalised).
+        norm: the run's normalisation; prop: the Fresnel propagator H.
+    """
+    import torch
+
+    from phasegan_hpc.physics import object_wavefield
+
+    def holo(o):  # |H psi|^2 of a physical object (B, 2, H, W)
+        return prop.intensity(object_wavefield(o[:, 0].float(), o[:, 1].float()))
+
+    def np0(t):
+        return t[0].detach().float().cpu().numpy().squeeze()
+
+    with torch.no_grad():
+        fake_o = norm.denorm_object(out.fake_object)
+        row1 = [("I", np0(intensity)), ("G_O(I) phase", np0(fake_o[:, 0])),
+                ("G_O(I) attenuation", np0(fake_o[:, 1])), ("|H G_O(I)|^2", np0(holo(fake_o)))]
+        rows = [row1]
+        if out.reconstructed_intensity is not None:
+            row1.append(("G_D(...) (= I?)", np0(norm.denorm_intensity(out.reconstructed_intensity))))
+            rec_o = norm.denorm_object(out.reconstructed_object)
+            rows.append([("psi phase", np0(obj[:, 0])), ("psi attenuation", np0(obj[:, 1])),
+                         ("|H psi|^2", np0(holo(obj))),
+                         ("G_D(...)", np0(norm.denorm_intensity(out.fake_intensity))),
+                         ("G_O(G_D(...)) phase (= psi?)", np0(rec_o[:, 0]))])
+        else:
+            row1.append(("true phase", np0(obj[:, 0])))
+    path = Path(path)
+    _grid(path, rows, f"cycles: {path.stem}")
+    return path
+
+
+def loss_curves(path: Path, records: list[dict]) -> Path:
+    """Training losses (and validation metrics where logged) against the step, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
+    train = [r for r in records if "loss_g" in r]
+    val = [r for r in records if any(k.startswith("val_") for k in r)]
+    keys = [k for k in (train[0] if train else {}) if k not in ("step", "epoch", "lr_scale")
+            and not k.startswith("grad_")]
+    for k in keys:
+        ax_t.plot([r["step"] for r in train], [max(abs(r[k]), 1e-12) for r in train], label=k)
+    vkeys = sorted({k for r in val for k in r if k.startswith("val_")})
+    for k in vkeys:
+        ax_v.plot([r["step"] for r in val], [max(abs(r.get(k, np.nan)), 1e-12) for r in val], "o-", label=k)
+    for ax, title in ((ax_t, "training losses"), (ax_v, "validation metrics")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        if ax.lines:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -15,6 +15,47 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
+
+
+@contextmanager
+def training_progress(description: str) -> Iterator[Callable[[int, int, dict[str, float]], None]]:
+    """Progress of a training run with its current losses; yields ``update(step, total, losses)``."""
+    console = Console(stderr=True)
+    shown = ("loss_g", "loss_d", "cyc_i", "frc_i", "mse")
+    if not console.is_terminal:
+        last = {"t": 0.0}
+
+        def update_plain(step: int, total: int, losses: dict[str, float]) -> None:
+            now = time.monotonic()
+            if now - last["t"] >= 30 or step == total:
+                text = " ".join(f"{k}={losses[k]:.4g}" for k in shown if k in losses)
+                console.print(f"{description}: step {step}/{total} {text}", highlight=False)
+                last["t"] = now
+
+        yield update_plain
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(description, total=None, losses="")
+
+        def update(step: int, total: int, losses: dict[str, float]) -> None:
+            text = " ".join(f"{k}={losses[k]:.3g}" for k in shown if k in losses)
+            bar.update(task, completed=step, total=total, losses=text)
+
+        yield update
+
+
+def metrics_table(rows: list, title: str) -> Table:
+    """A rich table of evaluation rows: one line per metric, one column per method (mean ± std)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for r in rows:
+        table.add_column(f"{r.method} (n={r.n})", justify="right")
+    for k in (rows[0].stats if rows else {}):
+        table.add_row(k.replace("_", " "), *(f"{r.stats[k][0]:.3g} ± {r.stats[k][1]:.2g}" for r in rows))
+    return table
 
 
 @contextmanager

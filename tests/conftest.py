@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,4 +23,30 @@ def tiny_config() -> Config:
         "simulate.workers": 1, "simulate.seed": 7,
         "flatfield.n_components": 4, "flatfield.n_flats": 16,
         "detector.photons_per_frame": 6.6e7 * (32 * 32) / (256 * 256),  # paper's ~1007 photons per pixel
+    })
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A 64 px data set (configs/tiny.toml physics): 32 unpaired + 32 paired training frames, 8 validation."""
+    from phasegan_hpc.simulate import simulate_dataset
+
+    out = tmp_path_factory.mktemp("tiny-data") / "data"
+    cfg = with_overrides(load_config(REPO / "configs" / "tiny.toml"), {
+        "simulate.n_train": 32, "simulate.n_val": 8, "simulate.n_paired": 32, "simulate.chunk_frames": 16,
+        "simulate.workers": 1, "flatfield.n_flats": 20, "flatfield.n_components": 4,
+    })
+    simulate_dataset(out, cfg)
+    return out
+
+
+@pytest.fixture
+def tiny_train_config(tiny_data, tmp_path) -> Config:
+    """configs/tiny.toml training on ``tiny_data``: 4 steps per epoch (batch 8), runs under tmp_path."""
+    return with_overrides(load_config(REPO / "configs" / "tiny.toml"), {
+        "train.data_dir": str(tiny_data), "train.runs_dir": str(tmp_path / "runs"), "train.epochs": 2,
+        "train.val_frames": 8, "train.log_every": 1, "train.checkpoint_every": 3,
     })

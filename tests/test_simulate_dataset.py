@@ -12,7 +12,7 @@ import torch
 from phasegan_hpc.config import load_config, with_overrides
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
-from phasegan_hpc.simulate import OUTPUT_FILES, FrameSimulator, simulate_dataset
+from phasegan_hpc.simulate import FrameSimulator, simulate_dataset
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_files_follow_the_data_contract(dataset, tiny_config):
         "intensities.h5": {"intensity": n},
         "validation.h5": {"intensity": m, "phase": m, "attenuation": m, "flatfield": m},
     }
-    assert sorted(p.name for p in dataset.iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in dataset.iterdir()) == sorted(layout)  # no paired.h5 unless asked
     for name, datasets in layout.items():
         with h5py.File(dataset / name, "r") as f:
             assert set(f.keys()) == set(datasets)
@@ -160,6 +160,16 @@ def test_bad_basis_file_changes_nothing(tiny_config, tmp_path):
     with pytest.raises(DataError, match="not found"):
         simulate_dataset(tmp_path / "out", cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_paired_training_set_is_paired_and_new(tiny_config, tmp_path):
+    cfg = with_overrides(tiny_config, {"simulate.n_paired": 5})
+    simulate_dataset(tmp_path / "out", cfg)
+    inten, phase, att, flats = read(tmp_path / "out" / "paired.h5", "intensity", "phase", "attenuation", "flatfield")
+    assert inten.shape == (5, 32, 32)
+    assert _chi2(inten, phase, att, flats, cfg)[0] == pytest.approx(1.0, abs=0.15)
+    (vphase,) = read(tmp_path / "out" / "validation.h5", "phase")
+    assert not any(np.array_equal(p, v) for p in phase for v in vphase)
 
 
 def test_no_validation_frames_gives_empty_paired_set(tiny_config, tmp_path):

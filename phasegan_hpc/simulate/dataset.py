@@ -4,6 +4,8 @@
     intensities.h5  /intensity                        N detector frames   (stream 1: other objects)
     validation.h5   /intensity, /phase, /attenuation,  M paired frames     (stream 2)
                     /flatfield (the illumination each frame was recorded with)
+    paired.h5       as validation.h5                  P paired frames     (stream 4; only if P > 0)
+                    a paired training set for the paired and pix2pix baselines
 
 Objects and detector frames come from independent draws, so the training sets are unpaired. A frame is
 made as: thickness T -> (phase, attenuation) (eq. 5) -> psi_O; illumination psi_i = sqrt(F) from the
@@ -35,8 +37,16 @@ from phasegan_hpc.simulate.detector import detect
 from phasegan_hpc.simulate.flatfields import FlatfieldBasis, load_basis, pca_basis, synthetic_flats
 from phasegan_hpc.simulate.phantoms import random_thickness
 
-OUTPUT_FILES = ("objects.h5", "intensities.h5", "validation.h5")
-STREAM_OBJECTS, STREAM_INTENSITIES, STREAM_VALIDATION, STREAM_BASIS = 0, 1, 2, 3
+STREAM_OBJECTS, STREAM_INTENSITIES, STREAM_VALIDATION, STREAM_BASIS, STREAM_PAIRED = 0, 1, 2, 3, 4
+PAIRED_DATASETS = ("intensity", "phase", "attenuation", "flatfield")
+#: stream -> (file name, datasets)
+STREAMS = {
+    STREAM_OBJECTS: ("objects.h5", ("phase", "attenuation")),
+    STREAM_INTENSITIES: ("intensities.h5", ("intensity",)),
+    STREAM_VALIDATION: ("validation.h5", PAIRED_DATASETS),
+    STREAM_PAIRED: ("paired.h5", PAIRED_DATASETS),
+}
+OUTPUT_FILES = tuple(name for name, _ in STREAMS.values())
 
 UNITS = {
     "phase": ("rad", "object phase phi = -k delta T"),
@@ -159,7 +169,7 @@ def simulate_dataset(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Path]:
-    """Simulate and write ``objects.h5``, ``intensities.h5`` and ``validation.h5`` into ``out_dir``.
+    """Simulate and write ``objects.h5``, ``intensities.h5``, ``validation.h5`` (and ``paired.h5``).
 
     Args:
         out_dir: output directory (created; must be empty unless ``overwrite``).
@@ -176,21 +186,23 @@ def simulate_dataset(
     basis = flatfield_basis(cfg)  # before touching the disk: a bad basis file changes nothing
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    counts = {STREAM_OBJECTS: sim.n_train, STREAM_INTENSITIES: sim.n_train, STREAM_VALIDATION: sim.n_val}
+    counts = {STREAM_OBJECTS: sim.n_train, STREAM_INTENSITIES: sim.n_train, STREAM_VALIDATION: sim.n_val,
+              STREAM_PAIRED: sim.n_paired}
+    if sim.n_paired == 0:
+        del counts[STREAM_PAIRED]
     tasks = [
         (stream, i, start, min(start + sim.chunk_frames, n))
         for stream, n in counts.items()
         for i, start in enumerate(range(0, n, sim.chunk_frames))
     ]
     shape = (sim.size, sim.size)
-    paths = {name: out_dir / name for name in OUTPUT_FILES}
+    paths = {STREAMS[stream][0]: out_dir / STREAMS[stream][0] for stream in counts}
     with ExitStack() as stack:
-        files = {stream: stack.enter_context(atomic_h5(paths[name])) for stream, name in enumerate(OUTPUT_FILES)}
         datasets: dict[int, dict[str, object]] = {}
-        for stream, f in files.items():
-            f.attrs.update(_attrs(cfg, OUTPUT_FILES[stream].removesuffix(".h5")))
-            names = {STREAM_OBJECTS: ("phase", "attenuation"), STREAM_INTENSITIES: ("intensity",)}.get(
-                stream, ("intensity", "phase", "attenuation", "flatfield"))
+        for stream in counts:
+            name, names = STREAMS[stream]
+            f = stack.enter_context(atomic_h5(paths[name]))
+            f.attrs.update(_attrs(cfg, name.removesuffix(".h5")))
             datasets[stream] = {
                 k: create_frames(f, k, counts[stream], shape, units=UNITS[k][0], description=UNITS[k][1])
                 for k in names

@@ -1,0 +1,34 @@
+"""Benchmarks behind ``phasegan-hpc bench NAME``.
+
+Each measures a ratio against a baseline timed in the same run (the machine may be shared and noisy)
+and reports medians over repeats. Benchmarks are never run as timed tests.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> float:
+    """Median wall time [s] of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+        sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
+    """The registry: name -> function(size, batch, repeats, device) returning a result dict."""
+    from phasegan_hpc.bench.frc import bench_frc
+    from phasegan_hpc.bench.step import bench_step
+
+    return {"frc": bench_frc, "step": bench_step}

@@ -1,0 +1,138 @@
+"""Score a trained G_O (and the Paganin baseline) on a paired validation set: paper §3, Table 1.
+
+For every frame: L2, DSSIM and FRCM of the retrieved phase and attenuation against the truth; the table
+holds their mean and standard deviation over the frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from phasegan_hpc.data.frames import FrameStack
+from phasegan_hpc.errors import DataError
+from phasegan_hpc.losses.metrics import METRICS
+from phasegan_hpc.models.artifact import load_model
+from phasegan_hpc.physics import paganin
+
+BASELINES = ("paganin",)
+CHANNELS = ("phase", "attenuation")
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One method's scores: ``stats[f"{channel}_{metric}"] = (mean, std)`` over ``n`` frames."""
+
+    method: str
+    n: int
+    stats: dict[str, tuple[float, float]]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"method": self.method, "n": self.n,
+                **{k: {"mean": m, "std": s} for k, (m, s) in self.stats.items()}}
+
+
+def check_compatible(physics: dict[str, float], attrs: dict, shape: tuple[int, int], where: str) -> None:
+    """Refuse data a model cannot reconstruct: another geometry, or frame sides that are not multiples of 32.
+
+    Raises:
+        DataError: naming the first mismatch.
+    """
+    from phasegan_hpc.models.unet import SIZE_MULTIPLE
+
+    if shape[0] % SIZE_MULTIPLE or shape[1] % SIZE_MULTIPLE:
+        raise DataError(f"{where}: frames are {shape[0]} x {shape[1]}; the model needs multiples of {SIZE_MULTIPLE}")
+    for key, value in physics.items():
+        if key in attrs and not np.isclose(float(attrs[key]), value, rtol=1e-6, atol=0):
+            raise DataError(f"{where}: {key} = {float(attrs[key]):g}, but the model was trained for {value:g}")
+
+
+def _score(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, np.ndarray]:
+    out = {}
+    for c, name in enumerate(CHANNELS):
+        for metric, fn in METRICS.items():
+            out[f"{name}_{metric}"] = fn(pred[:, c].double(), ref[:, c].double()).cpu().numpy()
+    return out
+
+
+def _row(method: str, per_frame: dict[str, list[np.ndarray]]) -> EvalRow:
+    stats = {}
+    n = 0
+    for k, parts in per_frame.items():
+        v = np.concatenate(parts)
+        n = len(v)
+        stats[k] = (float(v.mean()), float(v.std()))
+    return EvalRow(method, n, stats)
+
+
+def evaluate(model_path: str | Path | None, validation_path: str | Path, baselines: tuple[str, ...] = (),
+             batch_size: int = 16, max_frames: int = 0, device: str | None = None) -> list[EvalRow]:
+    """Evaluate a model and/or baselines on ``validation.h5``.
+
+    Args:
+        model_path: ``model.pt`` (None: baselines only).
+        validation_path: paired HDF5 with ``/intensity``, ``/phase``, ``/attenuation`` (and optionally
+            ``/flatfield``, used by Paganin as the flat-field correction).
+        baselines: any of :data:`BASELINES`. Paganin uses delta/beta and the geometry from the file.
+        max_frames: score only the first frames (0 = all).
+
+    Returns:
+        One :class:`EvalRow` per method, the model first.
+
+    Raises:
+        DataError: unreadable model or data, mismatched sizes, unknown baseline.
+    """
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise DataError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if model_path is None and not baselines:
+        raise DataError("nothing to evaluate: give --model and/or --baseline")
+    stack = FrameStack(validation_path, ("intensity", "phase", "attenuation"))
+    n = len(stack) if max_frames <= 0 else min(max_frames, len(stack))
+    if n == 0:
+        raise DataError(f"{validation_path} holds no frames")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(model_path, dev) if model_path is not None else None
+    if model is not None:
+        check_compatible(model.physics, stack.attrs, stack.shape, str(validation_path))
+    use_paganin = "paganin" in baselines
+    flats = None
+    if use_paganin:
+        for key in ("pixel_size_m", "distance_m", "wavelength_m", "delta", "beta"):
+            if key not in stack.attrs:
+                raise DataError(f"{validation_path} lacks attribute {key!r} needed by the Paganin baseline")
+        flats = _flatfield_stack(Path(validation_path), stack)
+    rows: dict[str, dict[str, list[np.ndarray]]] = {}
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        arr = torch.from_numpy(stack[idx])
+        inten, ref = arr[:, :1], arr[:, 1:]
+        if model is not None:
+            with torch.no_grad():
+                x = model.normalisation.norm_intensity(inten.to(dev))
+                pred = model.normalisation.denorm_object(model.generator(x)).cpu()
+            for k, v in _score(pred, ref).items():
+                rows.setdefault(model.method, {}).setdefault(k, []).append(v)
+        if use_paganin:
+            a = stack.attrs
+            corrected = inten[:, 0].double()
+            if flats is not None:
+                corrected = corrected / torch.from_numpy(flats[idx][:, 0]).double().clamp_min(1e-6)
+            phase, att = paganin(corrected, pixel_size_m=a["pixel_size_m"], distance_m=a["distance_m"],
+                                 wavelength_m=a["wavelength_m"], delta_beta=a["delta"] / a["beta"])
+            for k, v in _score(torch.stack([phase, att], 1), ref).items():
+                rows.setdefault("paganin", {}).setdefault(k, []).append(v)
+    return [_row(method, per_frame) for method, per_frame in rows.items()]
+
+
+
+def _flatfield_stack(path: Path, stack: FrameStack) -> FrameStack | None:
+    """The per-frame illumination ``/flatfield`` if the file has it (an oracle correction), else None."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        ok = "flatfield" in f and f["flatfield"].shape == (len(stack), *stack.shape)
+    return FrameStack(path, ("flatfield",)) if ok else None

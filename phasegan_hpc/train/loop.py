@@ -1,0 +1,345 @@
+"""The training loop, run per worker (in-process, or by Ray Train in ``fit.py``) through a Session.
+
+Epochs over the two unpaired sets (or the paired set), lr / 10 every ``lr_decay_epochs`` (paper §3),
+normalisation statistics from the training data, checkpoints (all networks, both optimisers, step, RNG
+state) every ``checkpoint_every`` steps and at each epoch end, exact resume, validation metrics each epoch,
+``metrics.jsonl``, figures, and finally ``model.pt`` (also reachable as ``runs/latest/model.pt``).
+
+Determinism: the data order of an epoch depends only on (seed, epoch), the augmentation of a step only
+on (seed, step, rank), so a resumed run replays exactly what an uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from phasegan_hpc import __version__
+from phasegan_hpc.config import Config, config_to_toml
+from phasegan_hpc.data.frames import FrameStack, TrainingData, open_training_data
+from phasegan_hpc.data.normalise import Normalisation, compute_normalisation
+from phasegan_hpc.errors import DataError, TrainingError
+from phasegan_hpc.losses.metrics import METRICS
+from phasegan_hpc.models.artifact import save_model
+from phasegan_hpc.models.registry import INTENSITY_CHANNELS, OBJECT_CHANNELS
+from phasegan_hpc.models.unet import SIZE_MULTIPLE
+from phasegan_hpc.physics import FresnelPropagator
+from phasegan_hpc.train.session import CHECKPOINT_FILE, Session
+from phasegan_hpc.train.step import PAIRED_METHODS, STEPS, Batch, Trainables, build_trainables, unwrap
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+OBJECT_NAMES = ("phase", "attenuation")
+
+
+def run_dir_of(cfg: Config) -> Path:
+    """``runs_dir / name``: where a run keeps its checkpoints, metrics, figures and model."""
+    return Path(cfg.train.runs_dir) / cfg.train.name
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class _Sampler:
+    """Per-epoch permutations of one data stream, sharded over ranks; batches of float32 arrays."""
+
+    def __init__(self, stack: FrameStack, stream: int, seed: int, rank: int, world: int, batch: int) -> None:
+        self.stack, self.stream, self.seed = stack, stream, seed
+        self.rank, self.world, self.batch = rank, world, batch
+
+    def steps_per_epoch(self) -> int:
+        return len(self.stack) // self.world // self.batch
+
+    def batch_at(self, epoch: int, i: int) -> np.ndarray:
+        g = torch.Generator().manual_seed(_seed(self.seed, epoch, self.stream))
+        order = torch.randperm(len(self.stack), generator=g).numpy()[self.rank :: self.world]
+        return self.stack[order[i * self.batch : (i + 1) * self.batch]]
+
+
+def _augment(arrays: list[np.ndarray], seed: int) -> list[np.ndarray]:
+    """Random horizontal / vertical flips, the same for all ``arrays`` row by row (they commute with H)."""
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    flip_y, flip_x = rng.random(n) < 0.5, rng.random(n) < 0.5
+    out = []
+    for a in arrays:
+        a = a.copy()
+        a[flip_y] = a[flip_y][..., ::-1, :]
+        a[flip_x] = a[flip_x][..., :, ::-1]
+        out.append(a)
+    return out
+
+
+def _lr_scale(cfg: Config, epoch: int) -> float:
+    return cfg.train.lr_decay_factor ** (epoch // cfg.train.lr_decay_epochs)
+
+
+def _identity(cfg: Config) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the method and every network's shape."""
+    m = cfg.model
+    return {"method": cfg.train.method, "generator": m.generator, "base_filters": m.base_filters,
+            "discriminator": m.discriminator, "disc_filters": m.disc_filters, "disc_norm": m.disc_norm}
+
+
+def _checkpoint_state(tr: Trainables, step: int, norm: Normalisation, history: dict[str, Any],
+                      identity: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "step": step,
+        "generators": unwrap(tr.generators).state_dict(),
+        "discriminators": unwrap(tr.discriminators).state_dict() if tr.discriminators is not None else None,
+        "opt_g": tr.opt_g.state_dict(),
+        "opt_d": tr.opt_d.state_dict() if tr.opt_d is not None else None,
+        "normalisation": norm.to_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+        "identity": identity,
+    }
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any]:
+    """Read a checkpoint written by the loop (weights only: never runs code)."""
+    try:
+        return torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"checkpoint {directory} cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+class MetricsLog:
+    """``metrics.jsonl`` of rank 0: one JSON object per line. On resume, lines past the resumed step go."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
+        self.path, self.enabled = path, enabled
+        self.records: list[dict[str, Any]] = []
+        if not enabled:
+            return
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                rec = json.loads(line)
+                if rec.get("step", 0) <= resume_step:
+                    self.records.append(rec)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def validate(generator: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_frames: int,
+             device: torch.device, batch_size: int = 16) -> dict[str, float]:
+    """Mean L2, DSSIM and FRCM of G_O's phase and attenuation on up to ``n_frames`` validation pairs."""
+    n = min(n_frames, len(stack))
+    sums: dict[str, float] = {}
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            arr = torch.from_numpy(stack[np.arange(start, min(start + batch_size, n))]).to(device)
+            pred = norm.denorm_object(generator(norm.norm_intensity(arr[:, :1]))).double()
+            ref = arr[:, 1:].double()
+            for c, name in enumerate(OBJECT_NAMES):
+                for metric, fn in METRICS.items():
+                    key = f"val_{name}_{metric}"
+                    sums[key] = sums.get(key, 0.0) + float(fn(pred[:, c], ref[:, c]).sum())
+    generator.train(was_training)
+    return {k: v / n for k, v in sums.items()}
+
+
+def _normalisation(cfg: Config, data: TrainingData) -> Normalisation:
+    t = cfg.train
+    if data.paired is not None:
+        return compute_normalisation(data.paired, 0, data.paired, (1, 2), t.norm_frames, t.seed)
+    return compute_normalisation(data.intensities, 0, data.objects, (0, 1), t.norm_frames, t.seed)
+
+
+def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Train ``cfg.train.method`` on ``cfg.train.data_dir``, resuming from the session's latest checkpoint.
+
+    Returns:
+        The last reported metrics (rank 0: plus "model_path" once training is complete).
+
+    Raises:
+        DataError: unusable data (missing files, wrong datasets or shapes, sizes not multiples of 32).
+    """
+    t, method = cfg.train, cfg.train.method
+    paired = method in PAIRED_METHODS
+    data = open_training_data(t.data_dir, paired=paired)
+    h, w = data.shape
+    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+        raise DataError(f"{t.data_dir}: frames are {h} x {w}; the U-Net needs multiples of {SIZE_MULTIPLE}")
+    run_dir = run_dir_of(cfg)
+    rank0 = session.rank == 0
+    device = session.device
+
+    ckpt_dir = session.latest_checkpoint()
+    state = load_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    identity = _identity(cfg)
+    if state is not None and state.get("identity") != identity:
+        raise TrainingError(f"run {run_dir} holds a checkpoint of another configuration "
+                            f"({state.get('identity')}); choose another --name")
+    norm = Normalisation.from_dict(state["normalisation"]) if state else _normalisation(cfg, data)
+    prop = FresnelPropagator((h, w), pixel_size_m=data.physics["pixel_size_m"],
+                             distance_m=data.physics["distance_m"], wavelength_m=data.physics["wavelength_m"],
+                             pad=cfg.physics.pad, pad_mode=cfg.physics.pad_mode)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    tr = build_trainables(cfg, method, prop, norm, session.wrap)
+    step = 0
+    history: dict[str, Any] = {}
+    if state:
+        unwrap(tr.generators).load_state_dict(state["generators"])
+        tr.opt_g.load_state_dict(state["opt_g"])
+        if tr.discriminators is not None:
+            unwrap(tr.discriminators).load_state_dict(state["discriminators"])
+            tr.opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["torch_rng"])
+        step, history = int(state["step"]), dict(state["history"])
+
+    if paired:
+        samplers = [_Sampler(data.paired, 0, t.seed, session.rank, session.world_size, t.batch_size)]
+    else:
+        samplers = [_Sampler(data.intensities, 1, t.seed, session.rank, session.world_size, t.batch_size),
+                    _Sampler(data.objects, 2, t.seed, session.rank, session.world_size, t.batch_size)]
+    spe = min(s.steps_per_epoch() for s in samplers)
+    if spe == 0:
+        raise DataError(f"{t.data_dir}: too few frames for batch size {t.batch_size} on "
+                        f"{session.world_size} worker(s)")
+    total = spe * t.epochs
+    log = MetricsLog(run_dir / "metrics.jsonl", rank0, step)
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(config_to_toml(cfg))
+    figure_batch = _figure_batch(data, paired)
+    step_fn = STEPS[method]
+    sums: dict[str, float] = {}
+    count = 0
+    metrics: dict[str, Any] = {"step": step, "epoch": step / spe}
+
+    def checkpoint_and_report(extra: dict[str, Any]) -> None:
+        nonlocal metrics
+        metrics = {"step": step, "epoch": step / spe, **extra}
+        if not rank0:
+            session.report(metrics, None)
+            return
+        tmp_root = run_dir / "checkpoints"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=tmp_root))
+        tmp.chmod(0o755)
+        torch.save(_checkpoint_state(tr, step, norm, history, identity), tmp / CHECKPOINT_FILE)
+        session.report(metrics, tmp)
+
+    while step < total:
+        if t.max_steps > 0 and step >= t.max_steps:
+            return metrics  # already there (a rerun with the same --max-steps does nothing)
+        epoch, i = divmod(step, spe)
+        for opt, lr in ((tr.opt_g, t.lr_g), (tr.opt_d, t.lr_d)):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr * _lr_scale(cfg, epoch)
+        arrays = [s.batch_at(epoch, i) for s in samplers]
+        if t.augment:
+            if paired:
+                arrays = _augment(arrays, _seed(t.seed, step, session.rank, 0))
+            else:
+                arrays = [_augment([a], _seed(t.seed, step, session.rank, k))[0] for k, a in enumerate(arrays)]
+        if paired:
+            inten, obj = arrays[0][:, :1], arrays[0][:, 1:]
+        else:
+            inten, obj = arrays
+        batch = Batch(norm.norm_intensity(torch.from_numpy(inten).to(device)),
+                      norm.norm_object(torch.from_numpy(obj).to(device)))
+        terms = step_fn(tr, batch, cfg.loss, t.grad_clip)
+        step += 1
+        values = {k: float(v) for k, v in terms.items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
+            raise TrainingError(f"non-finite {bad} at step {step}: lower the learning rates or check the data; "
+                                f"the last checkpoint in {run_dir} is kept")
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count += 1
+        if progress is not None and rank0:
+            progress(step, total, values)
+        if step % t.log_every == 0:
+            log.write({"step": step, "epoch": step / spe, "lr_scale": _lr_scale(cfg, epoch),
+                       **{k: v / count for k, v in sums.items()}})
+            sums, count = {}, 0
+        epoch_end = step % spe == 0
+        stop = t.max_steps > 0 and step >= t.max_steps
+        if epoch_end:
+            extra = {}
+            if rank0 and data.validation is not None and t.val_frames > 0:
+                extra = validate(unwrap(tr.generators).g_o, data.validation, norm, t.val_frames, device)
+                log.write({"step": step, "epoch": step / spe, **extra})
+                for k, v in extra.items():
+                    history.setdefault(k, []).append(v)
+            if rank0:
+                _write_figures(run_dir, tr, figure_batch, norm, prop, device, log.records, step // spe)
+            checkpoint_and_report({**values, **extra})
+        elif step % t.checkpoint_every == 0 or stop:
+            checkpoint_and_report(values)
+        if stop and step < total:
+            return metrics
+
+    if rank0:
+        model_path = _export(cfg, run_dir, tr, norm, data.physics, step, metrics)
+        metrics = {**metrics, "model_path": str(model_path)}
+    return metrics
+
+
+def _figure_batch(data: TrainingData, paired: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Two detector frames and two objects shown in the cycle figures (fixed across epochs)."""
+    src = data.validation if data.validation is not None and len(data.validation) >= 2 else None
+    if src is not None:
+        arr = src[np.arange(2)]
+        return arr[:, :1], arr[:, 1:]
+    if paired:
+        arr = data.paired[np.arange(2)]
+        return arr[:, :1], arr[:, 1:]
+    return data.intensities[np.arange(2)], data.objects[np.arange(2)]
+
+
+def _write_figures(run_dir: Path, tr: Trainables, batch: tuple[np.ndarray, np.ndarray], norm: Normalisation,
+                   prop: FresnelPropagator, device: torch.device, records: list[dict[str, Any]], epoch: int) -> None:
+    from phasegan_hpc.figures import cycle_figure, loss_curves
+
+    gens = unwrap(tr.generators)
+    inten = torch.from_numpy(batch[0]).to(device)
+    obj = torch.from_numpy(batch[1]).to(device)
+    with torch.no_grad():
+        out = gens(norm.norm_intensity(inten), norm.norm_object(obj))
+    figures = run_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    cycle_figure(figures / f"cycles_epoch{epoch:03d}.png", inten, obj, out, norm, prop)
+    loss_curves(figures / "losses.png", records)
+
+
+def _export(cfg: Config, run_dir: Path, tr: Trainables, norm: Normalisation, physics: dict[str, float],
+            step: int, metrics: dict[str, Any]) -> Path:
+    g_o = unwrap(tr.generators).g_o
+    arch = {"name": cfg.model.generator, "in_channels": INTENSITY_CHANNELS, "out_channels": OBJECT_CHANNELS,
+            "base_filters": cfg.model.base_filters}
+    info = {"step": step, "epochs": cfg.train.epochs, "config": config_to_toml(cfg), "software": __version__,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    path = save_model(run_dir / "model.pt", g_o, arch, norm, physics, cfg.train.method, info)
+    link_latest(run_dir)
+    return path
+
+
+def link_latest(run_dir: Path) -> None:
+    """Point ``runs_dir/latest`` at ``run_dir`` (relative symlink, replaced atomically)."""
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(run_dir.name, tmp)
+    os.replace(tmp, latest)

@@ -1,0 +1,172 @@
+"""One optimisation step per method: discriminators first, then generators (paper eq. 1-4 and 6).
+
+Methods (all train the same G_O):
+    phasegan  L_GAN + alpha_cyc L_cyc + alpha_frc L_FRC with H in both cycles; G_D learns detector effects
+    cyclegan  the same without H (G_D maps objects straight to detector frames)
+    pix2pix   adversarial (D_O) + alpha_mse * L2 on paired data (eq. 6)
+    paired    L2 on paired data
+
+Every step returns its named loss terms, detached (``dict[str, Tensor]``): that dict is what gets logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from phasegan_hpc.config import Config, LossConfig
+from phasegan_hpc.data.normalise import Normalisation
+from phasegan_hpc.losses import adversarial_loss, cycle_l1, discriminator_loss, frc_loss
+from phasegan_hpc.models.cycle import DetectorModel, DiscriminatorPair, GeneratorPair
+from phasegan_hpc.models.registry import (
+    INTENSITY_CHANNELS,
+    OBJECT_CHANNELS,
+    build_discriminator,
+    build_generator,
+    load_encoder_weights,
+)
+from phasegan_hpc.physics import FresnelPropagator
+
+PAIRED_METHODS = ("pix2pix", "paired")
+
+
+@dataclass
+class Batch:
+    """A training batch in normalised units: detector frames (B, 1, H, W), objects (B, 2, H, W).
+
+    Paired methods get matching rows; unpaired methods get independent draws."""
+
+    intensity: torch.Tensor
+    obj: torch.Tensor
+
+
+@dataclass
+class Trainables:
+    """Networks (possibly DDP-wrapped) and their two optimisers."""
+
+    generators: nn.Module
+    discriminators: nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (or the module itself)."""
+    return getattr(module, "module", module)
+
+
+def build_trainables(cfg: Config, method: str, propagator: FresnelPropagator, norm: Normalisation,
+                     wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> Trainables:
+    """Networks for ``method``, initialised N(0, 0.02) (G_O's encoder from VGG11 if configured), wrapped by
+    ``wrap`` (DDP under Ray Train), and Adam optimisers with the paper's settings from ``cfg.train``."""
+    m, t = cfg.model, cfg.train
+    g_o = build_generator(m.generator, INTENSITY_CHANNELS, OBJECT_CHANNELS, m.base_filters, m.init)
+    if m.encoder_weights:
+        load_encoder_weights(g_o, m.encoder_weights)
+    g_d = d_d = None
+    if method == "phasegan":
+        g_d = build_generator(m.generator, INTENSITY_CHANNELS, INTENSITY_CHANNELS, m.base_filters, m.init)
+        gens = GeneratorPair(g_o, g_d, DetectorModel(propagator, norm))
+    elif method == "cyclegan":
+        g_d = build_generator(m.generator, OBJECT_CHANNELS, INTENSITY_CHANNELS, m.base_filters, m.init)
+        gens = GeneratorPair(g_o, g_d, None)
+    else:
+        gens = GeneratorPair(g_o)
+    discs = None
+    if method != "paired":
+        d_o = build_discriminator(m.discriminator, OBJECT_CHANNELS, m.disc_filters, m.disc_norm)
+        if g_d is not None:
+            d_d = build_discriminator(m.discriminator, INTENSITY_CHANNELS, m.disc_filters, m.disc_norm)
+        discs = DiscriminatorPair(d_o, d_d)
+    betas = (t.beta1, t.beta2)
+    gens = wrap(gens)
+    opt_g = torch.optim.Adam(gens.parameters(), lr=t.lr_g, betas=betas)
+    opt_d = None
+    if discs is not None:
+        discs = wrap(discs)
+        opt_d = torch.optim.Adam(discs.parameters(), lr=t.lr_d, betas=betas)
+    return Trainables(gens, discs, opt_g, opt_d)
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _apply(opt: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, grad_clip: float) -> torch.Tensor:
+    """Backward, clip the gradient norm (if > 0), step; returns the pre-clip gradient norm."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in module.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    opt.step()
+    return norm.detach()
+
+
+def step_cycle(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) -> dict[str, torch.Tensor]:
+    """PhaseGAN (with H) or CycleGAN (without): the generator pair decides. Eq. 1-4."""
+    real_i, real_o = batch.intensity, batch.obj
+    out = t.generators(real_i, real_o)
+    discs = unwrap(t.discriminators)
+
+    # Discriminators: real vs (detached) fake, both domains (eq. 2, maximised over D_O, D_D).
+    _set_requires_grad(discs, True)
+    lo_real, lo_fake, ld_real, ld_fake = t.discriminators(real_o, out.fake_object.detach(), real_i,
+                                                          out.fake_intensity.detach())
+    d_o = discriminator_loss(lo_real, lo_fake, loss.adversarial)
+    d_d = discriminator_loss(ld_real, ld_fake, loss.adversarial)
+    d_grad = _apply(t.opt_d, discs, d_o + d_d, grad_clip)
+
+    # Generators: fool the (frozen) discriminators, close both cycles (eq. 2-4).
+    _set_requires_grad(discs, False)
+    adv_o = adversarial_loss(discs.d_o(out.fake_object), True, loss.adversarial)
+    adv_d = adversarial_loss(discs.d_d(out.fake_intensity), True, loss.adversarial)
+    cyc_o = cycle_l1(out.reconstructed_object, real_o)
+    cyc_i = cycle_l1(out.reconstructed_intensity, real_i)
+    frc_o = frc_loss(out.reconstructed_object, real_o)
+    frc_i = frc_loss(out.reconstructed_intensity, real_i)
+    w = loss.object_cycle_weight
+    total = adv_o + adv_d + loss.alpha_cyc * (w * cyc_o + cyc_i) + loss.alpha_frc * (w * frc_o + frc_i)
+    g_grad = _apply(t.opt_g, t.generators, total, grad_clip)
+    _set_requires_grad(discs, True)
+    terms = {"loss_g": total, "loss_d": d_o + d_d, "adv_o": adv_o, "adv_d": adv_d, "cyc_o": cyc_o,
+             "cyc_i": cyc_i, "frc_o": frc_o, "frc_i": frc_i, "d_o": d_o, "d_d": d_d,
+             "grad_g": g_grad, "grad_d": d_grad}
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def step_pix2pix(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) -> dict[str, torch.Tensor]:
+    """pix2pix (eq. 6): D_O on objects, G_O adversarial + alpha_mse * L2 to the paired object."""
+    out = t.generators(batch.intensity)
+    discs = unwrap(t.discriminators)
+    _set_requires_grad(discs, True)
+    lo_real, lo_fake = t.discriminators(batch.obj, out.fake_object.detach())
+    d_o = discriminator_loss(lo_real, lo_fake, loss.adversarial)
+    d_grad = _apply(t.opt_d, discs, d_o, grad_clip)
+    _set_requires_grad(discs, False)
+    adv_o = adversarial_loss(discs.d_o(out.fake_object), True, loss.adversarial)
+    mse = (out.fake_object - batch.obj).square().mean()
+    total = adv_o + loss.alpha_mse * mse
+    g_grad = _apply(t.opt_g, t.generators, total, grad_clip)
+    _set_requires_grad(discs, True)
+    terms = {"loss_g": total, "loss_d": d_o, "adv_o": adv_o, "mse": mse, "grad_g": g_grad, "grad_d": d_grad}
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def step_paired(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) -> dict[str, torch.Tensor]:
+    """Supervised baseline: L2 between G_O(I) and the paired object."""
+    out = t.generators(batch.intensity)
+    mse = (out.fake_object - batch.obj).square().mean()
+    g_grad = _apply(t.opt_g, t.generators, mse, grad_clip)
+    return {"loss_g": mse.detach(), "mse": mse.detach(), "grad_g": g_grad}
+
+
+STEPS: dict[str, Callable[[Trainables, Batch, LossConfig, float], dict[str, torch.Tensor]]] = {
+    "phasegan": step_cycle,
+    "cyclegan": step_cycle,
+    "pix2pix": step_pix2pix,
+    "paired": step_paired,
+}
