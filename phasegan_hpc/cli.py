@@ -126,16 +126,17 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.argument("name", type=click.Choice(["frc", "step"]))
 @click.option("--size", type=int, default=256, show_default=True, help="Image side [px].")
 @click.option("--batch", type=int, default=16, show_default=True, help="Batch size.")
-@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repeats (median reported).")
+@click.option("--repeats", type=int, default=None, help="Timed repeats (median reported; default per benchmark).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
-def bench(name: str, size: int, batch: int, repeats: int, device: str, json_path: Path | None) -> None:
+def bench(name: str, size: int, batch: int, repeats: int | None, device: str, json_path: Path | None) -> None:
     """Run benchmark NAME: frc (vectorised FRC loss vs a per-ring loop) or step (training step per method)."""
     import json
 
     from phasegan_hpc.bench import benchmarks
 
-    result = benchmarks()[name](size=size, batch=batch, repeats=repeats, device=device)
+    options = {"size": size, "batch": batch, "device": device} | ({} if repeats is None else {"repeats": repeats})
+    result = benchmarks()[name](**options)
     Console().print_json(json.dumps(result))
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")

@@ -26,6 +26,24 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Call
     return statistics.median(times)
 
 
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                      sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+    """Wall times [s] of several functions measured in turns (a, b, a, b, ...), so that load from other
+    processes hits all of them alike; ratios are then taken pair by pair."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+            sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     """The registry: name -> function(size, batch, repeats, device) returning a result dict."""
     from phasegan_hpc.bench.frc import bench_frc
