@@ -6,6 +6,7 @@ with exit status 1; no traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -78,14 +79,24 @@ def preview(data_dir: Path, out_png: Path | None, n: int) -> None:
 @click.option("--method", type=click.Choice(["phasegan", "cyclegan", "pix2pix", "paired"]), default=None,
               help="Training method (default: [train] method, phasegan).")
 @click.option("--epochs", type=int, default=None, help="Epochs (default: [train] epochs).")
-@click.option("--name", default=None, help="Run name: results in RUNS_DIR/NAME; the same name resumes.")
-@click.option("--runs-dir", type=click.Path(path_type=Path), default=None, help="Default: [train] runs_dir.")
+@click.option("--name", default=None, help="Run name: results in STORAGE/NAME; the same name resumes.")
+@click.option("--storage", "runs_dir", type=click.Path(path_type=Path), default=None,
+              help="Storage path of runs (default: [train] runs_dir, ./runs); shared by all nodes.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Data-parallel Ray Train workers.")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
+@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="> 0: CUDA and NCCL.")
+@click.option("--max-failures", type=int, default=3, show_default=True,
+              help="Worker failures to recover from (restarting from the latest checkpoint).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps (resume later).")
 def train(config_path: Path | None, data_dir: Path | None, method: str | None, epochs: int | None,
-          name: str | None, runs_dir: Path | None, max_steps: int | None) -> None:
-    """Train PhaseGAN (or a baseline) in this process; rerunning the same --name resumes."""
+          name: str | None, runs_dir: Path | None, workers: int, cpus_per_worker: float, gpus_per_worker: float,
+          max_failures: int, max_steps: int | None) -> None:
+    """Train PhaseGAN (or a baseline) with Ray Train; rerunning the same --name resumes.
+
+    Connects to RAY_ADDRESS when it is set, otherwise starts a local Ray for the run.
+    """
     from phasegan_hpc.config import load_config, with_overrides
-    from phasegan_hpc.train.local import train_local
+    from phasegan_hpc.train.fit import fit
     from phasegan_hpc.ui import training_progress
 
     cfg = with_overrides(load_config(config_path), {
@@ -94,7 +105,8 @@ def train(config_path: Path | None, data_dir: Path | None, method: str | None, e
         "train.runs_dir": None if runs_dir is None else str(runs_dir),
     })
     with training_progress(f"{cfg.train.method} {cfg.train.name}") as update:
-        result = train_local(cfg, progress=update)
+        result = fit(cfg, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                     max_failures=max_failures, progress=update)
     done = result.get("model_path")
     _err.print(f"wrote {done}" if done else f"stopped at step {result.get('step')}; rerun to resume")
 
@@ -142,15 +154,20 @@ def bench(name: str, size: int, batch: int, repeats: int | None, device: str, js
         json_path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (Slurm preemption, scancel) unwinds like Ctrl-C: nothing half-written
+
+
 def main() -> None:
     """Console-script entry point: run the CLI, turning user errors into one line and exit status 1."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli(standalone_mode=False)
     except PhaseganError as exc:
         _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except click.exceptions.Abort:
-        _err.print("aborted")
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _err.print("interrupted; rerun the same command to resume")
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()

@@ -24,3 +24,7 @@ class DataError(PhaseganError):
 
 class TrainingError(PhaseganError):
     """Training cannot go on as configured (diverged, or a checkpoint of another configuration)."""
+
+
+class ResourceError(PhaseganError):
+    """The cluster cannot provide what was asked for (workers, CPUs, GPUs)."""

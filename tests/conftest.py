@@ -50,3 +50,15 @@ def tiny_train_config(tiny_data, tmp_path) -> Config:
         "train.data_dir": str(tiny_data), "train.runs_dir": str(tmp_path / "runs"), "train.epochs": 2,
         "train.val_frames": 8, "train.log_every": 1, "train.checkpoint_every": 3,
     })
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session (2 CPUs, no dashboard); yields its GCS address."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

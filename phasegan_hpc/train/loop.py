@@ -11,10 +11,12 @@ on (seed, step, rank), so a resumed run replays exactly what an uninterrupted ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,12 +212,10 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
     else:
         samplers = [_Sampler(data.intensities, 1, t.seed, session.rank, session.world_size, t.batch_size),
                     _Sampler(data.objects, 2, t.seed, session.rank, session.world_size, t.batch_size)]
-    spe = min(s.steps_per_epoch() for s in samplers)
-    if spe == 0:
-        raise DataError(f"{t.data_dir}: too few frames for batch size {t.batch_size} on "
-                        f"{session.world_size} worker(s)")
+    spe = steps_per_epoch(data, t.batch_size, session.world_size)
     total = spe * t.epochs
     log = MetricsLog(run_dir / "metrics.jsonl", rank0, step)
+    log.write({"event": "start", "step": step, "world_size": session.world_size, "total_steps": total})
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(config_to_toml(cfg))
@@ -231,7 +231,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         if not rank0:
             session.report(metrics, None)
             return
-        tmp_root = run_dir / "checkpoints"
+        tmp_root = session.staging_dir()
         tmp_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=tmp_root))
         tmp.chmod(0o755)
@@ -285,16 +285,87 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
                     history.setdefault(k, []).append(v)
             if rank0:
                 _write_figures(run_dir, tr, figure_batch, norm, prop, device, log.records, step // spe)
-            checkpoint_and_report({**values, **extra})
+            checkpoint_and_report({**values, **extra, "complete": step >= total})
         elif step % t.checkpoint_every == 0 or stop:
             checkpoint_and_report(values)
+        _maybe_inject_fault(step, session.rank, run_dir)
         if stop and step < total:
             return metrics
 
+    digests = rank_digests(unwrap(tr.generators).g_o)
+    if len(set(digests)) > 1:
+        raise TrainingError(f"ranks ended with different G_O weights: {digests}")
+    log.write({"event": "end", "step": step, "g_o_sha256_by_rank": digests})
     if rank0:
         model_path = _export(cfg, run_dir, tr, norm, data.physics, step, metrics)
         metrics = {**metrics, "model_path": str(model_path)}
     return metrics
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's parameters and buffers (CPU bytes in state_dict order)."""
+    h = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def rank_digests(module: torch.nn.Module) -> list[str]:
+    """:func:`weights_digest` of every rank (gathered when torch.distributed runs), in rank order.
+
+    Data-parallel ranks must end with identical weights; the loop checks this before exporting."""
+    mine = weights_digest(module)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [mine]
+    out: list[str | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, mine)
+    return [str(d) for d in out]
+
+
+def steps_per_epoch(data: TrainingData, batch_size: int, world_size: int) -> int:
+    """Optimisation steps per epoch: the smaller set, split over ranks, in whole batches.
+
+    Raises:
+        DataError: too few frames for one batch per rank.
+    """
+    sizes = [len(data.paired)] if data.paired is not None else [len(data.intensities), len(data.objects)]
+    spe = min(n // world_size // batch_size for n in sizes)
+    if spe == 0:
+        raise DataError(f"too few frames ({min(sizes)}) for batch size {batch_size} on {world_size} worker(s)")
+    return spe
+
+
+def latest_losses(run_dir: Path) -> dict[str, float] | None:
+    """The last training-loss record of ``run_dir/metrics.jsonl`` (for progress shown by a driver)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written
+        if "loss_g" in rec:
+            return rec
+    return None
+
+
+def _maybe_inject_fault(step: int, rank: int, run_dir: Path) -> None:
+    """Test-only fault hook: with PHASEGAN_HPC_FAULT="RANK:STEP" that rank dies once after that step
+    (a marker file in the run directory makes it once), as a crashed node would: no cleanup, no report."""
+    spec = os.environ.get("PHASEGAN_HPC_FAULT", "")
+    if not spec:
+        return
+    fault_rank, fault_step = (int(x) for x in spec.split(":"))
+    marker = run_dir / f".fault-injected-{fault_rank}-{fault_step}"
+    if rank == fault_rank and step == fault_step and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        time.sleep(2.0)  # a crash some time after the step: reports already made have been registered
+        os._exit(17)
 
 
 def _figure_batch(data: TrainingData, paired: bool) -> tuple[np.ndarray, np.ndarray]:

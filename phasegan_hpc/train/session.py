@@ -30,6 +30,9 @@ class Session(Protocol):
     def latest_checkpoint(self) -> Path | None:
         """Directory of the checkpoint to resume from, or None for a fresh start."""
 
+    def staging_dir(self) -> Path:
+        """Where rank 0 writes a checkpoint before handing it to :meth:`report`."""
+
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         """Publish metrics (every rank calls this at the same points) and, from rank 0, a checkpoint
         directory holding :data:`CHECKPOINT_FILE`."""
@@ -53,6 +56,9 @@ class LocalSession:
 
     def wrap(self, module: nn.Module) -> nn.Module:
         return module.to(self.device)
+
+    def staging_dir(self) -> Path:
+        return self.checkpoint_root  # same file system: the final rename is atomic
 
     def latest_checkpoint(self) -> Path | None:
         done = sorted(p for p in self.checkpoint_root.glob("step_*") if (p / CHECKPOINT_FILE).is_file())

@@ -1,0 +1,275 @@
+"""Distributed training on Ray Train (V2 API): the driver, and the Ray side of the Session.
+
+``phasegan-hpc train`` always comes here. The driver checks what it can before any worker starts (data,
+storage, resources), connects to ``RAY_ADDRESS`` or starts a quiet local Ray, and runs
+:func:`phasegan_hpc.train.loop.train_loop` on every worker of a ``TorchTrainer``. DDP (gloo on CPU,
+NCCL on GPU) wraps the generator pair and the discriminator pair separately; ``ray.train.report`` is
+called by every rank at the same steps; rank 0 alone writes metrics, figures and ``model.pt``.
+
+Rerunning with the same name and storage resumes from the latest checkpoint (``ray.train.get_checkpoint``),
+which is what ``sbatch --requeue`` needs; a worker that dies is restarted up to ``max_failures`` times.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from phasegan_hpc.config import Config, config_from_dict, config_to_toml
+from phasegan_hpc.data.frames import open_training_data
+from phasegan_hpc.errors import DataError, PhaseganError, ResourceError, TrainingError
+from phasegan_hpc.train.loop import ProgressFn, latest_losses, run_dir_of, steps_per_epoch, train_loop
+from phasegan_hpc.train.session import CHECKPOINT_FILE
+from phasegan_hpc.train.step import PAIRED_METHODS
+
+#: Test-only fault hook: "RANK:STEP" makes that rank exit once, abruptly, after that step.
+FAULT_ENV = "PHASEGAN_HPC_FAULT"
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "1"}
+
+
+class RaySession:
+    """The Session of one Ray Train worker (created inside the worker)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.run_dir = run_dir
+        self._staging: Path | None = None
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        if self.world_size == 1:
+            return module.to(self.device)
+        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=_no_buffer_sync())
+
+    def latest_checkpoint(self) -> Path | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        self._staging = Path(tempfile.mkdtemp(prefix="phasegan-restore-"))
+        with ckpt.as_directory() as d:
+            shutil.copy2(Path(d) / CHECKPOINT_FILE, self._staging / CHECKPOINT_FILE)
+        return self._staging
+
+    def staging_dir(self) -> Path:
+        return Path(tempfile.gettempdir())  # node-local; Ray copies the checkpoint to storage
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(dict(metrics), checkpoint=checkpoint)
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has copied it to storage
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that stops the per-forward broadcast of buffers (PatchGAN BatchNorm statistics stay per
+    rank, DESIGN.md §5): ``forward_sync_buffers`` on newer torch, ``broadcast_buffers`` before it."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+def _worker(loop_config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: rebuild the config, run the loop through a RaySession."""
+    cfg = config_from_dict(tomllib.loads(loop_config["config"]))
+    if loop_config.get("fault"):
+        os.environ[FAULT_ENV] = loop_config["fault"]
+    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
+    session = RaySession(run_dir_of(cfg))
+    train_loop(cfg, session)
+
+
+def check_storage(storage: Path) -> Path:
+    """Create the storage directory and prove it writable; returns the absolute path."""
+    storage = storage.expanduser().resolve()
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=storage, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise DataError(f"storage {storage} is not writable ({exc.strerror or exc})") from None
+    return storage
+
+
+def connect_ray(num_cpus: int | None = None) -> bool:
+    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray quietly. Returns True if we started it."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    # Workers' own output stays in Ray's session logs; the driver shows progress from metrics.jsonl.
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning", "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    # ray.init installs a SIGTERM handler that kills the driver outright; restore the unwinding one so that
+    # Slurm's SIGTERM (preemption, scancel, requeue) shuts Ray down cleanly and the run can be resumed.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    return not address
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
+    """Fail fast (not hang) when the Ray cluster cannot host the workers."""
+    import ray
+
+    total = ray.cluster_resources()
+    need_cpu, need_gpu = workers * cpus_per_worker, workers * gpus_per_worker
+    have_cpu, have_gpu = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if need_cpu > have_cpu:
+        raise ResourceError(f"{workers} worker(s) x {cpus_per_worker:g} CPU need {need_cpu:g} CPUs; "
+                            f"the Ray cluster has {have_cpu:g}")
+    if need_gpu > have_gpu:
+        raise ResourceError(f"{workers} worker(s) x {gpus_per_worker:g} GPU need {need_gpu:g} GPUs; "
+                            f"the Ray cluster has {have_gpu:g}")
+
+
+def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
+        max_failures: int = 3, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Train ``cfg`` with Ray Train on ``workers`` workers; resume if the run already has checkpoints.
+
+    Args:
+        cfg: configuration (``cfg.train.runs_dir`` is the storage path, ``cfg.train.name`` the run name).
+        workers: data-parallel workers (ranks).
+        cpus_per_worker, gpus_per_worker: resources of each worker (GPUs > 0 means CUDA and NCCL).
+        max_failures: worker failures to recover from (restart from the latest checkpoint).
+        progress: called by the driver with (step, total, losses) read from rank 0's ``metrics.jsonl``.
+
+    Returns:
+        ``{"step", "metrics", "model_path", "run_dir"}`` of the finished (or stopped) run.
+
+    Raises:
+        DataError, ResourceError: user-fixable problems, found before any worker starts.
+        TrainingError: the run failed more often than ``max_failures``.
+    """
+    if workers < 1 or cpus_per_worker <= 0 or gpus_per_worker < 0:
+        raise ResourceError("need workers >= 1, cpus per worker > 0, gpus per worker >= 0")
+    if gpus_per_worker > 0 and not torch.cuda.is_available() and not os.environ.get("RAY_ADDRESS"):
+        raise ResourceError("GPUs requested but this machine has no CUDA device (and RAY_ADDRESS is not set)")
+    data = open_training_data(cfg.train.data_dir, paired=cfg.train.method in PAIRED_METHODS)  # fail fast
+    total = steps_per_epoch(data, cfg.train.batch_size, workers) * cfg.train.epochs
+    storage = check_storage(Path(cfg.train.runs_dir))
+    cfg = _with_storage(cfg, storage)
+
+    started = connect_ray()
+    try:
+        check_resources(workers, cpus_per_worker, gpus_per_worker)
+        trainer = _trainer(cfg, storage, workers, cpus_per_worker, gpus_per_worker, max_failures)
+        result = _fit_with_progress(trainer, run_dir_of(cfg), total, progress)
+        return _summary(cfg, result)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _with_storage(cfg: Config, storage: Path) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, runs_dir=str(storage),
+                                                              data_dir=str(Path(cfg.train.data_dir).resolve())))
+
+
+def _trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: float, max_failures: int):
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    loop_config = {"config": config_to_toml(cfg), "fault": os.environ.get(FAULT_ENV, ""),
+                   "threads": max(1, int(cpus))}
+    return TorchTrainer(
+        _worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0,
+                                     resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}),
+        run_config=RunConfig(
+            name=cfg.train.name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def _fit_with_progress(trainer, run_dir: Path, total: int, progress: ProgressFn | None):
+    """``trainer.fit()`` in a thread while this one reports progress; worker errors become one line."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    last_step = -1
+    while thread.is_alive():
+        thread.join(1.0)
+        rec = latest_losses(run_dir) if progress is not None else None
+        if rec is not None and rec["step"] != last_step:
+            last_step = rec["step"]
+            progress(int(rec["step"]), total, {k: v for k, v in rec.items() if isinstance(v, float)})
+    if "error" in box:
+        cause = _root_cause(box["error"])
+        if isinstance(cause, PhaseganError):
+            raise cause from None
+        text = f"{type(cause).__name__}: {cause}".strip().splitlines()[0]
+        raise TrainingError(f"training failed ({text}); worker logs are in Ray's session log directory") \
+            from box["error"]
+    return box["result"]
+
+
+def _summary(cfg: Config, result) -> dict[str, Any]:
+    run_dir = run_dir_of(cfg)
+    model = run_dir / "model.pt"
+    metrics = dict(result.metrics or {})
+    return {"step": metrics.get("step"), "metrics": metrics, "run_dir": str(run_dir),
+            "model_path": str(model) if model.is_file() and metrics.get("complete") else None}
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = getattr(exc, "cause", None) or exc.__cause__
+        if nxt is None:
+            for attr in ("worker_failures", "errors"):
+                failures = getattr(exc, attr, None)
+                if isinstance(failures, dict) and failures:
+                    nxt = next(iter(failures.values()))
+                    break
+        if nxt is None:
+            return exc
+        exc = nxt
+    return exc

@@ -1,0 +1,124 @@
+"""Ray Train (V2) training: DDP over 2 CPU workers, worker failure recovery, driver restarts, bad input.
+
+A real local Ray cluster (session fixture) runs real TorchTrainer workers with gloo DDP.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from phasegan_hpc.config import with_overrides
+from phasegan_hpc.errors import DataError, ResourceError
+from phasegan_hpc.models.artifact import load_model
+from phasegan_hpc.train.fit import FAULT_ENV, fit
+from phasegan_hpc.train.loop import run_dir_of, weights_digest
+
+EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
+pytestmark = pytest.mark.slow
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_workers_end_with_identical_weights(ray_cluster, tiny_train_config):
+    cfg = with_overrides(tiny_train_config, {"train.name": "ddp"})
+    result = fit(cfg, workers=2)
+    run = run_dir_of(cfg)
+    recs = records(run)
+    assert [r["world_size"] for r in recs if r.get("event") == "start"] == [2]
+    # 32 frames / 2 ranks / batch 8 = 2 steps per epoch, 2 epochs
+    assert [r["step"] for r in recs if "loss_g" in r] == [1, 2, 3, 4]
+    (end,) = [r for r in recs if r.get("event") == "end"]
+    digests = end["g_o_sha256_by_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    model = load_model(result["model_path"])
+    assert weights_digest(model.generator) == digests[0]
+    assert sorted(p.name for p in run.glob("checkpoint_*"))  # Ray Train's checkpoints in storage/NAME
+
+
+def test_killed_worker_is_replaced_and_run_completes(ray_cluster, tiny_train_config, monkeypatch):
+    cfg = with_overrides(tiny_train_config, {"train.name": "fault", "train.checkpoint_every": 100})
+    monkeypatch.setenv(FAULT_ENV, "1:3")  # rank 1 dies after step 3; the last checkpoint is at step 2
+    result = fit(cfg, workers=2, max_failures=2)
+    run = run_dir_of(cfg)
+    assert (run / ".fault-injected-1-3").exists()  # it did die
+    recs = records(run)
+    starts = [r["step"] for r in recs if r.get("event") == "start"]
+    assert starts == [0, 2]  # restarted from the checkpoint, not from scratch
+    assert [r["step"] for r in recs if "loss_g" in r] == [1, 2, 3, 4]
+    assert result["step"] == 4 and Path(result["model_path"]).is_file()
+
+
+def test_interrupted_driver_resumes_from_last_checkpoint(ray_cluster, tiny_train_config, tmp_path):
+    cfg_file = tmp_path / "c.toml"
+    from phasegan_hpc.config import config_to_toml
+
+    cfg = with_overrides(tiny_train_config, {"train.name": "requeue", "train.epochs": 40,
+                                             "train.checkpoint_every": 2})
+    cfg_file.write_text(config_to_toml(cfg))
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster)
+    run = run_dir_of(cfg)
+    proc = subprocess.Popen([EXE, "train", "--config", str(cfg_file), "--workers", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(run.glob("checkpoint_*")):
+        time.sleep(0.5)
+    assert list(run.glob("checkpoint_*")), "no checkpoint appeared"
+    proc.send_signal(signal.SIGTERM)  # what Slurm sends on preemption / scancel / requeue
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "rerun the same command to resume" in out
+    first = [r["step"] for r in records(run) if "loss_g" in r]
+    assert first and not (run / "model.pt").exists()
+
+    short = with_overrides(cfg, {"train.epochs": 2 + max(first) // 4})
+    cfg_file.write_text(config_to_toml(short))
+    done = subprocess.run([EXE, "train", "--config", str(cfg_file)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    starts = [r["step"] for r in records(run) if r.get("event") == "start"]
+    assert starts[0] == 0 and starts[-1] > 0  # continued from its checkpoint
+    steps = [r["step"] for r in records(run) if "loss_g" in r]
+    assert steps == list(range(1, len(steps) + 1))  # no step lost or repeated
+    assert (run / "model.pt").is_file()
+
+
+def test_bad_input_fails_fast_with_clear_errors(ray_cluster, tiny_train_config, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    cfg = with_overrides(tiny_train_config, {"train.runs_dir": str(tmp_path / "afile" / "runs")})
+    with pytest.raises(DataError, match="not writable"):
+        fit(cfg)
+    t0 = time.time()
+    with pytest.raises(ResourceError, match="need 3 CPUs; the Ray cluster has 2"):
+        fit(tiny_train_config, workers=3)
+    with pytest.raises(ResourceError, match="GPU"):
+        fit(tiny_train_config, gpus_per_worker=1)
+    assert time.time() - t0 < 30  # an error, not a hang
+    with pytest.raises(DataError, match="not found"):
+        fit(with_overrides(tiny_train_config, {"train.data_dir": str(tmp_path / "none")}))
+
+
+def _ray_processes() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines()[1:] if "raylet" in line or "gcs_server" in line}
+
+
+def test_cli_errors_leave_no_ray_processes(tiny_data, tmp_path):
+    before = _ray_processes()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([EXE, "train", "--config", "configs/tiny.toml", "--data", str(tiny_data),
+                           "--storage", str(tmp_path / "runs"), "--workers", "3"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 3 worker(s)")
+    time.sleep(1.0)
+    assert _ray_processes() <= before  # the local Ray it started is gone
