@@ -16,9 +16,21 @@ DEMO_DIR ?= demo-out
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test lint demo clean
+# Debian packages the tests use for real: a one-node Slurm (slurmctld, slurmd, munge) and shellcheck.
+SYSTEM_PACKAGES := slurm-wlm munge shellcheck
+SYSTEM_COMMANDS := slurmctld slurmd sbatch munged shellcheck
+
+.PHONY: install system-deps test lint demo clean
 
 install: $(STAMP)
+
+system-deps:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; run as root or: apt-get install $(SYSTEM_PACKAGES)"; exit 1; fi; \
+	  echo "installing $(SYSTEM_PACKAGES) (missing:$$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
 
 # Re-run only when the venv is missing or broken, or pyproject.toml / this file changed.
 $(STAMP): pyproject.toml Makefile
@@ -31,8 +43,8 @@ $(STAMP): pyproject.toml Makefile
 lint: install
 	$(VENV)/bin/ruff check phasegan_hpc tests
 
-test: install lint
-	$(PY) -m pytest
+test: install system-deps lint
+	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 $(PY) -m pytest
 
 # Simulate a small data set, train PhaseGAN briefly on it, score it next to Paganin, write figures.
 demo: install

@@ -1,0 +1,126 @@
+"""A real one-node Slurm cluster for tests: munged, slurmctld and slurmd from Debian, all under one
+directory, on free ports, stopped by the PIDs this module started (nothing else on the machine is touched).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo", "scontrol")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class SlurmCluster:
+    root: Path
+    env: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def run(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), env=self.env, capture_output=True, text=True, **kw)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start(root: Path, cpus: int = 2, memory_mb: int = 8000) -> SlurmCluster:
+    """Start munged, slurmctld and slurmd (foreground processes) with state under ``root``.
+
+    Raises:
+        RuntimeError: a command is missing (``make test`` installs slurm-wlm and munge) or a daemon
+            does not come up; the log tails are in the message.
+    """
+    missing = [c for c in COMMANDS if shutil.which(c) is None]
+    if missing:
+        raise RuntimeError(f"missing {', '.join(missing)}: `make test` installs Debian's slurm-wlm and munge")
+    root.mkdir(parents=True, exist_ok=True)
+    for d in ("munge", "state", "spool", "log"):
+        (root / d).mkdir(exist_ok=True)
+    (root / "munge").chmod(0o700)
+    key = root / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o600)
+    sock = root / "munge" / "munge.socket"
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(f"""
+ClusterName=phasegantest
+SlurmctldHost={host}
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={sock}
+CredType=cred/munge
+StateSaveLocation={root / 'state'}
+SlurmdSpoolDir={root / 'spool'}
+SlurmctldPidFile={root / 'slurmctld.pid'}
+SlurmdPidFile={root / 'slurmd.pid'}
+SlurmctldLogFile={root / 'log' / 'slurmctld.log'}
+SlurmdLogFile={root / 'log' / 'slurmd.log'}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/builtin
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+ReturnToService=2
+KillWait=5
+InactiveLimit=0
+MinJobAge=300
+NodeName={host} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+""")
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    cluster = SlurmCluster(root, env)
+    log = open(root / "log" / "daemons.out", "ab")  # noqa: SIM115 - lives as long as the daemons
+    try:
+        cluster.procs.append(subprocess.Popen(
+            ["munged", "-F", "--force", f"--key-file={key}", f"--socket={sock}",
+             f"--pid-file={root / 'munge' / 'munged.pid'}", f"--log-file={root / 'log' / 'munged.log'}",
+             f"--seed-file={root / 'munge' / 'munged.seed'}"], stdout=log, stderr=log))
+        _wait(lambda: sock.exists(), 20, "munged socket", root)
+        cluster.procs.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(conf)], env=env,
+                                              stdout=log, stderr=log))
+        _wait(lambda: cluster.run("scontrol", "ping").returncode == 0 and "UP" in
+              cluster.run("scontrol", "ping").stdout, 60, "slurmctld", root)
+        cluster.procs.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env, stdout=log, stderr=log))
+        _wait(lambda: "idle" in cluster.run("sinfo", "-h", "-o", "%T").stdout, 60, "slurmd (node idle)", root)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _wait(cond, timeout: float, what: str, root: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    tails = []
+    for f in sorted((root / "log").glob("*")):
+        tails.append(f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:]))
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s\n" + "\n".join(tails))

@@ -1,0 +1,78 @@
+"""`sbatch slurm/train_foam.sh` on a real one-node Slurm cluster (munged, slurmctld, slurmd from Debian)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import slurm_cluster
+from phasegan_hpc.config import config_to_toml, load_config, with_overrides
+from phasegan_hpc.models.artifact import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted((REPO / "slurm").glob("*.sh"))
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _job_env(cluster, tmp_path, data, name, **extra):
+    cfg = with_overrides(load_config(REPO / "configs" / "tiny.toml"), {"train.epochs": 1, "train.val_frames": 8})
+    (tmp_path / "tiny-slurm.toml").write_text(config_to_toml(cfg))
+    env = dict(cluster.env, PHASEGAN_HOME=str(REPO), PHASEGAN_CONFIG=str(tmp_path / "tiny-slurm.toml"),
+               PHASEGAN_DATA=str(data), PHASEGAN_NAME=name, PHASEGAN_STORAGE=str(tmp_path / "runs"),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _sbatch(cluster, env, tmp_path, *args):
+    out = tmp_path / "job-%j.out"
+    proc = subprocess.run(["sbatch", "--parsable", "--wait", "--gres=none", "--nodes=1", "--cpus-per-task=2",
+                           "--time=15", f"--output={out}", str(REPO / "slurm" / "train_foam.sh"), *args],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    job_id = proc.stdout.strip().split(";")[0]
+    log = (tmp_path / f"job-{job_id}.out").read_text() if job_id else ""
+    info = cluster.run("scontrol", "show", "job", job_id).stdout
+    return proc, job_id, log, info
+
+
+@pytest.mark.slow
+def test_sbatch_train_foam_completes_and_leaves_a_model(slurm, tiny_data, tmp_path):
+    env = _job_env(slurm, tmp_path, tiny_data, "slurm")
+    proc, job_id, log, info = _sbatch(slurm, env, tmp_path)
+    assert proc.returncode == 0, f"{proc.stderr}\n{log}\n{info}"
+    assert "JobState=COMPLETED" in info and re.search(r"\bExitCode=0:0\b", info), info
+    assert "all 1 node(s) joined" in log
+    model = load_model(tmp_path / "runs" / "slurm" / "model.pt")
+    assert model.method == "phasegan"
+    # Ray was stopped: no raylet of this job is left.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"/tmp/ray-{job_id}" not in ps
+
+
+@pytest.mark.slow
+def test_sbatch_passes_the_training_exit_code_through(slurm, tmp_path):
+    env = _job_env(slurm, tmp_path, tmp_path / "no-data", "broken")
+    proc, job_id, log, info = _sbatch(slurm, env, tmp_path)
+    assert proc.returncode != 0
+    assert "JobState=FAILED" in info and re.search(r"\bExitCode=1:0\b", info), info
+    assert "error: data directory" in log and "Traceback" not in log
+    assert "stopping Ray" in log
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_are_bash_n_and_shellcheck_clean(script):
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    proc = subprocess.run(["shellcheck", "-x", "-P", str(REPO), str(script)], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stdout
