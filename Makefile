@@ -51,7 +51,7 @@ demo: install
 	$(CLI) simulate $(DEMO_DIR)/data --config configs/tiny.toml --overwrite
 	$(CLI) preview $(DEMO_DIR)/data --out $(DEMO_DIR)/preview.png
 	rm -rf $(DEMO_DIR)/runs
-	$(CLI) train --config configs/tiny.toml --data $(DEMO_DIR)/data --runs-dir $(DEMO_DIR)/runs --name tiny
+	$(CLI) train --config configs/tiny.toml --data $(DEMO_DIR)/data --storage $(DEMO_DIR)/runs --name tiny
 	$(CLI) evaluate --model $(DEMO_DIR)/runs/latest/model.pt --data $(DEMO_DIR)/data/validation.h5 \
 		--baseline paganin --json $(DEMO_DIR)/evaluate.json
 	@echo "demo finished: $(DEMO_DIR)/preview.png, $(DEMO_DIR)/runs/tiny/figures/, $(DEMO_DIR)/evaluate.json"

@@ -135,14 +135,19 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["frc", "step"]))
+@click.argument("name", type=click.Choice(["frc", "step", "train"]))
 @click.option("--size", type=int, default=256, show_default=True, help="Image side [px].")
 @click.option("--batch", type=int, default=16, show_default=True, help="Batch size.")
 @click.option("--repeats", type=int, default=None, help="Timed repeats (median reported; default per benchmark).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
 def bench(name: str, size: int, batch: int, repeats: int | None, device: str, json_path: Path | None) -> None:
-    """Run benchmark NAME: frc (vectorised FRC loss vs a per-ring loop) or step (training step per method)."""
+    """Run benchmark NAME.
+
+    frc: vectorised FRC loss vs a per-ring loop. step: one training step per method (full-size networks).
+    train: samples/s in-process vs Ray Train with 1 and 2 workers (tiny networks, 64 px and --size px;
+    --batch is per worker, default 16 is slow here: try --batch 4).
+    """
     import json
 
     from phasegan_hpc.bench import benchmarks

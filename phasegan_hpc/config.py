@@ -204,6 +204,7 @@ class TrainConfig:
     lr_decay_factor: float = 0.1
     grad_clip: float = 10.0
     augment: bool = True
+    amp: str = "off"  # mixed precision of the network passes: "off", "bf16" or "fp16" (fp16: GPUs only)
     norm_frames: int = 1000
     val_frames: int = 256
     checkpoint_every: int = 500
@@ -214,6 +215,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.method in METHODS, "train.method", f"must be one of {METHODS}")
+        _require(self.amp in ("off", "bf16", "fp16"), "train.amp", "must be 'off', 'bf16' or 'fp16'")
         for key in ("epochs", "batch_size", "lr_decay_epochs", "norm_frames", "checkpoint_every",
                     "keep_checkpoints", "log_every"):
             _require(getattr(self, key) >= 1, f"train.{key}", "must be >= 1")

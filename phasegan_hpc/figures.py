@@ -139,7 +139,7 @@ def loss_curves(path: Path, records: list[dict]) -> Path:
     fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
     train = [r for r in records if "loss_g" in r]
     val = [r for r in records if any(k.startswith("val_") for k in r)]
-    keys = [k for k in (train[0] if train else {}) if k not in ("step", "epoch", "lr_scale")
+    keys = [k for k in (train[0] if train else {}) if k not in ("step", "epoch", "lr_scale", "time")
             and not k.startswith("grad_")]
     for k in keys:
         ax_t.plot([r["step"] for r in train], [max(abs(r[k]), 1e-12) for r in train], label=k)

@@ -159,7 +159,7 @@ def test_bad_training_data(tiny_train_config, tiny_data, tmp_path):
 
 
 def test_cli_train_errors_are_one_line(tmp_path):
-    proc = subprocess.run([EXE, "train", "--data", str(tmp_path / "none"), "--runs-dir", str(tmp_path / "runs")],
+    proc = subprocess.run([EXE, "train", "--data", str(tmp_path / "none"), "--storage", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "not found" in proc.stderr

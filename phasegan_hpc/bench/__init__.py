@@ -48,5 +48,6 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     """The registry: name -> function(size, batch, repeats, device) returning a result dict."""
     from phasegan_hpc.bench.frc import bench_frc
     from phasegan_hpc.bench.step import bench_step
+    from phasegan_hpc.bench.train import bench_train
 
-    return {"frc": bench_frc, "step": bench_step}
+    return {"frc": bench_frc, "step": bench_step, "train": bench_train}

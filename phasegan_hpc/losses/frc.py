@@ -121,7 +121,7 @@ def frc_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tens
         raise ValueError(f"frc_loss: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
     if a.is_complex() or b.is_complex():
         return (1.0 - frc(a, b, eps)).square().mean()
-    dtype = torch.promote_types(a.dtype, b.dtype)
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)  # no half-precision FFT
     return _FRCLoss.apply(a.to(dtype), b.to(dtype), eps)
 
 

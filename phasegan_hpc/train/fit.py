@@ -134,6 +134,14 @@ def connect_ray(num_cpus: int | None = None) -> bool:
     return not address
 
 
+def disconnect_ray(started: bool) -> None:
+    """Shut Ray down if :func:`connect_ray` started it (a cluster we only connected to keeps running)."""
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -187,10 +195,7 @@ def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per
         result = _fit_with_progress(trainer, run_dir_of(cfg), total, progress)
         return _summary(cfg, result)
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        disconnect_ray(started)
 
 
 def _with_storage(cfg: Config, storage: Path) -> Config:

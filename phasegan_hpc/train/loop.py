@@ -101,6 +101,7 @@ def _checkpoint_state(tr: Trainables, step: int, norm: Normalisation, history: d
         "opt_d": tr.opt_d.state_dict() if tr.opt_d is not None else None,
         "normalisation": norm.to_dict(),
         "torch_rng": torch.get_rng_state(),
+        "scalers": [s.state_dict() if s is not None else None for s in (tr.scaler_g, tr.scaler_d)],
         "history": history,
         "identity": identity,
     }
@@ -195,7 +196,9 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
                              distance_m=data.physics["distance_m"], wavelength_m=data.physics["wavelength_m"],
                              pad=cfg.physics.pad, pad_mode=cfg.physics.pad_mode)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
-    tr = build_trainables(cfg, method, prop, norm, session.wrap)
+    if t.amp == "fp16" and device.type != "cuda":
+        raise TrainingError("train.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPUs")
+    tr = build_trainables(cfg, method, prop, norm, session.wrap, device)
     step = 0
     history: dict[str, Any] = {}
     if state:
@@ -205,6 +208,9 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
             unwrap(tr.discriminators).load_state_dict(state["discriminators"])
             tr.opt_d.load_state_dict(state["opt_d"])
         torch.set_rng_state(state["torch_rng"])
+        for scaler, saved in zip((tr.scaler_g, tr.scaler_d), state.get("scalers", (None, None)), strict=True):
+            if scaler is not None and saved is not None:
+                scaler.load_state_dict(saved)
         step, history = int(state["step"]), dict(state["history"])
 
     if paired:
@@ -271,7 +277,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         if progress is not None and rank0:
             progress(step, total, values)
         if step % t.log_every == 0:
-            log.write({"step": step, "epoch": step / spe, "lr_scale": _lr_scale(cfg, epoch),
+            log.write({"step": step, "epoch": step / spe, "lr_scale": _lr_scale(cfg, epoch), "time": time.time(),
                        **{k: v / count for k, v in sums.items()}})
             sums, count = {}, 0
         epoch_end = step % spe == 0

@@ -43,14 +43,29 @@ class Batch:
     obj: torch.Tensor
 
 
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class Trainables:
-    """Networks (possibly DDP-wrapped) and their two optimisers."""
+    """Networks (possibly DDP-wrapped), their two optimisers, and mixed precision.
+
+    ``amp_dtype`` (bf16 / fp16, or None) runs the network forward passes under autocast; the physics (H)
+    and the FRC stay float32. fp16 uses one gradient scaler per optimiser.
+    """
 
     generators: nn.Module
     discriminators: nn.Module | None
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer | None
+    amp_dtype: torch.dtype | None = None
+    device_type: str = "cpu"
+    scaler_g: torch.amp.GradScaler | None = None
+    scaler_d: torch.amp.GradScaler | None = None
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -59,9 +74,11 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 def build_trainables(cfg: Config, method: str, propagator: FresnelPropagator, norm: Normalisation,
-                     wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> Trainables:
+                     wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+                     device: torch.device | str = "cpu") -> Trainables:
     """Networks for ``method``, initialised N(0, 0.02) (G_O's encoder from VGG11 if configured), wrapped by
-    ``wrap`` (DDP under Ray Train), and Adam optimisers with the paper's settings from ``cfg.train``."""
+    ``wrap`` (DDP under Ray Train), Adam optimisers with the paper's settings from ``cfg.train``, and
+    ``cfg.train.amp`` mixed precision on ``device``."""
     m, t = cfg.model, cfg.train
     g_o = build_generator(m.generator, INTENSITY_CHANNELS, OBJECT_CHANNELS, m.base_filters, m.init)
     if m.encoder_weights:
@@ -88,7 +105,12 @@ def build_trainables(cfg: Config, method: str, propagator: FresnelPropagator, no
     if discs is not None:
         discs = wrap(discs)
         opt_d = torch.optim.Adam(discs.parameters(), lr=t.lr_d, betas=betas)
-    return Trainables(gens, discs, opt_g, opt_d)
+    device_type = torch.device(device).type
+    amp_dtype = AMP_DTYPES[t.amp]
+    fp16 = amp_dtype is torch.float16
+    return Trainables(gens, discs, opt_g, opt_d, amp_dtype, device_type,
+                      torch.amp.GradScaler(device_type) if fp16 else None,
+                      torch.amp.GradScaler(device_type) if fp16 and opt_d is not None else None)
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -96,41 +118,53 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _apply(opt: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, grad_clip: float) -> torch.Tensor:
+def _apply(opt: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, grad_clip: float,
+           scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """Backward, clip the gradient norm (if > 0), step; returns the pre-clip gradient norm."""
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
     params = [p for p in module.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    opt.step()
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)  # skipped when the scaled gradients overflowed
+        scaler.update()
     return norm.detach()
 
 
 def step_cycle(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) -> dict[str, torch.Tensor]:
     """PhaseGAN (with H) or CycleGAN (without): the generator pair decides. Eq. 1-4."""
     real_i, real_o = batch.intensity, batch.obj
-    out = t.generators(real_i, real_o)
+    with t.autocast():
+        out = t.generators(real_i, real_o)
     discs = unwrap(t.discriminators)
 
     # Discriminators: real vs (detached) fake, both domains (eq. 2, maximised over D_O, D_D).
     _set_requires_grad(discs, True)
-    lo_real, lo_fake, ld_real, ld_fake = t.discriminators(real_o, out.fake_object.detach(), real_i,
-                                                          out.fake_intensity.detach())
-    d_o = discriminator_loss(lo_real, lo_fake, loss.adversarial)
-    d_d = discriminator_loss(ld_real, ld_fake, loss.adversarial)
-    d_grad = _apply(t.opt_d, discs, d_o + d_d, grad_clip)
+    with t.autocast():
+        lo_real, lo_fake, ld_real, ld_fake = t.discriminators(real_o, out.fake_object.detach(), real_i,
+                                                              out.fake_intensity.detach())
+        d_o = discriminator_loss(lo_real, lo_fake, loss.adversarial)
+        d_d = discriminator_loss(ld_real, ld_fake, loss.adversarial)
+    d_grad = _apply(t.opt_d, discs, d_o + d_d, grad_clip, t.scaler_d)
 
     # Generators: fool the (frozen) discriminators, close both cycles (eq. 2-4).
     _set_requires_grad(discs, False)
-    adv_o = adversarial_loss(discs.d_o(out.fake_object), True, loss.adversarial)
-    adv_d = adversarial_loss(discs.d_d(out.fake_intensity), True, loss.adversarial)
-    cyc_o = cycle_l1(out.reconstructed_object, real_o)
-    cyc_i = cycle_l1(out.reconstructed_intensity, real_i)
-    frc_o = frc_loss(out.reconstructed_object, real_o)
-    frc_i = frc_loss(out.reconstructed_intensity, real_i)
+    with t.autocast():
+        adv_o = adversarial_loss(discs.d_o(out.fake_object), True, loss.adversarial)
+        adv_d = adversarial_loss(discs.d_d(out.fake_intensity), True, loss.adversarial)
+    cyc_o = cycle_l1(out.reconstructed_object.float(), real_o)
+    cyc_i = cycle_l1(out.reconstructed_intensity.float(), real_i)
+    frc_o = frc_loss(out.reconstructed_object.float(), real_o)
+    frc_i = frc_loss(out.reconstructed_intensity.float(), real_i)
     w = loss.object_cycle_weight
     total = adv_o + adv_d + loss.alpha_cyc * (w * cyc_o + cyc_i) + loss.alpha_frc * (w * frc_o + frc_i)
-    g_grad = _apply(t.opt_g, t.generators, total, grad_clip)
+    g_grad = _apply(t.opt_g, t.generators, total, grad_clip, t.scaler_g)
     _set_requires_grad(discs, True)
     terms = {"loss_g": total, "loss_d": d_o + d_d, "adv_o": adv_o, "adv_d": adv_d, "cyc_o": cyc_o,
              "cyc_i": cyc_i, "frc_o": frc_o, "frc_i": frc_i, "d_o": d_o, "d_d": d_d,
@@ -140,17 +174,20 @@ def step_cycle(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) 
 
 def step_pix2pix(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) -> dict[str, torch.Tensor]:
     """pix2pix (eq. 6): D_O on objects, G_O adversarial + alpha_mse * L2 to the paired object."""
-    out = t.generators(batch.intensity)
+    with t.autocast():
+        out = t.generators(batch.intensity)
     discs = unwrap(t.discriminators)
     _set_requires_grad(discs, True)
-    lo_real, lo_fake = t.discriminators(batch.obj, out.fake_object.detach())
-    d_o = discriminator_loss(lo_real, lo_fake, loss.adversarial)
-    d_grad = _apply(t.opt_d, discs, d_o, grad_clip)
+    with t.autocast():
+        lo_real, lo_fake = t.discriminators(batch.obj, out.fake_object.detach())
+        d_o = discriminator_loss(lo_real, lo_fake, loss.adversarial)
+    d_grad = _apply(t.opt_d, discs, d_o, grad_clip, t.scaler_d)
     _set_requires_grad(discs, False)
-    adv_o = adversarial_loss(discs.d_o(out.fake_object), True, loss.adversarial)
-    mse = (out.fake_object - batch.obj).square().mean()
+    with t.autocast():
+        adv_o = adversarial_loss(discs.d_o(out.fake_object), True, loss.adversarial)
+    mse = (out.fake_object.float() - batch.obj).square().mean()
     total = adv_o + loss.alpha_mse * mse
-    g_grad = _apply(t.opt_g, t.generators, total, grad_clip)
+    g_grad = _apply(t.opt_g, t.generators, total, grad_clip, t.scaler_g)
     _set_requires_grad(discs, True)
     terms = {"loss_g": total, "loss_d": d_o, "adv_o": adv_o, "mse": mse, "grad_g": g_grad, "grad_d": d_grad}
     return {k: v.detach() for k, v in terms.items()}
@@ -158,9 +195,10 @@ def step_pix2pix(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float
 
 def step_paired(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) -> dict[str, torch.Tensor]:
     """Supervised baseline: L2 between G_O(I) and the paired object."""
-    out = t.generators(batch.intensity)
-    mse = (out.fake_object - batch.obj).square().mean()
-    g_grad = _apply(t.opt_g, t.generators, mse, grad_clip)
+    with t.autocast():
+        out = t.generators(batch.intensity)
+    mse = (out.fake_object.float() - batch.obj).square().mean()
+    g_grad = _apply(t.opt_g, t.generators, mse, grad_clip, t.scaler_g)
     return {"loss_g": mse.detach(), "mse": mse.detach(), "grad_g": g_grad}
 
 
