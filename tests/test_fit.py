@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from phasegan_hpc.config import with_overrides
 from phasegan_hpc.errors import DataError, ResourceError

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import slurm_cluster
+
 from phasegan_hpc.config import config_to_toml, load_config, with_overrides
 from phasegan_hpc.models.artifact import load_model
 

@@ -18,10 +18,10 @@ import shutil
 import signal
 import tempfile
 import threading
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 from torch import nn
 
