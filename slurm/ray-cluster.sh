@@ -4,7 +4,7 @@
 #
 #   ray_cluster_start   head on the first node, one worker per other node (srun), waits until all joined,
 #                       exports RAY_ADDRESS, RAY_NODES, RAY_CPUS_PER_NODE, RAY_GPUS_PER_NODE
-#   ray_cluster_stop    stops Ray on every node and removes the node-local temp dirs
+#   ray_cluster_stop    stops this job's Ray on every node (not others') and removes its temp dirs
 #
 # Environment (all optional): RAY_BIN (default: .venv/bin/ray next to this checkout, else ray on PATH),
 # RAY_HEAD_IP (default: first address of the head node), RAY_TMPDIR (default: /tmp/ray-$SLURM_JOB_ID,
@@ -96,15 +96,16 @@ PY
 }
 
 ray_cluster_stop() {
+  # Only this job's Ray: end the srun steps that run `ray start --block` (Slurm then ends every process of
+  # those steps). Never `ray stop`, which would kill every Ray on the node, other jobs' included.
   _ray_log "stopping Ray"
-  local node
-  for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
-    srun --overlap --nodes=1 --ntasks=1 -w "$node" bash -c \
-      "'$RAY_BIN' stop --force >/dev/null 2>&1; rm -rf '$RAY_TMPDIR'" || true
-  done
   local pid
   for pid in "${RAY_SRUN_PIDS[@]:-}"; do
-    if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; fi
+    if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
   wait 2>/dev/null || true
+  local node
+  for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
+    srun --overlap --nodes=1 --ntasks=1 -w "$node" rm -rf "$RAY_TMPDIR" || true
+  done
 }

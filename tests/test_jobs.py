@@ -36,7 +36,11 @@ def ray_head():
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-         "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+         "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats",
+         # every port explicit: another Ray on this machine (the test session's) holds the defaults
+         *(f"--{opt}={_free_port()}" for opt in (
+             "node-manager-port", "object-manager-port", "ray-client-server-port", "dashboard-agent-listen-port",
+             "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port"))],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
@@ -50,6 +54,15 @@ def ray_head():
             time.sleep(1)
     else:
         raise RuntimeError("Ray head's job server did not come up")
+    # The job server answers before the head's job agent has registered: wait until a job is accepted.
+    while time.time() < deadline:
+        probe = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", url, "--no-wait", "--", "true"],
+                               env=env, capture_output=True, text=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(1)
+    else:
+        raise RuntimeError(f"Ray head accepts no job: {probe.stderr[-500:]}")
     try:
         yield url
     finally:
