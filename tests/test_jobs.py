@@ -68,7 +68,7 @@ def ray_head():
     finally:
         os.killpg(head.pid, 15)  # the head and the processes it started, nothing else
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, 9)
         subprocess.run(["rm", "-rf", str(temp)])
