@@ -29,7 +29,7 @@ from phasegan_hpc.config import Config, config_from_dict, config_to_toml
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.errors import DataError, PhaseganError, ResourceError, TrainingError
 from phasegan_hpc.train.loop import ProgressFn, latest_losses, run_dir_of, steps_per_epoch, train_loop
-from phasegan_hpc.train.session import CHECKPOINT_FILE
+from phasegan_hpc.train.session import load_checkpoint
 from phasegan_hpc.train.step import PAIRED_METHODS
 
 #: Test-only fault hook: "RANK:STEP" makes that rank exit once, abruptly, after that step.
@@ -49,7 +49,6 @@ class RaySession:
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.run_dir = run_dir
-        self._staging: Path | None = None
 
     def wrap(self, module: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -58,16 +57,14 @@ class RaySession:
             return module.to(self.device)
         return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=_no_buffer_sync())
 
-    def latest_checkpoint(self) -> Path | None:
+    def restore(self) -> dict[str, Any] | None:
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
-        self._staging = Path(tempfile.mkdtemp(prefix="phasegan-restore-"))
         with ckpt.as_directory() as d:
-            shutil.copy2(Path(d) / CHECKPOINT_FILE, self._staging / CHECKPOINT_FILE)
-        return self._staging
+            return load_checkpoint(Path(d))
 
     def staging_dir(self) -> Path:
         return Path(tempfile.gettempdir())  # node-local; Ray copies the checkpoint to storage

@@ -107,14 +107,6 @@ def _checkpoint_state(tr: Trainables, step: int, norm: Normalisation, history: d
     }
 
 
-def load_checkpoint(directory: Path) -> dict[str, Any]:
-    """Read a checkpoint written by the loop (weights only: never runs code)."""
-    try:
-        return torch.load(directory / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"checkpoint {directory} cannot be read ({type(exc).__name__}: {exc})") from None
-
-
 class MetricsLog:
     """``metrics.jsonl`` of rank 0: one JSON object per line. On resume, lines past the resumed step go."""
 
@@ -185,8 +177,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
     rank0 = session.rank == 0
     device = session.device
 
-    ckpt_dir = session.latest_checkpoint()
-    state = load_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    state = session.restore()
     identity = _identity(cfg)
     if state is not None and state.get("identity") != identity:
         raise TrainingError(f"run {run_dir} holds a checkpoint of another configuration "

@@ -14,7 +14,21 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from phasegan_hpc.errors import DataError
+
 CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any]:
+    """Read the training state in a checkpoint directory (weights only: loading never runs code).
+
+    Raises:
+        DataError: the file is missing or unreadable.
+    """
+    try:
+        return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"checkpoint {directory} cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 class Session(Protocol):
@@ -27,8 +41,8 @@ class Session(Protocol):
     def wrap(self, module: nn.Module) -> nn.Module:
         """Move to the device and, with several workers, wrap for data-parallel training."""
 
-    def latest_checkpoint(self) -> Path | None:
-        """Directory of the checkpoint to resume from, or None for a fresh start."""
+    def restore(self) -> dict[str, Any] | None:
+        """The training state of the latest checkpoint (see :func:`load_checkpoint`), or None: fresh start."""
 
     def staging_dir(self) -> Path:
         """Where rank 0 writes a checkpoint before handing it to :meth:`report`."""
@@ -60,9 +74,9 @@ class LocalSession:
     def staging_dir(self) -> Path:
         return self.checkpoint_root  # same file system: the final rename is atomic
 
-    def latest_checkpoint(self) -> Path | None:
+    def restore(self) -> dict[str, Any] | None:
         done = sorted(p for p in self.checkpoint_root.glob("step_*") if (p / CHECKPOINT_FILE).is_file())
-        return done[-1] if done else None
+        return load_checkpoint(done[-1]) if done else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.last_metrics = dict(metrics)
