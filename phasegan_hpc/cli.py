@@ -112,6 +112,39 @@ def train(config_path: Path | None, data_dir: Path | None, method: str | None, e
 
 
 @cli.command()
+@click.option("--trials", type=int, default=64, show_default=True, help="Trials (training runs).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="TOML config; its [tune] section sets the search (default: built-in values).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data directory (default: [train] data_dir); needs validation.h5 (held-out frames).")
+@click.option("--name", default="search", show_default=True, help="Results in STORAGE/tune-NAME.")
+@click.option("--storage", "runs_dir", type=click.Path(path_type=Path), default=None,
+              help="Default: [train] runs_dir (./runs).")
+@click.option("--gpus-per-trial", type=float, default=0.0, show_default=True)
+@click.option("--cpus-per-trial", type=float, default=1.0, show_default=True)
+@click.option("--workers-per-trial", type=int, default=1, show_default=True,
+              help="> 1: each trial runs a Ray Train TorchTrainer with this many workers.")
+@click.option("--max-epochs", type=int, default=None, help="Epochs per trial (default: [tune] max_epochs).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted search without redoing finished trials.")
+def tune(trials: int, config_path: Path | None, data_dir: Path | None, name: str, runs_dir: Path | None,
+         gpus_per_trial: float, cpus_per_trial: float, workers_per_trial: int, max_epochs: int | None,
+         resume: bool) -> None:
+    """Search the loss weights alpha_cyc / alpha_frc with Ray Tune (Optuna TPE + ASHA)."""
+    from phasegan_hpc.config import load_config, with_overrides
+    from phasegan_hpc.tune.search import run_search
+    from phasegan_hpc.ui import search_table
+
+    cfg = with_overrides(load_config(config_path), {
+        "train.data_dir": None if data_dir is None else str(data_dir),
+        "train.runs_dir": None if runs_dir is None else str(runs_dir)})
+    result = run_search(cfg, trials=trials, name=name, workers_per_trial=workers_per_trial,
+                        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
+                        resume=resume)
+    Console().print(search_table(result.rows, cfg.tune.metric, f"{result.directory}"))
+    _err.print(f"wrote {', '.join(str(p) for p in result.files.values())}")
+
+
+@cli.command()
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="model.pt to evaluate (omit to score baselines only).")
 @click.option("--data", "validation", type=click.Path(path_type=Path), required=True,

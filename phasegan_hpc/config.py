@@ -231,6 +231,40 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Search of the loss weights (``phasegan-hpc tune``): log-uniform ranges, ASHA, the tuned metric.
+
+    ``metric`` must exist without paired data and not scale with the alphas: "val_unpaired" (default:
+    intensity-cycle FRCM + realism W1 on held-out detector frames), "val_cycle_frcm" or "val_realism_w1".
+    ``lr_min``/``lr_max`` > 0 also search a common learning-rate scale (lr_G and lr_D keep their ratio).
+    """
+
+    metric: str = "val_unpaired"
+    alpha_cyc_min: float = 1.0
+    alpha_cyc_max: float = 300.0
+    alpha_frc_min: float = 0.1
+    alpha_frc_max: float = 100.0
+    lr_scale_min: float = 0.0
+    lr_scale_max: float = 0.0
+    grace_epochs: int = 5
+    reduction_factor: int = 3
+    max_epochs: int = 0  # 0 = [train] epochs
+    max_concurrent: int = 0  # trials at once; 0 = as many as the cluster's resources allow
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0")
+        _require(self.metric in ("val_unpaired", "val_cycle_frcm", "val_realism_w1"), "tune.metric",
+                 "must be 'val_unpaired', 'val_cycle_frcm' or 'val_realism_w1'")
+        for lo, hi in (("alpha_cyc_min", "alpha_cyc_max"), ("alpha_frc_min", "alpha_frc_max")):
+            _require(0 < getattr(self, lo) <= getattr(self, hi), f"tune.{lo}", f"must satisfy 0 < {lo} <= {hi}")
+        _require(self.lr_scale_min == self.lr_scale_max == 0 or 0 < self.lr_scale_min <= self.lr_scale_max,
+                 "tune.lr_scale_min", "must be 0 (off) or satisfy 0 < lr_scale_min <= lr_scale_max")
+        _require(self.grace_epochs >= 1 and self.reduction_factor >= 2 and self.max_epochs >= 0,
+                 "tune.grace_epochs", "grace_epochs >= 1, reduction_factor >= 2, max_epochs >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML table."""
 
@@ -242,6 +276,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -58,6 +58,19 @@ def metrics_table(rows: list, title: str) -> Table:
     return table
 
 
+def search_table(rows: list[dict], metric: str, title: str, limit: int = 20) -> Table:
+    """Trials of a search sorted by the tuned metric (best first), with the paired metrics if present."""
+    table = Table(title=title)
+    extra = [k for k in ("val_phase_frcm", "val_phase_dssim") if any(k in r for r in rows)]
+    for col in ("trial", "alpha_cyc", "alpha_frc", "epochs", metric, *extra):
+        table.add_column(col.replace("_", " "), justify="left" if col == "trial" else "right")
+    for r in rows[:limit]:
+        table.add_row(r["trial"], f"{r['alpha_cyc']:.3g}", f"{r['alpha_frc']:.3g}",
+                      f"{r['epochs']:g}" + (" (ASHA)" if r.get("stopped_early") else ""), f"{r[metric]:.4g}",
+                      *(f"{r[k]:.4g}" if k in r else "" for k in extra))
+    return table
+
+
 @contextmanager
 def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
     """Show progress of ``total`` items; yields ``advance(n)``.

@@ -69,5 +69,22 @@ def frcm(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return (1.0 - frc(pred, ref)).square().mean(dim=-1)
 
 
+def wasserstein_1d(a: torch.Tensor, b: torch.Tensor, n_quantiles: int = 1001, max_samples: int = 1 << 20) -> float:
+    """Earth mover's distance between the value distributions of two tensors (any shapes), via quantiles.
+
+    W1 = integral over q of |F_a^-1(q) - F_b^-1(q)|, approximated on ``n_quantiles`` levels; tensors larger
+    than ``max_samples`` are subsampled on a fixed stride. Same units as the values.
+    """
+    def sample(t: torch.Tensor) -> torch.Tensor:
+        flat = t.detach().flatten().double()
+        step = max(1, flat.numel() // max_samples)
+        return flat[::step]
+
+    q = torch.linspace(0, 1, n_quantiles, dtype=torch.float64)
+    qa = torch.quantile(sample(a), q.to(a.device))
+    qb = torch.quantile(sample(b), q.to(b.device))
+    return float((qa.cpu() - qb.cpu()).abs().mean())
+
+
 #: Metric name -> function, in the order tables show them.
 METRICS = {"l2": l2, "dssim": dssim, "frcm": frcm}

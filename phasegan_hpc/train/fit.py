@@ -202,7 +202,8 @@ def _with_storage(cfg: Config, storage: Path) -> Config:
                                                               data_dir=str(Path(cfg.train.data_dir).resolve())))
 
 
-def _trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: float, max_failures: int):
+def _trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: float, max_failures: int,
+             callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -219,6 +220,7 @@ def _trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: float,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
         ),
     )
 

@@ -29,7 +29,7 @@ from phasegan_hpc.config import Config, config_to_toml
 from phasegan_hpc.data.frames import FrameStack, TrainingData, open_training_data
 from phasegan_hpc.data.normalise import Normalisation, compute_normalisation
 from phasegan_hpc.errors import DataError, TrainingError
-from phasegan_hpc.losses.metrics import METRICS
+from phasegan_hpc.losses.metrics import METRICS, wasserstein_1d
 from phasegan_hpc.models.artifact import save_model
 from phasegan_hpc.models.registry import INTENSITY_CHANNELS, OBJECT_CHANNELS
 from phasegan_hpc.models.unet import SIZE_MULTIPLE
@@ -131,24 +131,47 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def validate(generator: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_frames: int,
-             device: torch.device, batch_size: int = 16) -> dict[str, float]:
-    """Mean L2, DSSIM and FRCM of G_O's phase and attenuation on up to ``n_frames`` validation pairs."""
+def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_frames: int,
+             device: torch.device, reference_objects: np.ndarray | None = None,
+             batch_size: int = 16) -> dict[str, float]:
+    """Validation metrics of a generator pair on up to ``n_frames`` held-out frames.
+
+    Paired (the truth is used only here): mean L2, DSSIM and FRCM of G_O's phase and attenuation.
+    Unpaired (no truth needed; what ``phasegan-hpc tune`` optimises), for the cycle methods:
+      ``val_cycle_frcm``   FRCM of the intensity cycle G_D|H G_O(I)|^2 against I (eq. 4's second term),
+      ``val_realism_w1``   earth mover's distance between G_O(I) and ``reference_objects`` values per
+                           channel, in normalised units (do the retrieved objects look like objects?),
+      ``val_unpaired``     their sum. Neither scales with the loss weights alpha_cyc, alpha_frc.
+    """
     n = min(n_frames, len(stack))
     sums: dict[str, float] = {}
-    was_training = generator.training
-    generator.eval()
+    fakes = []
+    was_training = gens.training
+    gens.eval()
     with torch.no_grad():
         for start in range(0, n, batch_size):
             arr = torch.from_numpy(stack[np.arange(start, min(start + batch_size, n))]).to(device)
-            pred = norm.denorm_object(generator(norm.norm_intensity(arr[:, :1]))).double()
+            inten = norm.norm_intensity(arr[:, :1])
+            fake = gens.g_o(inten).float()
+            pred = norm.denorm_object(fake).double()
             ref = arr[:, 1:].double()
             for c, name in enumerate(OBJECT_NAMES):
                 for metric, fn in METRICS.items():
                     key = f"val_{name}_{metric}"
                     sums[key] = sums.get(key, 0.0) + float(fn(pred[:, c], ref[:, c]).sum())
-    generator.train(was_training)
-    return {k: v / n for k, v in sums.items()}
+            if gens.g_d is not None:
+                rec = gens.to_detector(fake).float()
+                sums["val_cycle_frcm"] = sums.get("val_cycle_frcm", 0.0) + float(METRICS["frcm"](
+                    rec[:, 0].double(), inten[:, 0].double()).sum())
+                fakes.append(fake.cpu())
+    gens.train(was_training)
+    out = {k: v / n for k, v in sums.items()}
+    if fakes and reference_objects is not None:
+        fake = torch.cat(fakes)
+        ref = norm.norm_object(torch.from_numpy(reference_objects))
+        out["val_realism_w1"] = sum(wasserstein_1d(fake[:, c], ref[:, c]) for c in range(fake.shape[1])) / 2
+        out["val_unpaired"] = out["val_cycle_frcm"] + out["val_realism_w1"]
+    return out
 
 
 def _normalisation(cfg: Config, data: TrainingData) -> Normalisation:
@@ -217,6 +240,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(config_to_toml(cfg))
     figure_batch = _figure_batch(data, paired)
+    reference_objects = None if paired else data.objects[np.arange(min(max(t.val_frames, 1), len(data.objects)))]
     step_fn = STEPS[method]
     sums: dict[str, float] = {}
     count = 0
@@ -276,7 +300,8 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         if epoch_end:
             extra = {}
             if rank0 and data.validation is not None and t.val_frames > 0:
-                extra = validate(unwrap(tr.generators).g_o, data.validation, norm, t.val_frames, device)
+                extra = validate(unwrap(tr.generators), data.validation, norm, t.val_frames, device,
+                                 reference_objects)
                 log.write({"step": step, "epoch": step / spe, **extra})
                 for k, v in extra.items():
                     history.setdefault(k, []).append(v)
