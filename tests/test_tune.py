@@ -112,3 +112,14 @@ def test_defaults_and_bad_input(tmp_path, tiny_data):
                    trials=1, name="x")
     with pytest.raises(DataError, match="nothing to resume"):
         run_search(tune_config(tiny_data, tmp_path / "runs"), trials=1, name="none", resume=True)
+
+
+def test_multi_worker_trial_runs_a_torchtrainer(ray_cluster, tiny_data, tmp_path):
+    cfg = tune_config(tiny_data, tmp_path / "runs")
+    result = run_search(cfg, trials=1, name="mw", max_epochs=1, workers_per_trial=2, cpus_per_trial=2)
+    (row,) = result.rows
+    run = tmp_path / "runs" / "tune-mw" / "trials" / row["trial"]
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["world_size"] for r in recs if r.get("event") == "start"] == [2]  # a 2-rank DDP trial
+    assert list(run.glob("checkpoint_*"))  # Ray Train's own checkpoints
+    assert load_model(result.files["model.pt"]).info["trial"] == row["trial"]

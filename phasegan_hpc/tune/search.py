@@ -188,9 +188,10 @@ def _fit(base: Config, directory: Path, trials: int, epochs: int, workers: int, 
     trainable = tune.with_parameters(
         _trial, base_toml=config_to_toml(base), trials_dir=str(directory / TRIALS_DIR), max_epochs=epochs,
         workers=workers, cpus_per_worker=cpu_w, gpus_per_worker=gpu_w)
-    # A multi-worker trial only orchestrates; its TorchTrainer holds the workers' resources.
-    trainable = tune.with_resources(trainable, {"cpu": 0 if workers > 1 else cpus,
-                                                "gpu": 0 if workers > 1 else gpus})
+    # A multi-worker trial only orchestrates; its TorchTrainer holds the workers' resources (Tune needs a
+    # non-empty request: one byte of memory).
+    resources = {"cpu": 0, "memory": 1} if workers > 1 else {"cpu": cpus, "gpu": gpus}
+    trainable = tune.with_resources(trainable, resources)
     if resume:
         tuner = tune.Tuner.restore(str(directory), trainable=trainable, resume_errored=True)
         return tuner.fit()
@@ -247,7 +248,7 @@ def _write_outputs(base: Config, directory: Path, results, physics: dict[str, fl
                                              "train.lr_d": base.train.lr_d * best["lr_scale"]})
     files["best.toml"].write_text(f"# best trial {best['trial']} of {directory.name}: {metric} = "
                                   f"{best[metric]:.6g}\n" + config_to_toml(best_cfg))
-    _export_best(best, best_cfg, physics, files["model.pt"])
+    _export_best(best, best_cfg, physics, files["model.pt"], directory / TRIALS_DIR / best["trial"])
     link_latest(directory)
     search_figure(files["search.png"], rows, metric)
     for r in rows:
@@ -268,13 +269,20 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             w.writerow({k: r.get(k, "") for k in keys})
 
 
-def _export_best(best: dict[str, Any], cfg: Config, physics: dict[str, float], path: Path) -> None:
-    """G_O of the best trial's last checkpoint as ``model.pt`` (early-stopped trials have no model.pt)."""
+def _export_best(best: dict[str, Any], cfg: Config, physics: dict[str, float], path: Path, run_dir: Path) -> None:
+    """G_O of the best trial's last checkpoint as ``model.pt`` (early-stopped trials have no model.pt).
+
+    Single-device trials checkpoint through Tune; multi-worker trials through their own Ray Train run in
+    ``run_dir`` (``checkpoint_*`` directories, the newest last by name)."""
     ckpt = best["checkpoint"]
-    if ckpt is None:
-        raise DataError(f"best trial {best['trial']} left no checkpoint")
-    with ckpt.as_directory() as d:
-        state = load_checkpoint(Path(d))
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_checkpoint(Path(d))
+    else:
+        train_ckpts = sorted(p for p in run_dir.glob("checkpoint_*") if (p / "checkpoint.pt").is_file())
+        if not train_ckpts:
+            raise DataError(f"best trial {best['trial']} left no checkpoint")
+        state = load_checkpoint(train_ckpts[-1])
     m = cfg.model
     g_o = build_generator(m.generator, INTENSITY_CHANNELS, OBJECT_CHANNELS, m.base_filters, m.init)
     g_o.load_state_dict({k[len("g_o."):]: v for k, v in state["generators"].items() if k.startswith("g_o.")})
