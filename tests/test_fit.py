@@ -57,14 +57,15 @@ def test_killed_worker_is_replaced_and_run_completes(ray_cluster, tiny_train_con
     assert result["step"] == 4 and Path(result["model_path"]).is_file()
 
 
-def test_interrupted_driver_resumes_from_last_checkpoint(ray_cluster, tiny_train_config, tmp_path):
+def test_interrupted_driver_resumes_from_last_checkpoint(tiny_train_config, tmp_path):
     cfg_file = tmp_path / "c.toml"
     from phasegan_hpc.config import config_to_toml
 
     cfg = with_overrides(tiny_train_config, {"train.name": "requeue", "train.epochs": 40,
                                              "train.checkpoint_every": 2})
     cfg_file.write_text(config_to_toml(cfg))
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster)
+    # The driver starts (and, on SIGTERM, stops) a Ray of its own, as on a Slurm node.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     run = run_dir_of(cfg)
     proc = subprocess.Popen([EXE, "train", "--config", str(cfg_file), "--workers", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -43,6 +43,19 @@ def ray_head():
              "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port"))],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_until_ready(head, url, env)
+        yield url
+    finally:
+        os.killpg(head.pid, 15)  # the head and the processes it started, nothing else
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, 9)
+        subprocess.run(["rm", "-rf", str(temp)])
+
+
+def _wait_until_ready(head: subprocess.Popen, url: str, env: dict) -> None:
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -59,19 +72,9 @@ def ray_head():
         probe = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", url, "--no-wait", "--", "true"],
                                env=env, capture_output=True, text=True)
         if probe.returncode == 0:
-            break
+            return
         time.sleep(1)
-    else:
-        raise RuntimeError(f"Ray head accepts no job: {probe.stderr[-500:]}")
-    try:
-        yield url
-    finally:
-        os.killpg(head.pid, 15)  # the head and the processes it started, nothing else
-        try:
-            head.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, 9)
-        subprocess.run(["rm", "-rf", str(temp)])
+    raise RuntimeError(f"Ray head accepts no job: {probe.stderr[-500:]}")
 
 
 @pytest.mark.slow
