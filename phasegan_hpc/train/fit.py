@@ -123,7 +123,8 @@ def connect_ray(num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # address="local": always a fresh Ray of our own; never silently join another cluster on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     # ray.init installs a SIGTERM handler that kills the driver outright; restore the unwinding one so that
     # Slurm's SIGTERM (preemption, scancel, requeue) shuts Ray down cleanly and the run can be resumed.
     if threading.current_thread() is threading.main_thread():
