@@ -40,7 +40,7 @@ QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_D
 class RaySession:
     """The Session of one Ray Train worker (created inside the worker)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self) -> None:
         import ray.train
         import ray.train.torch
 
@@ -48,7 +48,6 @@ class RaySession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.run_dir = run_dir
 
     def wrap(self, module: nn.Module) -> nn.Module:
         import ray.train.torch
@@ -93,8 +92,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
     if loop_config.get("fault"):
         os.environ[FAULT_ENV] = loop_config["fault"]
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
-    session = RaySession(run_dir_of(cfg))
-    train_loop(cfg, session)
+    train_loop(cfg, RaySession())
 
 
 def check_storage(storage: Path) -> Path:
