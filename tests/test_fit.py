@@ -69,10 +69,18 @@ def test_interrupted_driver_resumes_from_last_checkpoint(tiny_train_config, tmp_
     run = run_dir_of(cfg)
     proc = subprocess.Popen([EXE, "train", "--config", str(cfg_file), "--workers", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    snapshot = run / "checkpoint_manager_snapshot.json"
+
+    def registered() -> bool:  # Ray Train has recorded a checkpoint, not merely copied its directory
+        try:
+            return "checkpoint_" in snapshot.read_text()
+        except OSError:
+            return False
+
     deadline = time.time() + 240
-    while time.time() < deadline and not list(run.glob("checkpoint_*")):
+    while time.time() < deadline and not registered():
         time.sleep(0.5)
-    assert list(run.glob("checkpoint_*")), "no checkpoint appeared"
+    assert registered(), "no checkpoint was registered"
     proc.send_signal(signal.SIGTERM)  # what Slurm sends on preemption / scancel / requeue
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
