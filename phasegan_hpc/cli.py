@@ -168,6 +168,57 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 
 
 @cli.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="model.pt (default: $PHASEGAN_HPC_MODEL, else ./runs/latest/model.pt).")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Output HDF5 (default: ARCHIVE's stem + _phasegan.h5 next to it).")
+@click.option("--dataset", default=None, help="Frames dataset (default: DXchange, NXtomo or the only >= 3-D one).")
+@click.option("--backend", type=click.Choice(["ray", "mpi", "local"]), default="ray", show_default=True,
+              help="ray: RAY_ADDRESS or a local Ray; mpi: under mpirun; local: this process.")
+@click.option("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU slot).")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True, help="CPUs (torch threads) each.")
+@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="GPUs per Ray actor.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Frames per forward pass.")
+@click.option("--method", type=click.Choice(["phasegan", "paganin"]), default="phasegan", show_default=True,
+              help="paganin: the classical single-material baseline through the same pipeline.")
+@click.option("--shard-frames", type=int, default=None, help="Frames per shard (default: ~256 MiB of input).")
+@click.option("--device", default=None, help="torch device of local/mpi workers (default: cuda if present).")
+@click.option("--delta-beta", type=float, default=None, help="Paganin: delta/beta (default: archive attributes).")
+@click.option("--pixel-size-m", type=float, default=None, help="Paganin: pixel size [m].")
+@click.option("--distance-m", type=float, default=None, help="Paganin: propagation distance [m].")
+@click.option("--energy-kev", type=float, default=None, help="Paganin: photon energy [keV].")
+@click.option("--no-preview", is_flag=True, help="Do not write the PNG preview.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished output.")
+def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dataset: str | None, backend: str,
+                workers: int | None, cpus_per_worker: float, gpus_per_worker: float, batch_size: int, method: str,
+                shard_frames: int | None, device: str | None, delta_beta: float | None, pixel_size_m: float | None,
+                distance_m: float | None, energy_kev: float | None, no_preview: bool, overwrite: bool) -> None:
+    """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
+
+    A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
+    OUTPUT's .shards directory: move them together) and a PNG preview next to it.
+    """
+    from contextlib import ExitStack
+
+    from phasegan_hpc.reconstruct import reconstruct as run_reconstruct
+    from phasegan_hpc.ui import progress_bar, reconstruction_table
+
+    with ExitStack() as stack:
+        def progress(total: int, done: int):
+            return stack.enter_context(progress_bar(total, "reconstructing", completed=done, unit="frames"))
+
+        summary = run_reconstruct(
+            archive, model=model_path, output=output, dataset=dataset, backend=backend, workers=workers,
+            cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, batch_size=batch_size, method=method,
+            overwrite=overwrite, shard_frames=shard_frames, device=device, preview=not no_preview,
+            physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
+                     "energy_kev": energy_kev}, progress=progress)
+    if summary is not None:  # None on MPI ranks other than 0
+        Console().print(reconstruction_table(summary))
+
+
+@cli.command()
 @click.argument("name", type=click.Choice(["frc", "step", "train"]))
 @click.option("--size", type=int, default=256, show_default=True, help="Image side [px].")
 @click.option("--batch", type=int, default=16, show_default=True, help="Batch size.")

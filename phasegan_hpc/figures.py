@@ -187,3 +187,33 @@ def search_figure(path: Path, rows: list[dict], metric: str) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def reconstruction_preview(output: str | Path, archive, out_png: str | Path, n: int = 4) -> Path:
+    """Raw frame, corrected frame, phase and attenuation of ``n`` frames spread over a reconstruction.
+
+    Args:
+        output: the reconstruction (``/phase``, ``/attenuation``, ``/consistency``).
+        archive: its :class:`phasegan_hpc.reconstruct.archive.Archive` (read-only).
+    """
+    from phasegan_hpc.reconstruct.archive import FrameReader
+
+    output = Path(output)
+    total = archive.n_frames
+    picks = sorted({int(i) for i in np.linspace(0, total - 1, min(n, total))})
+    reader = FrameReader(archive)
+    rows = []
+    try:
+        with h5py.File(output, "r") as f:
+            for i in picks:
+                idx = np.unravel_index(i, archive.lead_shape)
+                row = idx[0]
+                raw = reader.raw_rows(row, row + 1)[i - row * archive.frames_per_row]
+                rows.append([(f"frame {i}: raw", raw.astype(np.float32)), ("corrected", reader.correct(raw)),
+                             (f"phase [rad] (score {float(f['consistency'][idx]):.3g})", f["phase"][idx]),
+                             ("attenuation", f["attenuation"][idx])])
+    finally:
+        reader.close()
+    path = Path(out_png)
+    _grid(path, rows, f"{output.name} ({total} frames)")
+    return path

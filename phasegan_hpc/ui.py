@@ -11,11 +11,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 
 @contextmanager
@@ -71,24 +73,37 @@ def search_table(rows: list[dict], metric: str, title: str, limit: int = 20) -> 
     return table
 
 
-@contextmanager
-def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
-    """Show progress of ``total`` items; yields ``advance(n)``.
+class _RateColumn(ProgressColumn):
+    """Items per second of a task (e.g. frames/s)."""
 
-    On a terminal this is a live rich bar. Elsewhere (a Slurm log, a pipe) it prints a plain line at every
-    further 10 % and at most every 30 s, so batch logs show progress without control characters.
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.0f} {self.unit}/s" if task.speed else f"- {self.unit}/s")
+
+
+@contextmanager
+def progress_bar(total: int, description: str, completed: int = 0,
+                 unit: str | None = None) -> Iterator[Callable[[int], None]]:
+    """Show progress of ``total`` items (``completed`` of them done before); yields ``advance(n)``.
+
+    On a terminal this is a live rich bar (with the rate in ``unit``/s when ``unit`` is given). Elsewhere
+    (a Slurm log, a pipe) it prints a plain line at every further 10 % and at most every 30 s, so batch
+    logs show progress without control characters.
     """
     console = Console(stderr=True)
     if console.is_terminal:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn())
+                   *((_RateColumn(unit),) if unit else ()), TimeElapsedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console) as bar:
-            task = bar.add_task(description, total=total)
+            task = bar.add_task(description, total=total, completed=completed)
             yield lambda n: bar.advance(task, n)
         return
 
     start = last_time = time.monotonic()
-    state = {"done": 0, "next": 0.1}
+    state = {"done": completed, "next": completed / max(total, 1) + 0.1}
 
     def advance(n: int) -> None:
         nonlocal last_time
@@ -96,9 +111,30 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]
         now = time.monotonic()
         frac = state["done"] / max(total, 1)
         if frac >= state["next"] or now - last_time >= 30 or state["done"] >= total:
-            console.print(f"{description}: {state['done']}/{total} ({100 * frac:.0f} %), {now - start:.0f} s",
+            rate = f", {(state['done'] - completed) / max(now - start, 1e-9):,.0f} {unit}/s" if unit else ""
+            console.print(f"{description}: {state['done']}/{total} ({100 * frac:.0f} %), {now - start:.0f} s{rate}",
                           highlight=False)
             state["next"] = frac + 0.1
             last_time = now
 
     yield advance
+
+
+def reconstruction_table(summary) -> Table:
+    """What ``reconstruct`` did: frames, time, throughput, output, flagged frames."""
+    table = Table(title=f"reconstruction: {summary.output}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    reused = f" ({summary.reused_shards} of {summary.shards} shards reused)" if summary.reused_shards else ""
+    table.add_row("frames", f"{summary.frames:,}{reused}")
+    table.add_row("computed", f"{summary.computed_frames:,} in {summary.seconds:.1f} s")
+    table.add_row("throughput", f"{summary.frames_per_s:,.1f} frames/s ({summary.backend})")
+    table.add_row("flag threshold", f"consistency > {summary.threshold:.3g}")
+    shown = ", ".join(f"{i} ({s:.3g})" for i, s in summary.flagged[:10])
+    more = f" and {len(summary.flagged) - 10} more" if len(summary.flagged) > 10 else ""
+    table.add_row("flagged frames", f"{len(summary.flagged)}" + (f": {shown}{more}" if shown else ""))
+    bad = ", ".join(f"{i} ({n} px)" for i, n in summary.nonfinite[:10])
+    table.add_row("non-finite input", f"{len(summary.nonfinite)} frames" + (f": {bad}" if bad else ""))
+    if summary.preview is not None:
+        table.add_row("preview", str(summary.preview))
+    return table

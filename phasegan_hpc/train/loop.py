@@ -30,7 +30,7 @@ from phasegan_hpc.data.frames import FrameStack, TrainingData, open_training_dat
 from phasegan_hpc.data.normalise import Normalisation, compute_normalisation
 from phasegan_hpc.errors import DataError, TrainingError
 from phasegan_hpc.losses.metrics import METRICS, wasserstein_1d
-from phasegan_hpc.models.artifact import save_model
+from phasegan_hpc.models.artifact import detector_entry, save_model
 from phasegan_hpc.models.registry import INTENSITY_CHANNELS, OBJECT_CHANNELS
 from phasegan_hpc.models.unet import SIZE_MULTIPLE
 from phasegan_hpc.physics import FresnelPropagator
@@ -419,12 +419,16 @@ def _write_figures(run_dir: Path, tr: Trainables, batch: tuple[np.ndarray, np.nd
 
 def _export(cfg: Config, run_dir: Path, tr: Trainables, norm: Normalisation, physics: dict[str, float],
             step: int, metrics: dict[str, Any]) -> Path:
-    g_o = unwrap(tr.generators).g_o
+    gens = unwrap(tr.generators)
     arch = {"name": cfg.model.generator, "in_channels": INTENSITY_CHANNELS, "out_channels": OBJECT_CHANNELS,
             "base_filters": cfg.model.base_filters}
     info = {"step": step, "epochs": cfg.train.epochs, "config": config_to_toml(cfg), "software": __version__,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-    path = save_model(run_dir / "model.pt", g_o, arch, norm, physics, cfg.train.method, info)
+    detector = None
+    if cfg.train.method == "phasegan":  # G_D of the intensity cycle, for reconstruct's consistency score
+        detector = detector_entry(gens.g_d, {**arch, "out_channels": INTENSITY_CHANNELS}, cfg.physics.pad,
+                                  cfg.physics.pad_mode)
+    path = save_model(run_dir / "model.pt", gens.g_o, arch, norm, physics, cfg.train.method, info, detector)
     link_latest(run_dir)
     return path
 

@@ -31,7 +31,7 @@ from phasegan_hpc.config import Config, config_from_dict, config_to_toml, with_o
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, ResourceError
-from phasegan_hpc.models.artifact import save_model
+from phasegan_hpc.models.artifact import detector_entry, save_model
 from phasegan_hpc.models.registry import INTENSITY_CHANNELS, OBJECT_CHANNELS, build_generator
 from phasegan_hpc.train.fit import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.train.loop import link_latest, train_loop
@@ -288,6 +288,11 @@ def _export_best(best: dict[str, Any], cfg: Config, physics: dict[str, float], p
     g_o.load_state_dict({k[len("g_o."):]: v for k, v in state["generators"].items() if k.startswith("g_o.")})
     arch = {"name": m.generator, "in_channels": INTENSITY_CHANNELS, "out_channels": OBJECT_CHANNELS,
             "base_filters": m.base_filters}
+    detector = None
+    if cfg.train.method == "phasegan":
+        g_d = {k[len("g_d."):]: v for k, v in state["generators"].items() if k.startswith("g_d.")}
+        detector = detector_entry(g_d, {**arch, "in_channels": INTENSITY_CHANNELS,
+                                        "out_channels": INTENSITY_CHANNELS}, cfg.physics.pad, cfg.physics.pad_mode)
     save_model(path, g_o, arch, Normalisation.from_dict(state["normalisation"]), physics, cfg.train.method,
                {"step": int(state["step"]), "config": config_to_toml(cfg), "tuned_metric": cfg.tune.metric,
-                "trial": best["trial"]})
+                "trial": best["trial"]}, detector)

@@ -1,0 +1,267 @@
+"""Movie archives (DESIGN.md §4): find the frames, their flats and darks, and read corrected frames.
+
+The frames dataset is found by ``--dataset``, else DXchange (``/exchange/data`` with ``data_white`` and
+``data_dark``), else NeXus NXtomo (a ``data`` dataset beside an ``image_key``: 0 projections, 1 flats,
+2 darks), else the only dataset with ndim >= 3. Any leading shape (frames, or trains x pulses), the last two
+axes are (H, W); any real dtype, chunking and ``hdf5plugin`` filter.
+
+The archive is only ever opened read-only (``h5py.File(path, "r")``). Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers bitshuffle, Blosc, LZ4, Zstd... for reading)
+import numpy as np
+
+from phasegan_hpc.errors import DataError
+from phasegan_hpc.physics.flatfield import flatfield_correct
+
+#: NXtomo image_key values (NeXus).
+PROJECTION, FLAT, DARK = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Archive:
+    """Where the frames of a movie archive are and how they map to output frames.
+
+    Attributes:
+        path: the archive (absolute).
+        dataset: HDF5 path of the frames dataset.
+        layout: how it was found: "given", "dxchange", "nxtomo" or "single".
+        shape: the dataset's full shape.
+        dtype: its dtype name.
+        chunk_rows: rows along axis 0 per HDF5 chunk (1 for a contiguous dataset).
+        lead_shape: the output's leading shape (NXtomo: number of projections).
+        frame_shape: (H, W).
+        select: NXtomo only: the dataset rows that are projections (sorted), else None.
+        flats, darks: (dataset path, rows or None for all) of the reference frames, or None.
+        attrs: the file's root attributes (plain values).
+    """
+
+    path: Path
+    dataset: str
+    layout: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunk_rows: int
+    lead_shape: tuple[int, ...]
+    frame_shape: tuple[int, int]
+    select: np.ndarray | None = field(default=None, compare=False)
+    flats: tuple[str, list[int] | None] | None = None
+    darks: tuple[str, list[int] | None] | None = None
+    attrs: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def n_frames(self) -> int:
+        """Output frames (product of the leading shape)."""
+        return int(np.prod(self.lead_shape))
+
+    @property
+    def frames_per_row(self) -> int:
+        """Frames per index of the first leading axis."""
+        return int(np.prod(self.lead_shape[1:]))
+
+
+def _open(path: Path) -> h5py.File:
+    """Open an archive read-only, turning every failure into one clear line."""
+    if not path.exists():
+        raise DataError(f"archive {path} not found")
+    if not path.is_file():
+        raise DataError(f"archive {path} is not a file")
+    try:
+        if not h5py.is_hdf5(path):
+            raise DataError(f"{path} is not an HDF5 file")
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        text = str(exc)
+        reason = "truncated" if "truncated" in text else "unreadable"
+        raise DataError(f"{path}: {reason} HDF5 file ({text.splitlines()[0] if text else 'OSError'})") from None
+
+
+def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
+    found: dict[str, h5py.Dataset] = {}
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found["/" + name] = obj
+
+    f.visititems(visit)
+    return found
+
+
+def _describe(items: dict[str, h5py.Dataset]) -> str:
+    return ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(items.items())) or "none"
+
+
+def _find_frames(f: h5py.File, path: Path, dataset: str | None) -> tuple[str, str]:
+    if dataset is not None:
+        name = dataset if dataset.startswith("/") else "/" + dataset
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise DataError(f"{path} has no dataset {name} (datasets: {_describe(_datasets(f))})")
+        return name, "given"
+    if "/exchange/data" in f and isinstance(f["/exchange/data"], h5py.Dataset):
+        return "/exchange/data", "dxchange"
+    all_ds = _datasets(f)
+    nxtomo = [k for k, v in all_ds.items() if k.rsplit("/", 1)[-1] == "data" and v.ndim >= 3
+              and isinstance(v.parent.get("image_key"), h5py.Dataset)]
+    if len(nxtomo) == 1:
+        return nxtomo[0], "nxtomo"
+    stacks = {k: v for k, v in all_ds.items() if v.ndim >= 3}
+    if len(stacks) == 1:
+        return next(iter(stacks)), "single"
+    if not stacks:
+        raise DataError(f"{path}: no frames dataset (no dataset with >= 3 dimensions; datasets: {_describe(all_ds)})")
+    raise DataError(f"{path}: several frames datasets, choose one with --dataset: {_describe(stacks)}")
+
+
+def _check_frames_dataset(ds: h5py.Dataset, path: Path) -> None:
+    if ds.ndim < 3:
+        raise DataError(f"{path}:{ds.name} has shape {tuple(ds.shape)}; reconstruct needs a stack of frames "
+                        f"(..., H, W) with at least 3 dimensions")
+    if ds.dtype.kind not in "uif":
+        raise DataError(f"{path}:{ds.name} has dtype {ds.dtype}; frames must be integers or floats")
+    if 0 in ds.shape:
+        raise DataError(f"{path}:{ds.name} holds no frames (shape {tuple(ds.shape)})")
+
+
+def _reference(f: h5py.File, path: Path, name: str, frame_shape: tuple[int, int], what: str,
+               rows: list[int] | None = None) -> tuple[str, list[int] | None] | None:
+    if name not in f:
+        return None
+    ds = f[name]
+    if not isinstance(ds, h5py.Dataset) or ds.ndim < 2 or (rows is None and ds.size == 0):
+        raise DataError(f"{path}:{name} ({what}) is not a stack of frames: shape {getattr(ds, 'shape', None)}")
+    if tuple(ds.shape[-2:]) != frame_shape:
+        raise DataError(f"{path}:{name}: {what} are {ds.shape[-2]} x {ds.shape[-1]} but the frames are "
+                        f"{frame_shape[0]} x {frame_shape[1]}")
+    return name, rows
+
+
+def open_archive(path: str | Path, dataset: str | None = None) -> Archive:
+    """Inspect an archive (read-only) and describe its frames.
+
+    Args:
+        path: HDF5 file.
+        dataset: HDF5 path of the frames dataset, or None to find it.
+
+    Raises:
+        DataError: missing, not HDF5, truncated, no or several candidate datasets, a dataset that is not a
+            stack of frames, flats or darks of another frame shape, an NXtomo without projections.
+    """
+    path = Path(path).expanduser().resolve()
+    with _open(path) as f:
+        name, layout = _find_frames(f, path, dataset)
+        ds = f[name]
+        _check_frames_dataset(ds, path)
+        frame_shape = (int(ds.shape[-2]), int(ds.shape[-1]))
+        chunk_rows = int(ds.chunks[0]) if ds.chunks else 1
+        lead = tuple(int(s) for s in ds.shape[:-2])
+        select = flats = darks = None
+        parent = ds.parent
+        if layout != "single" and isinstance(parent.get("image_key"), h5py.Dataset):
+            if ds.ndim != 3:
+                raise DataError(f"{path}:{name}: an NXtomo data set with image_key must be (N, H, W)")
+            key = np.asarray(parent["image_key"][()]).reshape(-1)
+            if len(key) != ds.shape[0]:
+                raise DataError(f"{path}:{parent.name}/image_key has {len(key)} entries for {ds.shape[0]} frames")
+            layout = "nxtomo" if layout == "given" else layout
+            select = np.flatnonzero(key == PROJECTION)
+            if len(select) == 0:
+                raise DataError(f"{path}:{name}: image_key marks no projections (0)")
+            lead = (len(select),)
+            chunk_rows = 1
+            flat_rows = np.flatnonzero(key == FLAT).tolist()
+            dark_rows = np.flatnonzero(key == DARK).tolist()
+            flats = (name, flat_rows) if flat_rows else None
+            darks = (name, dark_rows) if dark_rows else None
+        else:
+            base = parent.name.rstrip("/")
+            flats = _reference(f, path, f"{base}/data_white", frame_shape, "flats")
+            darks = _reference(f, path, f"{base}/data_dark", frame_shape, "darks")
+        attrs = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in f.attrs.items()}
+        return Archive(path, name, layout, tuple(int(s) for s in ds.shape), ds.dtype.name, chunk_rows, lead,
+                       frame_shape, select, flats, darks, attrs)
+
+
+def _mean_reference(f: h5py.File, ref: tuple[str, list[int] | None] | None, block: int = 16) -> np.ndarray | None:
+    """Mean (H, W) float64 of a reference stack, read a few frames at a time (bounded memory)."""
+    if ref is None:
+        return None
+    ds = f[ref[0]]
+    rows = ref[1]
+    if rows is None:
+        stack = ds[()] if ds.ndim == 2 else None
+        if stack is not None:
+            return stack.astype(np.float64)
+        flat_view = int(np.prod(ds.shape[:-2]))
+        total = np.zeros(ds.shape[-2:], np.float64)
+        for start in range(0, ds.shape[0], max(1, block)):
+            part = ds[start:start + block].astype(np.float64)
+            total += part.reshape(-1, *ds.shape[-2:]).sum(axis=0)
+        return total / flat_view
+    total = np.zeros(ds.shape[-2:], np.float64)
+    for start in range(0, len(rows), block):
+        total += ds[rows[start:start + block]].astype(np.float64).sum(axis=0)
+    return total / len(rows)
+
+
+class FrameReader:
+    """Reads output frames [start, stop) of an archive as flat-/dark-corrected float32 (n, H, W).
+
+    Opens the archive itself (read-only), so each worker process has its own handle. Reads are aligned to
+    the dataset's chunks along axis 0, so every chunk is decompressed once.
+    """
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.file = _open(archive.path)
+        self.ds = self.file[archive.dataset]
+        self.flat = _mean_reference(self.file, archive.flats)
+        self.dark = _mean_reference(self.file, archive.darks)
+        if self.flat is not None and self.dark is None:
+            self.dark = np.zeros_like(self.flat)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def correct(self, raw: np.ndarray) -> np.ndarray:
+        """(I - dark) / (flat - dark) (DESIGN.md §3), I - dark without flats, I without either; float32."""
+        if self.flat is not None:
+            return flatfield_correct(raw, self.flat, self.dark)
+        if self.dark is not None:
+            return (raw.astype(np.float64) - self.dark).astype(np.float32)
+        return raw.astype(np.float32)
+
+    def raw_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) of the leading axis of the output, as raw frames (n, H, W)."""
+        a = self.archive
+        if a.select is None:
+            block = self.ds[r0:r1]
+        else:
+            rows = a.select[r0:r1]
+            if rows[-1] - rows[0] + 1 == len(rows):
+                block = self.ds[int(rows[0]):int(rows[-1]) + 1]
+            else:
+                block = self.ds[rows.tolist()]
+        return block.reshape(-1, *a.frame_shape)
+
+    def blocks(self, start: int, stop: int, min_frames: int) -> Iterator[np.ndarray]:
+        """Corrected frames [start, stop) in blocks of whole chunk rows of at least ``min_frames`` frames.
+
+        ``start`` must be a multiple of :attr:`Archive.frames_per_row` (shards are whole rows).
+        """
+        a = self.archive
+        per_row = a.frames_per_row
+        unit = a.chunk_rows
+        rows_per_block = unit * max(1, -(-min_frames // (unit * per_row)))
+        r, r_stop = start // per_row, -(-stop // per_row)
+        while r < r_stop:
+            # Align block ends to chunk boundaries of the dataset (rows counted from 0).
+            r1 = min(r_stop, (r // unit) * unit + rows_per_block)
+            yield self.correct(self.raw_rows(r, r1))
+            r = r1

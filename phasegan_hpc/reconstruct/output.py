@@ -1,0 +1,146 @@
+"""The reconstruction's output (DESIGN.md §4): shard directory, manifest, and the assembled volume.
+
+    run42_phasegan.h5            /phase, /attenuation (leading shape of the frames, H, W), /consistency,
+                                 /nonfinite_pixels (leading shape): HDF5 virtual datasets over the shards,
+                                 with units, physics, source, model sha256, version and config as attributes
+    run42_phasegan.shards/       plan.json (the plan and what it was made from), shard-NNNNNN.h5 (finished),
+                                 .shard-NNNNNN.h5.partial (being written; never mistaken for finished)
+
+The virtual datasets name their shards by relative path, so the output file and its shard directory move
+together. The output file itself is written under a temporary name and renamed: it exists only when
+every shard is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from phasegan_hpc import __version__
+from phasegan_hpc.data.h5io import atomic_h5, partial_path
+from phasegan_hpc.errors import DataError
+from phasegan_hpc.reconstruct.archive import Archive
+from phasegan_hpc.reconstruct.plan import Shard
+from phasegan_hpc.reconstruct.worker import FRAME_DATASETS, SCALAR_DATASETS
+
+MANIFEST = "plan.json"
+MANIFEST_VERSION = 1
+
+
+def default_output(archive: Path, method: str) -> Path:
+    """``<stem>_phasegan.h5`` (``_paganin`` for the baseline) next to the archive."""
+    return archive.with_name(f"{archive.stem}_{method}.h5")
+
+
+def shards_dir_of(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.shards")
+
+
+def check_output(output: Path, archive: Path, overwrite: bool) -> None:
+    """Refuse an output that would replace the archive, a finished output (without ``overwrite``), or a
+    directory that cannot be written. Changes nothing."""
+    if output.resolve() == archive.resolve() or shards_dir_of(output).resolve() == archive.resolve():
+        raise DataError(f"output {output} is the archive itself; choose another --output")
+    if output.suffix.lower() not in (".h5", ".hdf5", ".nxs"):
+        raise DataError(f"output {output} must end in .h5")
+    if output.is_dir():
+        raise DataError(f"output {output} is a directory")
+    if output.exists() and not overwrite:
+        raise DataError(f"output {output} exists; add --overwrite to replace it")
+    parent = output.parent
+    if not parent.is_dir():
+        raise DataError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"output directory {parent} is not writable")
+
+
+def manifest(archive: Archive, job_identity: dict[str, Any], plan: list[Shard]) -> dict[str, Any]:
+    """What a plan was made from: a rerun continues it only if all of this is unchanged."""
+    st = archive.path.stat()
+    return {
+        "version": MANIFEST_VERSION,
+        "archive": str(archive.path), "archive_bytes": st.st_size, "archive_mtime_ns": st.st_mtime_ns,
+        "dataset": archive.dataset, "shape": list(archive.shape), "lead_shape": list(archive.lead_shape),
+        **job_identity,
+        "shards": [s.as_dict() for s in plan],
+    }
+
+
+def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[Path, bool]:
+    """Create (or, to resume, reuse) the shard directory. Returns (directory, resumed).
+
+    With ``overwrite``, an existing output and shard directory are removed first.
+
+    Raises:
+        DataError: a shard directory of another plan (other archive, model or settings) exists.
+    """
+    d = shards_dir_of(output)
+    if overwrite:
+        output.unlink(missing_ok=True)
+        shutil.rmtree(d, ignore_errors=True)
+    mf = d / MANIFEST
+    if d.is_dir() and mf.is_file():
+        try:
+            have = json.loads(mf.read_text())
+        except (OSError, ValueError):
+            have = None
+        if have != wanted:
+            changed = sorted(k for k in wanted if not isinstance(have, dict) or have.get(k) != wanted[k])
+            raise DataError(f"{d} holds an unfinished reconstruction with other settings "
+                            f"({', '.join(changed) or 'unreadable plan'}); add --overwrite to start over")
+        return d, True
+    if d.exists() and any(d.iterdir()):
+        raise DataError(f"{d} exists and is not a reconstruction's shard directory; remove it or add --overwrite")
+    d.mkdir(exist_ok=True)
+    tmp = partial_path(mf)
+    tmp.write_text(json.dumps(wanted, indent=1) + "\n")
+    os.replace(tmp, mf)
+    return d, False
+
+
+def finished(shards_dir: Path, plan: list[Shard]) -> set[int]:
+    """Indices of shards whose file is complete (renamed into place)."""
+    return {s.index for s in plan if (shards_dir / s.name).is_file()}
+
+
+def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard], attrs: dict[str, Any]) -> Path:
+    """Write the output file: virtual datasets over all shards plus attributes (atomic).
+
+    Args:
+        output: the final path.
+        shards_dir: the finished shards (all of ``plan``).
+        archive: the source (for shapes and provenance).
+        attrs: extra root attributes (model sha256, method, config TOML, physics...).
+    """
+    h, w = archive.frame_shape
+    lead, tail = archive.lead_shape, archive.lead_shape[1:]
+    rel = os.path.relpath(shards_dir, output.parent)
+    with atomic_h5(output) as f:
+        for name, (units, desc) in {**FRAME_DATASETS, **SCALAR_DATASETS}.items():
+            spatial = (h, w) if name in FRAME_DATASETS else ()
+            dtype = "int64" if name == "nonfinite_pixels" else "float32"
+            layout = h5py.VirtualLayout(shape=(*lead, *spatial), dtype=dtype)
+            for s in plan:
+                rows = s.row_stop - s.row_start
+                src = h5py.VirtualSource(f"{rel}/{s.name}", name, shape=(rows, *tail, *spatial))
+                layout[s.row_start:s.row_stop] = src
+            ds = f.create_virtual_dataset(name, layout, fillvalue=np.nan if dtype == "float32" else -1)
+            ds.attrs["units"], ds.attrs["description"] = units, desc
+        f.attrs.update({
+            "source_file": str(archive.path), "source_dataset": archive.dataset, "source_layout": archive.layout,
+            "software": "phasegan-hpc", "software_version": __version__, "shards": str(rel),
+            **{k: v for k, v in attrs.items() if v is not None},
+        })
+    return output
+
+
+def read_scores(output: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Flat per-frame (consistency, nonfinite_pixels) of a finished output."""
+    with h5py.File(output, "r") as f:
+        return f["consistency"][()].reshape(-1), f["nonfinite_pixels"][()].reshape(-1)

@@ -1,0 +1,68 @@
+"""The plan of a reconstruction: the archive's output frames cut into shards aligned to its HDF5 chunks.
+
+A shard is a range of whole rows of the first leading axis (for trains x pulses: whole trains), starting and
+ending on chunk boundaries, so every chunk is read by one worker, once. The plan depends on the archive,
+the batch size and the shard size only, never on the number of workers or the backend: a run resumed with
+other resources continues the same plan, and every backend computes the same batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from phasegan_hpc.errors import DataError
+from phasegan_hpc.reconstruct.archive import Archive
+
+#: Default shard size: this many bytes of float32 input frames (4096 frames of 128 x 128).
+SHARD_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Output frames [start, stop), which are rows [row_start, row_stop) of the first leading axis."""
+
+    index: int
+    row_start: int
+    row_stop: int
+    start: int
+    stop: int
+
+    @property
+    def frames(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def name(self) -> str:
+        """File name of the finished shard."""
+        return f"shard-{self.index:06d}.h5"
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def make_plan(archive: Archive, batch_size: int, shard_frames: int | None = None) -> list[Shard]:
+    """Cut the archive's frames into shards of about ``shard_frames`` frames.
+
+    Args:
+        archive: from :func:`phasegan_hpc.reconstruct.archive.open_archive`.
+        batch_size: frames per forward pass (a shard holds at least one batch unless the archive is smaller).
+        shard_frames: target frames per shard; None: :data:`SHARD_BYTES` of float32 input. Rounded to whole
+            chunk rows of the archive.
+
+    Raises:
+        DataError: non-positive batch or shard size.
+    """
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1, got {batch_size}")
+    if shard_frames is not None and shard_frames < 1:
+        raise DataError(f"--shard-frames must be >= 1, got {shard_frames}")
+    h, w = archive.frame_shape
+    target = shard_frames or max(batch_size, SHARD_BYTES // (4 * h * w))
+    per_row, unit = archive.frames_per_row, archive.chunk_rows
+    rows = max(1, round(target / (per_row * unit))) * unit
+    n_rows = archive.lead_shape[0]
+    shards = []
+    for i, r0 in enumerate(range(0, n_rows, rows)):
+        r1 = min(n_rows, r0 + rows)
+        shards.append(Shard(i, r0, r1, r0 * per_row, r1 * per_row))
+    return shards

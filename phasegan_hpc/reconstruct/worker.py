@@ -1,0 +1,229 @@
+"""One worker's work: stream shards of the archive through the retriever into shard files.
+
+Every backend (Ray actors, MPI ranks, one local process) runs a :class:`ShardRunner`. For each shard it
+reads chunk-aligned blocks of frames in a background thread (prefetching the next batch while the current
+one computes), sanitises non-finite pixels, retrieves phase and attenuation in batches, and writes the
+shard under a temporary name that is renamed only when the shard is complete. Memory is a few batches,
+whatever the archive's size. Only a small summary row is returned. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from phasegan_hpc.data.h5io import atomic_h5, compression
+from phasegan_hpc.reconstruct.archive import Archive, FrameReader
+from phasegan_hpc.reconstruct.plan import Shard
+from phasegan_hpc.reconstruct.retrieve import Physics, build_retriever
+
+#: Test-only fault hook: "SHARD:die" exits the worker abruptly once after the first batch of that shard;
+#: "SHARD:hang" makes it stop there (until killed).
+FAULT_ENV = "PHASEGAN_HPC_RECONSTRUCT_FAULT"
+
+#: Output datasets of a shard: name -> (units, description). Per-frame ones have no (H, W) axes.
+FRAME_DATASETS = {
+    "phase": ("rad", "object phase phi = -k delta T"),
+    "attenuation": ("1", "attenuation mu T = -ln |psi|^2"),
+}
+SCALAR_DATASETS = {
+    "consistency": ("1", "physics-consistency score per frame (see attribute score)"),
+    "nonfinite_pixels": ("1", "non-finite input pixels per frame (replaced by the frame's median)"),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs, small and picklable (it travels to Ray actors and MPI ranks)."""
+
+    archive: Archive
+    shards_dir: str
+    method: str
+    model_path: str | None
+    physics: Physics
+    batch_size: int
+    device: str = "cpu"
+    threads: int = 1
+    fault: str = ""
+    lead_tail: tuple[int, ...] = field(default=())  # leading axes after the first (e.g. pulses)
+
+
+def shard_path(job: Job, shard: Shard) -> Path:
+    return Path(job.shards_dir) / shard.name
+
+
+def sanitise(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replace non-finite pixels of each frame by the median of its finite ones.
+
+    Args:
+        batch: (B, H, W) float32 corrected frames.
+
+    Returns:
+        (clean batch, non-finite pixel count per frame (B,) int64, empty (B,) bool: frames with no finite
+        pixel at all, which are filled with 1.0 and whose outputs are set to NaN).
+    """
+    bad = ~np.isfinite(batch)
+    counts = bad.reshape(len(batch), -1).sum(axis=1)
+    empty = counts == batch[0].size if len(batch) else np.zeros(0, bool)
+    if counts.any():
+        batch = batch.copy()
+        for i in np.flatnonzero(counts):
+            batch[i][bad[i]] = 1.0 if empty[i] else np.median(batch[i][~bad[i]])
+    return batch, counts, empty
+
+
+def _batches(reader: FrameReader, shard: Shard, batch: int) -> Iterator[np.ndarray]:
+    """Frames of ``shard`` in batches of ``batch`` (the last one smaller): the same on every backend."""
+    buf: list[np.ndarray] = []
+    held = 0
+    for block in reader.blocks(shard.start, shard.stop, batch):
+        buf.append(block)
+        held += len(block)
+        while held >= batch:
+            joined = np.concatenate(buf) if len(buf) > 1 else buf[0]
+            yield joined[:batch]
+            rest = joined[batch:]
+            buf, held = ([rest] if len(rest) else []), len(rest)
+    if held:
+        yield np.concatenate(buf) if len(buf) > 1 else buf[0]
+
+
+def _prefetch(it: Iterator[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
+    """Run ``it`` in a background thread, ``depth`` items ahead (reading overlaps computing)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class _FlatWriter:
+    """Writes per-frame results at flat frame offsets into datasets shaped (rows, *lead_tail[, H, W])."""
+
+    def __init__(self, datasets: dict[str, Any], lead_tail: tuple[int, ...]) -> None:
+        self.datasets = datasets
+        self.lead_tail = lead_tail
+        self.per_row = int(np.prod(lead_tail))
+
+    def write(self, offset: int, arrays: dict[str, np.ndarray]) -> None:
+        n = len(next(iter(arrays.values())))
+        if self.per_row == 1:
+            for k, a in arrays.items():
+                self.datasets[k][offset:offset + n] = a.reshape(n, *self.lead_tail, *a.shape[1:])
+            return
+        for j in range(n):  # one frame at a time: index (row, *unravel(inner, lead_tail))
+            row, inner = divmod(offset + j, self.per_row)
+            idx = (row, *np.unravel_index(inner, self.lead_tail))
+            for k, a in arrays.items():
+                self.datasets[k][idx] = a[j]
+
+
+class ShardRunner:
+    """A worker: holds the archive reader and the retriever, and processes shards one after another."""
+
+    def __init__(self, job: Job) -> None:
+        torch.set_num_threads(max(1, job.threads))
+        self.job = job
+        self.device = torch.device(job.device)
+        self.reader = FrameReader(job.archive)
+        self.retriever = build_retriever(job.method, job.model_path, job.physics, job.archive.frame_shape,
+                                         self.device)
+        self.frames_done = 0  # frames of the current shard, for progress polling
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def run(self, shard: Shard, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Process ``shard`` unless its file is already complete; returns its summary row."""
+        path = shard_path(self.job, shard)
+        row: dict[str, Any] = {"shard": shard.index, "frames": shard.frames, "skipped": path.is_file()}
+        if row["skipped"]:
+            return row
+        t0 = time.perf_counter()
+        self.frames_done = 0
+        nonfinite: list[int] = []
+        h, w = self.job.archive.frame_shape
+        rows = shard.row_stop - shard.row_start
+        tail = self.job.lead_tail
+        pin = self.device.type == "cuda"
+        with atomic_h5(path) as f:
+            ds = {}
+            for name, (units, desc) in {**FRAME_DATASETS, **SCALAR_DATASETS}.items():
+                spatial = (h, w) if name in FRAME_DATASETS else ()
+                dtype = "int64" if name == "nonfinite_pixels" else "float32"
+                ds[name] = f.create_dataset(name, shape=(rows, *tail, *spatial), dtype=dtype,
+                                            chunks=(1,) * (1 + len(tail)) + spatial if spatial else None,
+                                            **(compression() if spatial else {}))
+                ds[name].attrs["units"], ds[name].attrs["description"] = units, desc
+            f.attrs["shard"], f.attrs["start"], f.attrs["stop"] = shard.index, shard.start, shard.stop
+            writer = _FlatWriter(ds, tail)
+            offset = 0
+            for batch in _prefetch(_batches(self.reader, shard, self.job.batch_size)):
+                clean, counts, empty = sanitise(batch)
+                x = torch.from_numpy(clean)
+                if pin:
+                    x = x.pin_memory().to(self.device, non_blocking=True)
+                phase, att, score = self.retriever(x.to(self.device))
+                phase, att, score = phase.cpu().numpy(), att.cpu().numpy(), score.cpu().numpy()
+                if empty.any():
+                    phase[empty], att[empty], score[empty] = np.nan, np.nan, np.nan
+                writer.write(offset, {"phase": phase, "attenuation": att, "consistency": score,
+                                      "nonfinite_pixels": counts})
+                nonfinite.extend((shard.start + offset + np.flatnonzero(counts)).tolist())
+                offset += len(batch)
+                self.frames_done = offset
+                if progress is not None:
+                    progress(len(batch))
+                self._maybe_fault(shard)
+        row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite)
+        return row
+
+    def _maybe_fault(self, shard: Shard) -> None:
+        if not self.job.fault:
+            return
+        target, mode = self.job.fault.split(":")
+        if int(target) != shard.index:
+            return
+        if mode == "hang":
+            while True:
+                time.sleep(1)
+        marker = Path(self.job.shards_dir) / f".fault-{shard.index}"
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)  # abrupt death mid-shard, once
