@@ -47,17 +47,19 @@ test: install system-deps lint
 	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 $(PY) -m pytest
 
 # Simulate a small data set, train PhaseGAN briefly on it, score it next to Paganin, write figures,
-# and run a 4-trial search of the loss weights.
+# run a 4-trial search of the loss weights, and reconstruct a simulated raw-detector movie archive.
 demo: install
-	$(CLI) simulate $(DEMO_DIR)/data --config configs/tiny.toml --overwrite
+	$(CLI) simulate $(DEMO_DIR)/data --config configs/tiny.toml --overwrite --movie 256
 	$(CLI) preview $(DEMO_DIR)/data --out $(DEMO_DIR)/preview.png
 	rm -rf $(DEMO_DIR)/runs
 	$(CLI) train --config configs/tiny.toml --data $(DEMO_DIR)/data --storage $(DEMO_DIR)/runs --name tiny
 	$(CLI) evaluate --model $(DEMO_DIR)/runs/latest/model.pt --data $(DEMO_DIR)/data/validation.h5 \
 		--baseline paganin --json $(DEMO_DIR)/evaluate.json
 	$(CLI) tune --trials 4 --config configs/tiny.toml --data $(DEMO_DIR)/data --storage $(DEMO_DIR)/runs --name demo
+	$(CLI) reconstruct $(DEMO_DIR)/data/movie.h5 --model $(DEMO_DIR)/runs/tiny/model.pt --batch-size 32 --overwrite
 	@echo "demo finished: $(DEMO_DIR)/preview.png, $(DEMO_DIR)/runs/tiny/figures/, $(DEMO_DIR)/evaluate.json,"
-	@echo "  $(DEMO_DIR)/runs/tune-demo/ (trials.csv, best.toml, search.png)"
+	@echo "  $(DEMO_DIR)/runs/tune-demo/ (trials.csv, best.toml, search.png),"
+	@echo "  $(DEMO_DIR)/data/movie_phasegan.h5 and movie_phasegan.png (the reconstructed movie)"
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -36,13 +36,16 @@ def cli() -> None:
 @click.option("--size", type=int, default=None, help="Frame side in pixels (>= 16).")
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @click.option("--workers", type=int, default=None, help="Processes (default: one per CPU core).")
+@click.option("--movie", "n_movie", type=int, default=0, show_default=True,
+              help="Also write movie.h5: an N-frame raw-detector archive (DXchange, uint16) for reconstruct.")
 @click.option("--overwrite", is_flag=True, help="Replace the data set in a non-empty OUT_DIR.")
 def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val: int | None,
-             n_paired: int | None, size: int | None, seed: int | None, workers: int | None, overwrite: bool) -> None:
+             n_paired: int | None, size: int | None, seed: int | None, workers: int | None, n_movie: int,
+             overwrite: bool) -> None:
     """Simulate the synthetic data set of paper §3 into OUT_DIR.
 
-    Writes objects.h5 and intensities.h5 (unpaired: independent draws), validation.h5 (paired) and,
-    with --paired N, paired.h5 (a paired training set for the baselines).
+    Writes objects.h5 and intensities.h5 (unpaired: independent draws), validation.h5 (paired),
+    with --paired N paired.h5 (a paired training set for the baselines), and with --movie N movie.h5.
     """
     from phasegan_hpc.config import load_config, with_overrides
     from phasegan_hpc.simulate import simulate_dataset
@@ -55,6 +58,11 @@ def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val
     total = 2 * cfg.simulate.n_train + cfg.simulate.n_val + cfg.simulate.n_paired
     with progress_bar(total, f"simulating {total} frames") as advance:
         paths = simulate_dataset(out_dir, cfg, overwrite=overwrite, progress=advance)
+    if n_movie > 0:
+        from phasegan_hpc.simulate.movie import simulate_movie
+
+        with progress_bar(n_movie, f"simulating a {n_movie}-frame movie") as advance:
+            paths["movie.h5"] = simulate_movie(out_dir / "movie.h5", cfg, n_movie, overwrite=True, progress=advance)
     _err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 

@@ -341,3 +341,22 @@ def test_output_moves_with_its_shards(model_path, movie, tmp_path):
     shutil.move(s.output, moved / s.output.name)
     shutil.move(tmp_path / "a_phasegan.shards", moved / "a_phasegan.shards")
     assert_identical(expected, read(moved / s.output.name))
+
+
+def test_simulated_movie_is_a_dxchange_archive_of_raw_counts(tmp_path):
+    from phasegan_hpc.reconstruct.archive import FrameReader
+    from phasegan_hpc.simulate.movie import DARK_LEVEL, simulate_movie
+
+    cfg = with_overrides(load_config(REPO / "configs" / "tiny.toml"), {"flatfield.n_flats": 20,
+                                                                     "flatfield.n_components": 4})
+    path = simulate_movie(tmp_path / "movie.h5", cfg, 20, chunk_frames=8)
+    arc = open_archive(path)
+    assert (arc.layout, arc.dtype, arc.lead_shape, arc.frame_shape) == ("dxchange", "uint16", (20,), (64, 64))
+    assert arc.flats is not None and arc.darks is not None and arc.attrs["pixel_size_m"] == 1e-6
+    reader = FrameReader(arc)
+    corrected = np.concatenate(list(reader.blocks(0, 20, 8)))
+    reader.close()
+    assert np.abs(reader.dark.mean() - DARK_LEVEL) < 1
+    assert corrected.shape == (20, 64, 64) and 0.8 < corrected.mean() < 1.2  # transmission about 1
+    with pytest.raises(DataError, match="exists"):
+        simulate_movie(path, cfg, 4)

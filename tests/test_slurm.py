@@ -35,10 +35,10 @@ def _job_env(cluster, tmp_path, data, name, **extra):
     return env
 
 
-def _sbatch(cluster, env, tmp_path, *args):
+def _sbatch(cluster, env, tmp_path, *args, script="train_foam.sh"):
     out = tmp_path / "job-%j.out"
     proc = subprocess.run(["sbatch", "--parsable", "--wait", "--gres=none", "--nodes=1", "--cpus-per-task=2",
-                           "--time=15", f"--output={out}", str(REPO / "slurm" / "train_foam.sh"), *args],
+                           "--time=15", f"--output={out}", str(REPO / "slurm" / script), *map(str, args)],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     job_id = proc.stdout.strip().split(";")[0]
     log = (tmp_path / f"job-{job_id}.out").read_text() if job_id else ""
@@ -68,6 +68,30 @@ def test_sbatch_passes_the_training_exit_code_through(slurm, tmp_path):
     assert "JobState=FAILED" in info and re.search(r"\bExitCode=1:0\b", info), info
     assert "error: data directory" in log and "Traceback" not in log
     assert "stopping Ray" in log
+
+
+@pytest.mark.slow
+def test_sbatch_reconstruct_writes_the_volume(slurm, tiny_data, tmp_path):
+    import h5py
+    import numpy as np
+
+    from phasegan_hpc.train.local import train_local
+
+    cfg = with_overrides(load_config(REPO / "configs" / "tiny.toml"), {
+        "train.data_dir": str(tiny_data), "train.runs_dir": str(tmp_path / "runs"), "train.epochs": 1,
+        "train.name": "m", "train.val_frames": 4, "train.checkpoint_every": 100})
+    model = train_local(cfg)["model_path"]
+    archive = tmp_path / "movie.h5"
+    with h5py.File(tiny_data / "validation.h5", "r") as f, h5py.File(archive, "w") as out:
+        out["exchange/data"] = f["intensity"][()]
+    env = _job_env(slurm, tmp_path, tiny_data, "unused", PHASEGAN_HPC_MODEL=model)
+    proc, job_id, log, info = _sbatch(slurm, env, tmp_path, archive, "--shard-frames", 4, "--batch-size", 4,
+                                      "--no-preview", script="reconstruct.sh")
+    assert proc.returncode == 0, f"{proc.stderr}\n{log}\n{info}"
+    assert "JobState=COMPLETED" in info and "all 1 node(s) joined" in log
+    with h5py.File(tmp_path / "movie_phasegan.h5", "r") as f:
+        assert f["phase"].shape == (8, 64, 64) and np.isfinite(f["phase"][()]).all()
+    assert len(list((tmp_path / "movie_phasegan.shards").glob("shard-*.h5"))) == 2
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

@@ -142,7 +142,7 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
         raise DataError(f"output directory {out_dir} is not empty; pass --overwrite to replace its data set")
 
 
-def _attrs(cfg: Config, kind: str) -> dict[str, object]:
+def file_attrs(cfg: Config, kind: str) -> dict[str, object]:
     p = cfg.physics
     attrs: dict[str, object] = {
         "kind": kind,
@@ -202,7 +202,7 @@ def simulate_dataset(
         for stream in counts:
             name, names = STREAMS[stream]
             f = stack.enter_context(atomic_h5(paths[name]))
-            f.attrs.update(_attrs(cfg, name.removesuffix(".h5")))
+            f.attrs.update(file_attrs(cfg, name.removesuffix(".h5")))
             datasets[stream] = {
                 k: create_frames(f, k, counts[stream], shape, units=UNITS[k][0], description=UNITS[k][1])
                 for k in names

@@ -1,0 +1,50 @@
+#!/bin/bash
+#SBATCH --job-name=phasegan-reconstruct
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=32
+#SBATCH --gres=gpu:4
+#SBATCH --time=12:00:00
+#SBATCH --requeue
+#SBATCH --output=phasegan-reconstruct-%j.out
+#
+# Batch reconstruction of one movie archive over the whole allocation: one Ray actor per GPU (or, without
+# GPUs, one per PHASEGAN_CPUS_PER_WORKER CPUs). A requeued (or resubmitted) job keeps the finished shards.
+#
+#   sbatch slurm/reconstruct.sh /data/aps/run42.h5                   # model: runs/latest/model.pt
+#   PHASEGAN_HPC_MODEL=/scratch/me/runs/foam/model.pt sbatch --nodes=8 slurm/reconstruct.sh run42.h5 \
+#     --output /scratch/me/run42_phasegan.h5 --batch-size 256        # further arguments go to reconstruct
+#
+# Environment: PHASEGAN_HOME (checkout; default: the submit directory), PHASEGAN_HPC_MODEL, PHASEGAN_BIN,
+# PHASEGAN_CPUS_PER_WORKER (CPU-only allocations; default 1).
+set -euo pipefail
+
+if (( $# < 1 )); then
+  echo "usage: sbatch slurm/reconstruct.sh ARCHIVE.h5 [phasegan-hpc reconstruct options...]" >&2
+  exit 2
+fi
+PHASEGAN_HOME=${PHASEGAN_HOME:-${SLURM_SUBMIT_DIR:-$(pwd)}}
+# shellcheck source=slurm/ray-cluster.sh
+source "$PHASEGAN_HOME/slurm/ray-cluster.sh"
+# shellcheck source=slurm/phasegan-env.sh
+source "$PHASEGAN_HOME/slurm/phasegan-env.sh"
+
+trap ray_cluster_stop EXIT
+ray_cluster_start
+
+if (( RAY_GPUS_PER_NODE > 0 )); then
+  workers=$((RAY_NODES * RAY_GPUS_PER_NODE))
+  gpus=1
+  cpus=$((RAY_CPUS_PER_NODE / RAY_GPUS_PER_NODE))
+else
+  cpus=${PHASEGAN_CPUS_PER_WORKER:-1}
+  workers=$((RAY_NODES * (RAY_CPUS_PER_NODE / cpus)))
+  gpus=0
+fi
+(( cpus >= 1 )) || cpus=1
+(( workers >= 1 )) || workers=1
+
+rc=0
+"$PHASEGAN_BIN" reconstruct "$@" --backend ray --workers "$workers" --gpus-per-worker "$gpus" \
+  --cpus-per-worker "$cpus" || rc=$?
+exit "$rc"
