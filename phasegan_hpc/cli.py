@@ -227,24 +227,31 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["frc", "step", "train"]))
-@click.option("--size", type=int, default=256, show_default=True, help="Image side [px].")
-@click.option("--batch", type=int, default=16, show_default=True, help="Batch size.")
+@click.argument("name", type=click.Choice(["frc", "step", "train", "reconstruct"]))
+@click.option("--size", type=int, default=None, help="Image side [px] (default per benchmark: 256; reconstruct 128).")
+@click.option("--batch", type=int, default=None, help="Batch size (default per benchmark).")
 @click.option("--repeats", type=int, default=None, help="Timed repeats (median reported; default per benchmark).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+@click.option("--frames", type=int, default=None, help="reconstruct: frames of the smaller archive (4096).")
+@click.option("--filters", type=int, default=None, help="reconstruct: base filters of G_O / G_D (4).")
+@click.option("--threads", type=int, default=None, help="reconstruct: torch threads per worker (all cores).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
-def bench(name: str, size: int, batch: int, repeats: int | None, device: str, json_path: Path | None) -> None:
+def bench(name: str, size: int | None, batch: int | None, repeats: int | None, device: str, frames: int | None,
+          filters: int | None, threads: int | None, json_path: Path | None) -> None:
     """Run benchmark NAME.
 
     frc: vectorised FRC loss vs a per-ring loop. step: one training step per method (full-size networks).
     train: samples/s in-process vs Ray Train with 1 and 2 workers (tiny networks, 64 px and --size px;
-    --batch is per worker, default 16 is slow here: try --batch 4).
+    --batch is per worker, default 4). reconstruct: end-to-end frames/s of each backend vs the model
+    alone, and peak RSS for two archive sizes 4x apart.
     """
     import json
 
     from phasegan_hpc.bench import benchmarks
 
-    options = {"size": size, "batch": batch, "device": device} | ({} if repeats is None else {"repeats": repeats})
+    given = {"size": size, "batch": batch, "repeats": repeats, "frames": frames, "filters": filters,
+             "threads": threads}
+    options = {"device": device} | {k: v for k, v in given.items() if v is not None}
     result = benchmarks()[name](**options)
     Console().print_json(json.dumps(result))
     if json_path is not None:

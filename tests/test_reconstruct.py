@@ -360,3 +360,18 @@ def test_simulated_movie_is_a_dxchange_archive_of_raw_counts(tmp_path):
     assert corrected.shape == (20, 64, 64) and 0.8 < corrected.mean() < 1.2  # transmission about 1
     with pytest.raises(DataError, match="exists"):
         simulate_movie(path, cfg, 4)
+
+
+def test_bench_reconstruct_smoke(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "reconstruct", "--size", 32, "--frames", 48, "--batch", 16, "--repeats", 1,
+                   "--threads", 1, "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert set(r["end_to_end_over_model"]) == {"local", "ray", "mpi"}
+    assert all(v > 0 for v in r["end_to_end_over_model"].values())
+    assert r["frames_per_s"]["model_only"]["median"] > 0 and r["threads"] == 1
+    assert r["raw_mb"]["large"] == pytest.approx(4 * r["raw_mb"]["small"])
+    assert r["peak_rss_mb"]["small"] > 50 and r["peak_rss_mb"]["large_over_small"] > 0

@@ -47,7 +47,8 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: i
 def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     """The registry: name -> function(size, batch, repeats, device) returning a result dict."""
     from phasegan_hpc.bench.frc import bench_frc
+    from phasegan_hpc.bench.reconstruct import bench_reconstruct
     from phasegan_hpc.bench.step import bench_step
     from phasegan_hpc.bench.train import bench_train
 
-    return {"frc": bench_frc, "step": bench_step, "train": bench_train}
+    return {"frc": bench_frc, "step": bench_step, "train": bench_train, "reconstruct": bench_reconstruct}

@@ -1,0 +1,166 @@
+"""Reconstruction throughput and memory: end to end per backend vs the model alone, on the same work.
+
+A compressed uint16 archive (bitshuffle-LZ4, DXchange with flats and darks) is generated; a G_O + G_D of
+``filters`` base filters is saved as ``model.pt``. Then, in turns over ``repeats`` rounds:
+
+- model-only: the retriever (G_O, H, G_D and the score) on batches already in memory, same device, torch
+  threads and batch size: the upper bound;
+- end to end: ``reconstruct`` of the whole archive with the local, Ray (one actor) and MPI (one rank,
+  in-process) backends: reading, decompression, flat/dark correction, compute, compression, writing.
+
+The ratio end-to-end / model-only is the share of the model's speed the pipeline keeps (1.0: I/O fully
+hidden). Peak RSS is measured for the local backend in a fresh process (``os.wait4``) on the archive and
+on one 4x larger: bounded memory means the two peaks are close.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+import torch
+
+from phasegan_hpc.data.normalise import Normalisation
+from phasegan_hpc.models.artifact import detector_entry, save_model
+from phasegan_hpc.models.registry import build_generator
+from phasegan_hpc.train.fit import connect_ray, disconnect_ray
+
+
+def make_archive(path: Path, frames: int, size: int, seed: int = 0, chunk: int = 64) -> Path:
+    """Raw uint16 counts (~1000 per pixel, Poisson) of a few moving discs, written chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:size, :size]
+    comp = dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    with h5py.File(path, "w") as f:
+        ds = f.create_dataset("exchange/data", shape=(frames, size, size), dtype="uint16",
+                              chunks=(min(chunk, frames), size, size), **comp)
+        for start in range(0, frames, chunk):
+            n = min(chunk, frames - start)
+            cx = (start + np.arange(n))[:, None, None] % size
+            disc = ((x[None] - cx) ** 2 + (y[None] - size / 2) ** 2) < (size / 6) ** 2
+            ds[start:start + n] = rng.poisson(1000.0 * (1.0 - 0.2 * disc)).astype(np.uint16)
+        f.create_dataset("exchange/data_white", data=rng.poisson(1000.0, (8, size, size)).astype(np.uint16), **comp)
+        f.create_dataset("exchange/data_dark", data=np.zeros((4, size, size), np.uint16), **comp)
+        f.attrs.update(pixel_size_m=1e-6, wavelength_m=1e-10, distance_m=0.1)
+    return path
+
+
+def make_model(path: Path, filters: int) -> Path:
+    """A PhaseGAN ``model.pt`` (G_O and G_D, He-initialised) at the bench geometry."""
+    torch.manual_seed(0)
+    g_o = build_generator("unet", 1, 2, filters, "kaiming")
+    g_d = build_generator("unet", 1, 1, filters, "kaiming")
+    arch = {"name": "unet", "in_channels": 1, "out_channels": 2, "base_filters": filters}
+    norm = Normalisation(1.0, 0.05, (-0.2, 1e-4), (0.1, 1e-4))
+    physics = {"pixel_size_m": 1e-6, "wavelength_m": 1e-10, "distance_m": 0.1}
+    return save_model(path, g_o, arch, norm, physics, "phasegan", {},
+                      detector_entry(g_d, {**arch, "out_channels": 1}, 0, "edge"))
+
+
+def _model_only(model: Path, size: int, batch: int, frames: int, device: str, threads: int) -> float:
+    """Frames/s of the retriever on in-memory batches (the same work per frame as end to end)."""
+    from phasegan_hpc.reconstruct.retrieve import Physics, build_retriever
+
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    retriever = build_retriever("phasegan", str(model), Physics(1e-6, 1e-10, 0.1), (size, size), dev)
+    x = (1.0 + 0.01 * torch.randn(batch, size, size)).to(dev)
+    retriever(x)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    n = max(1, frames // batch)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        retriever(x)
+    sync()
+    return n * batch / (time.perf_counter() - t0)
+
+
+def _end_to_end(archive: Path, model: Path, out: Path, backend: str, batch: int, device: str, threads: int,
+                shard_frames: int) -> float:
+    from phasegan_hpc.reconstruct import reconstruct
+
+    comm = None
+    if backend == "mpi":
+        from mpi4py import MPI
+
+        comm = MPI.COMM_SELF
+    s = reconstruct(archive, model=model, output=out, backend=backend, workers=1, cpus_per_worker=threads,
+                    gpus_per_worker=1.0 if device.startswith("cuda") and backend == "ray" else 0.0,
+                    batch_size=batch, overwrite=True, shard_frames=shard_frames, device=device, preview=False,
+                    comm=comm)
+    return s.frames_per_s
+
+
+def _peak_rss_mb(archive: Path, model: Path, out: Path, batch: int, threads: int, shard_frames: int) -> float:
+    """Peak RSS [MB] of a fresh ``phasegan-hpc reconstruct --backend local`` process."""
+    exe = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent)) or "phasegan-hpc"
+    proc = subprocess.Popen([exe, "reconstruct", str(archive), "--model", str(model), "--output", str(out),
+                             "--backend", "local", "--batch-size", str(batch), "--cpus-per-worker", str(threads),
+                             "--shard-frames", str(shard_frames), "--overwrite", "--no-preview", "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reconstruct failed: {proc.stderr.read().decode()[-500:]}")
+    return usage.ru_maxrss / 1024.0
+
+
+def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device: str = "cpu", frames: int = 4096,
+                      filters: int = 4, threads: int | None = None, backends: tuple[str, ...] = ("local", "ray", "mpi"),
+                      workdir: str | None = None) -> dict[str, Any]:
+    """End-to-end frames/s per backend against model-only frames/s, and peak RSS at 1x and 4x frames.
+
+    Args:
+        size: frame side [px]. batch: frames per forward pass. repeats: rounds (medians reported).
+        device: "cpu" or "cuda". frames: frames of the smaller archive (the larger has 4x).
+        filters: base filters of the generators (32 = the paper's size). threads: torch threads per worker
+            (default: all cores). backends: which end-to-end backends to time.
+        workdir: where the archives go (default: a temporary directory, removed afterwards).
+    """
+    threads = threads or os.cpu_count() or 1
+    tmp = Path(tempfile.mkdtemp(prefix="bench-reconstruct-", dir=workdir))
+    try:
+        t0 = time.perf_counter()
+        small = make_archive(tmp / "small.h5", frames, size)
+        large = make_archive(tmp / "large.h5", 4 * frames, size, seed=1)
+        generate_s = time.perf_counter() - t0
+        model = make_model(tmp / "model.pt", filters)
+        shard = max(batch, frames // 8)
+        fps: dict[str, list[float]] = {"model_only": [], **{b: [] for b in backends}}
+        started = connect_ray() if "ray" in backends else False  # Ray's own start-up is not the pipeline's
+        try:
+            for _ in range(repeats):  # in turns, so that load from other processes hits all alike
+                fps["model_only"].append(_model_only(model, size, batch, min(frames, 16 * batch), device, threads))
+                for b in backends:
+                    fps[b].append(_end_to_end(small, model, tmp / f"out-{b}.h5", b, batch, device, threads, shard))
+        finally:
+            disconnect_ray(started)
+        rss_small = _peak_rss_mb(small, model, tmp / "rss-small.h5", batch, threads, shard)
+        rss_large = _peak_rss_mb(large, model, tmp / "rss-large.h5", batch, threads, shard)
+        medians = {k: statistics.median(v) for k, v in fps.items()}
+        ratios = {b: statistics.median([e / m for e, m in zip(fps[b], fps["model_only"], strict=True)])
+                  for b in backends}
+        return {
+            "benchmark": "reconstruct", "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "h5py": h5py.__version__, "device": device, "threads": threads,
+            "size": size, "batch": batch, "filters": filters, "frames": frames, "repeats": repeats,
+            "archive_mb": {"small": small.stat().st_size / 1e6, "large": large.stat().st_size / 1e6},
+            "raw_mb": {"small": frames * size * size * 2 / 1e6, "large": 4 * frames * size * size * 2 / 1e6},
+            "generate_s": generate_s,
+            "frames_per_s": {k: {"median": medians[k], "min": min(v), "max": max(v)} for k, v in fps.items()},
+            "end_to_end_over_model": ratios,
+            "peak_rss_mb": {"small": rss_small, "large": rss_large, "large_over_small": rss_large / rss_small},
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
