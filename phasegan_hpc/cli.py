@@ -66,6 +66,121 @@ def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val
     _err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+@cli.command("simulate-foam")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("configs/foam.toml"),
+              show_default=True, help="TOML config; its [foam], [physics] and [phantom] sections set the experiment.")
+@click.option("--photron-frames", type=int, default=None, help="Photron (TIE camera) frames.")
+@click.option("--shimadzu-frames", type=int, default=None, help="Shimadzu (MHz camera) training frames.")
+@click.option("--validation-frames", type=int, default=None, help="Frames of the held-out movies.")
+@click.option("--seed", type=int, default=None, help="Random seed.")
+@click.option("--overwrite", is_flag=True, help="Replace the files in a non-empty OUT_DIR.")
+def simulate_foam(out_dir: Path, config_path: Path, photron_frames: int | None, shimadzu_frames: int | None,
+                  validation_frames: int | None, seed: int | None, overwrite: bool) -> None:
+    """Simulate the metallic-foam experiment of paper §4 into OUT_DIR.
+
+    Two raw-detector DXchange archives of rupturing foam cells (photron.h5: 2 um, 31 pulses; shimadzu.h5:
+    3.2 um, one pulse), a held-out Shimadzu movie (shimadzu_movie.h5) and the truth of the held-out frames
+    (shimadzu_validation.h5, photron_validation.h5) for `evaluate`.
+    """
+    from phasegan_hpc.config import load_config, with_overrides
+    from phasegan_hpc.simulate.foam import simulate_foam as run
+    from phasegan_hpc.ui import progress_bar
+
+    cfg = with_overrides(load_config(config_path), {
+        "foam.photron_frames": photron_frames, "foam.shimadzu_frames": shimadzu_frames,
+        "foam.validation_frames": validation_frames, "foam.seed": seed})
+    f = cfg.foam
+    total = f.photron_frames + f.shimadzu_frames + 2 * f.validation_frames
+    with progress_bar(total, f"simulating {total} foam frames") as advance:
+        paths = run(out_dir, cfg, overwrite=overwrite, progress=advance)
+    _err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--dataset", default=None, help="Frames dataset (default: DXchange, NXtomo or the only >= 3-D one).")
+@click.option("--energy-kev", type=float, default=None, help="Photon energy [keV] (default: archive attribute).")
+@click.option("--distance-m", type=float, default=None, help="Propagation distance [m] (default: attribute).")
+@click.option("--pixel-size-m", type=float, default=None, help="Detector pixel size [m] (default: attribute).")
+@click.option("--delta-beta", type=float, default=None, help="delta/beta of the material (default: attributes).")
+@click.option("--resample-pixel-size-m", type=float, default=None,
+              help="Interpolate to this pixel size first (paper §4: 1.6e-6 from 2e-6 Photron pixels).")
+@click.option("--tv-weight", type=float, default=0.01, show_default=True,
+              help="scikit-image denoise_tv_chambolle weight on transmission images (0: no denoising).")
+@click.option("--tv-iterations", type=int, default=100, show_default=True, help="TV iterations (paper: 100).")
+@click.option("--backend", type=click.Choice(["local", "ray", "mpi"]), default="local", show_default=True,
+              help="ray: spread the frames over the Ray cluster (RAY_ADDRESS or local).")
+@click.option("--workers", type=int, default=None, help="Ray actors (default: one per CPU).")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a finished OUTPUT.")
+def tie(archive: Path, output: Path, dataset: str | None, energy_kev: float | None, distance_m: float | None,
+        pixel_size_m: float | None, delta_beta: float | None, resample_pixel_size_m: float | None, tv_weight: float,
+        tv_iterations: int, backend: str, workers: int | None, batch_size: int, overwrite: bool) -> None:
+    """The object domain of paper §4 from a clean camera: TIE (Paganin) phase and attenuation of ARCHIVE.
+
+    Flat/dark correction, resampling, total-variation denoising, Paganin; OUTPUT (e.g. data/foam/objects.h5)
+    holds /phase and /attenuation with the physics in its attributes, ready for `train`.
+    """
+    from phasegan_hpc.reconstruct import reconstruct as run_reconstruct
+    from phasegan_hpc.reconstruct.retrieve import TieOptions
+
+    _pipeline(run_reconstruct, archive, output=output, dataset=dataset, backend=backend, workers=workers,
+              batch_size=batch_size, method="tie", overwrite=overwrite,
+              physics={"energy_kev": energy_kev, "distance_m": distance_m, "pixel_size_m": pixel_size_m,
+                       "delta_beta": delta_beta},
+              tie=TieOptions(resample_pixel_size_m, tv_weight, tv_iterations))
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--dataset", default=None, help="Frames dataset (default: DXchange, NXtomo or the only >= 3-D one).")
+@click.option("--pixel-size-m", type=float, default=None, help="Pixel size [m] (default: archive attribute).")
+@click.option("--backend", type=click.Choice(["local", "ray", "mpi"]), default="local", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a finished OUTPUT.")
+def correct(archive: Path, output: Path, dataset: str | None, pixel_size_m: float | None, backend: str,
+            overwrite: bool) -> None:
+    """Flat/dark-corrected frames of ARCHIVE as /intensity in OUTPUT (e.g. data/foam/intensities.h5)."""
+    from phasegan_hpc.reconstruct import reconstruct as run_reconstruct
+
+    _pipeline(run_reconstruct, archive, output=output, dataset=dataset, backend=backend, method="flatfield",
+              overwrite=overwrite, physics={"pixel_size_m": pixel_size_m})
+
+
+def _pipeline(run, archive: Path, **options) -> None:
+    """Run a reconstruction-pipeline command with a progress bar and print its summary."""
+    from contextlib import ExitStack
+
+    from phasegan_hpc.ui import progress_bar, reconstruction_table
+
+    with ExitStack() as stack:
+        def progress(total: int, done: int):
+            return stack.enter_context(progress_bar(total, options.get("method", "reconstructing"), completed=done,
+                                                    unit="frames"))
+
+        summary = run(archive, progress=progress, **{"preview": False, **options})
+    if summary is not None:  # None on MPI ranks other than 0
+        Console().print(reconstruction_table(summary))
+
+
+@cli.command("movie-figure")
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("reconstruction", type=click.Path(path_type=Path))
+@click.option("--truth", type=click.Path(path_type=Path), default=None, help="File with the true /phase.")
+@click.option("--out", "out_gif", type=click.Path(path_type=Path), default=None,
+              help="GIF to write (default: RECONSTRUCTION with .gif); a PNG strip goes next to it.")
+@click.option("--dataset", default=None, help="Frames dataset of ARCHIVE.")
+def movie_figure(archive: Path, reconstruction: Path, truth: Path | None, out_gif: Path | None,
+                 dataset: str | None) -> None:
+    """Side-by-side movie (paper Fig. 3, Visualization 1-3): frame, phase, attenuation, truth; GIF + PNG."""
+    from phasegan_hpc.figures import movie_figure as make
+
+    paths = make(archive, reconstruction, out_gif or reconstruction.with_suffix(".gif"), truth, dataset)
+    _err.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
 @cli.command()
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_png", type=click.Path(path_type=Path), default=None,
@@ -207,53 +322,53 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
     OUTPUT's .shards directory: move them together) and a PNG preview next to it.
     """
-    from contextlib import ExitStack
-
     from phasegan_hpc.reconstruct import reconstruct as run_reconstruct
-    from phasegan_hpc.ui import progress_bar, reconstruction_table
 
-    with ExitStack() as stack:
-        def progress(total: int, done: int):
-            return stack.enter_context(progress_bar(total, "reconstructing", completed=done, unit="frames"))
-
-        summary = run_reconstruct(
-            archive, model=model_path, output=output, dataset=dataset, backend=backend, workers=workers,
-            cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, batch_size=batch_size, method=method,
-            overwrite=overwrite, shard_frames=shard_frames, device=device, preview=not no_preview,
-            physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
-                     "energy_kev": energy_kev}, progress=progress)
-    if summary is not None:  # None on MPI ranks other than 0
-        Console().print(reconstruction_table(summary))
+    _pipeline(run_reconstruct, archive, model=model_path, output=output, dataset=dataset, backend=backend,
+              workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+              batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
+              preview=not no_preview, physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m,
+                                               "distance_m": distance_m, "energy_kev": energy_kev})
 
 
 @cli.command()
-@click.argument("name", type=click.Choice(["frc", "step", "train", "reconstruct"]))
+@click.argument("name", type=click.Choice(["frc", "propagator", "step", "train", "reconstruct", "inference",
+                                           "table1"]))
 @click.option("--size", type=int, default=None, help="Image side [px] (default per benchmark: 256; reconstruct 128).")
 @click.option("--batch", type=int, default=None, help="Batch size (default per benchmark).")
 @click.option("--repeats", type=int, default=None, help="Timed repeats (median reported; default per benchmark).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
 @click.option("--frames", type=int, default=None, help="reconstruct: frames of the smaller archive (4096).")
-@click.option("--filters", type=int, default=None, help="reconstruct: base filters of G_O / G_D (4).")
+@click.option("--filters", type=int, default=None, help="reconstruct (4), inference (32): base filters of G_O.")
 @click.option("--threads", type=int, default=None, help="reconstruct: torch threads per worker (all cores).")
+@click.option("--train", "n_train", type=int, default=None, help="table1: training frames per set (2000).")
+@click.option("--epochs", type=int, default=None, help="table1: epochs per method (10).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="table1: output dir (table1).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
 def bench(name: str, size: int | None, batch: int | None, repeats: int | None, device: str, frames: int | None,
-          filters: int | None, threads: int | None, json_path: Path | None) -> None:
-    """Run benchmark NAME.
+          filters: int | None, threads: int | None, n_train: int | None, epochs: int | None, out_dir: Path | None,
+          json_path: Path | None) -> None:
+    """Run benchmark NAME; print a table and (with --json) write the whole record.
 
-    frc: vectorised FRC loss vs a per-ring loop. step: one training step per method (full-size networks).
-    train: samples/s in-process vs Ray Train with 1 and 2 workers (tiny networks, 64 px and --size px;
-    --batch is per worker, default 4). reconstruct: end-to-end frames/s of each backend vs the model
-    alone, and peak RSS for two archive sizes 4x apart.
+    frc: vectorised FRC loss vs a per-ring loop. propagator: |H psi|^2 in torch vs float64 numpy.
+    step: one training step per method (full-size networks). train: samples/s in-process vs Ray Train with
+    1 and 2 workers (tiny networks, 64 px and --size px; --batch is per worker, default 4). reconstruct:
+    end-to-end frames/s of each backend vs the model alone, and peak RSS for two archive sizes 4x apart.
+    inference: G_O frames/s at 128 -> 128 and 128 -> 256 by batch size (1..256, or --batch) and variant
+    (fp32, channels_last, bf16, torch.compile, CUDA graphs on GPUs). table1: paper Table 1 reproduced
+    (paired, pix2pix, CycleGAN, PhaseGAN and Paganin on the same data; --size, --train, --epochs, --out).
     """
     import json
 
-    from phasegan_hpc.bench import benchmarks
+    from phasegan_hpc.bench import run_benchmark
+    from phasegan_hpc.ui import bench_table
 
     given = {"size": size, "batch": batch, "repeats": repeats, "frames": frames, "filters": filters,
-             "threads": threads}
+             "threads": threads, "train": n_train, "epochs": epochs,
+             "out_dir": None if out_dir is None else str(out_dir)}
     options = {"device": device} | {k: v for k, v in given.items() if v is not None}
-    result = benchmarks()[name](**options)
-    Console().print_json(json.dumps(result))
+    result = run_benchmark(name, **options)
+    Console().print(bench_table(result))
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -145,7 +145,8 @@ class ModelConfig:
     ``encoder_weights``: a local file with an ImageNet VGG11 state_dict (torchvision layout) to initialise
     G_O's encoder as the paper did. Never downloaded. ``init``: "normal" = N(0, 0.02) for all networks;
     "kaiming" = He-normal generators (discriminators stay N(0, 0.02)): narrow CPU-sized U-Nets learn from
-    scratch only with it.
+    scratch only with it. ``upsample`` = 2: the two-detector case of paper §4, objects at half the detector
+    pixel size (G_O gets an extra transposed-conv stage, G_D a plain conv in place of its last one).
     """
 
     generator: str = "unet"
@@ -155,8 +156,10 @@ class ModelConfig:
     disc_filters: int = 64
     disc_norm: str = "batch"
     encoder_weights: str = ""
+    upsample: int = 1  # 2: objects at half the detector pixel size (paper §4: G_O 128 -> 256, G_D 256 -> 128)
 
     def __post_init__(self) -> None:
+        _require(self.upsample in (1, 2), "model.upsample", "must be 1 or 2")
         _require(self.generator == "unet", "model.generator", "must be 'unet'")
         _require(self.discriminator == "patchgan", "model.discriminator", "must be 'patchgan'")
         _require(self.base_filters >= 1 and self.disc_filters >= 1, "model.base_filters", "must be >= 1")
@@ -212,9 +215,21 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int = 0
     seed: int = 0
+    # Two-detector training (paper §4): random crops matching the fields of view, padded to the network
+    # sizes (0 = whole frames, no padding); ``rotate``: random 90-degree rotations besides the flips.
+    detector_crop: int = 0
+    object_crop: int = 0
+    detector_size: int = 0
+    object_size: int = 0
+    rotate: bool = False
 
     def __post_init__(self) -> None:
         _require(self.method in METHODS, "train.method", f"must be one of {METHODS}")
+        for key in ("detector_crop", "object_crop", "detector_size", "object_size"):
+            _require(getattr(self, key) >= 0, f"train.{key}", "must be >= 0")
+        for crop, size in (("detector_crop", "detector_size"), ("object_crop", "object_size")):
+            _require(getattr(self, size) == 0 or getattr(self, size) >= getattr(self, crop), f"train.{size}",
+                     f"must be 0 or >= train.{crop}")
         _require(self.amp in ("off", "bf16", "fp16"), "train.amp", "must be 'off', 'bf16' or 'fp16'")
         for key in ("epochs", "batch_size", "lr_decay_epochs", "norm_frames", "checkpoint_every",
                     "keep_checkpoints", "log_every"):
@@ -265,6 +280,51 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class FoamConfig:
+    """The simulated metallic-foam experiment of paper §4 (``phasegan-hpc simulate-foam``).
+
+    Geometry and material come from ``[physics]`` (energy, distance, and ``pixel_size_m`` = the object
+    pixel, 1.6 um) and ``[phantom]`` (delta, beta); truth is computed on a grid ``fine_factor`` times finer.
+    Photron: 2 um pixels, 31 pulses; Shimadzu: 3.2 um, one pulse, fewer photons, more blur, drifting
+    flats. Photon counts are per pixel and pulse in the free beam.
+    """
+
+    fine_factor: int = 4
+    slab_m: float = 150e-6
+    cell_radius_m: float = 40e-6
+    cell_radius_spread: float = 0.3
+    wall_m: float = 6e-6
+    movie_frames: int = 20
+    photron_pixel_m: float = 2e-6
+    photron_shape: tuple[int, ...] = (200, 480)
+    photron_photons: float = 300.0
+    photron_pulses: int = 31
+    photron_blur_px: float = 0.7
+    shimadzu_pixel_m: float = 3.2e-6
+    shimadzu_shape: tuple[int, ...] = (128, 128)
+    shimadzu_photons: float = 400.0
+    shimadzu_blur_px: float = 1.2
+    shimadzu_drift: float = 0.05
+    dark_counts: float = 100.0
+    read_noise: float = 3.0
+    photron_frames: int = 2000
+    shimadzu_frames: int = 2000
+    validation_frames: int = 61  # the paper's movie: 61 frames
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("fine_factor", "movie_frames", "photron_pulses", "photron_frames", "shimadzu_frames",
+                    "validation_frames"):
+            _require(getattr(self, key) >= 1, f"foam.{key}", "must be >= 1")
+        for key in ("slab_m", "cell_radius_m", "wall_m", "photron_pixel_m", "shimadzu_pixel_m", "photron_photons",
+                    "shimadzu_photons"):
+            _require(getattr(self, key) > 0, f"foam.{key}", "must be > 0")
+        for key in ("photron_shape", "shimadzu_shape"):
+            shape = getattr(self, key)
+            _require(len(shape) == 2 and min(shape) >= 16, f"foam.{key}", "must be [rows, cols], each >= 16")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML table."""
 
@@ -277,6 +337,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    foam: FoamConfig = field(default_factory=FoamConfig)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -305,6 +366,8 @@ def _build_section(cls: type, default: Any, data: dict[str, Any], section: str) 
         hint = hints[key]
         if not _type_ok(value, hint):
             raise ConfigError(f"{section}.{key} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+        if typing.get_origin(hint) is tuple:
+            value = tuple(value)
         values[key] = float(value) if hint is float or hint == (float | None) else value
     for group in getattr(cls, "_exclusive", ()):
         if any(k in data for k in group):

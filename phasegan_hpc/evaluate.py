@@ -6,7 +6,7 @@ holds their mean and standard deviation over the frames.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,13 @@ CHANNELS = ("phase", "attenuation")
 
 @dataclass(frozen=True)
 class EvalRow:
-    """One method's scores: ``stats[f"{channel}_{metric}"] = (mean, std)`` over ``n`` frames."""
+    """One method's scores: ``stats[f"{channel}_{metric}"] = (mean, std)`` over ``n`` frames, and the
+    per-frame values behind them (``per_frame``, same keys; for distribution plots)."""
 
     method: str
     n: int
     stats: dict[str, tuple[float, float]]
+    per_frame: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, object]:
         return {"method": self.method, "n": self.n,
@@ -45,8 +47,10 @@ def check_compatible(physics: dict[str, float], attrs: dict, shape: tuple[int, i
 
     if shape[0] % SIZE_MULTIPLE or shape[1] % SIZE_MULTIPLE:
         raise DataError(f"{where}: frames are {shape[0]} x {shape[1]}; the model needs multiples of {SIZE_MULTIPLE}")
-    for key, value in physics.items():
-        if key in attrs and not np.isclose(float(attrs[key]), value, rtol=1e-6, atol=0):
+    for key in ("pixel_size_m", "wavelength_m", "distance_m"):
+        # the frames' pixel is the model's detector pixel (twice its object pixel for paper §4's models)
+        value = physics.get("detector_pixel_size_m", physics[key]) if key == "pixel_size_m" else physics.get(key)
+        if value is not None and key in attrs and not np.isclose(float(attrs[key]), value, rtol=1e-6, atol=0):
             raise DataError(f"{where}: {key} = {float(attrs[key]):g}, but the model was trained for {value:g}")
 
 
@@ -59,13 +63,9 @@ def _score(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 def _row(method: str, per_frame: dict[str, list[np.ndarray]]) -> EvalRow:
-    stats = {}
-    n = 0
-    for k, parts in per_frame.items():
-        v = np.concatenate(parts)
-        n = len(v)
-        stats[k] = (float(v.mean()), float(v.std()))
-    return EvalRow(method, n, stats)
+    values = {k: np.concatenate(parts) for k, parts in per_frame.items()}
+    stats = {k: (float(v.mean()), float(v.std())) for k, v in values.items()}
+    return EvalRow(method, len(next(iter(values.values()))), stats, values)
 
 
 def evaluate(model_path: str | Path | None, validation_path: str | Path, baselines: tuple[str, ...] = (),
@@ -75,7 +75,9 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
     Args:
         model_path: ``model.pt`` (None: baselines only).
         validation_path: paired HDF5 with ``/intensity``, ``/phase``, ``/attenuation`` (and optionally
-            ``/flatfield``, used by Paganin as the flat-field correction).
+            ``/flatfield``, used by Paganin as the flat-field correction). The truth may be on a finer grid
+            than the frames (paper §4: ``object_pixel_size_m`` attribute, e.g. 256 x 256 truth for 128 x 128
+            frames); Paganin's result is then interpolated (linear) onto it.
         baselines: any of :data:`BASELINES`. Paganin uses delta/beta and the geometry from the file.
         max_frames: score only the first frames (0 = all).
 
@@ -90,7 +92,10 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
         raise DataError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     if model_path is None and not baselines:
         raise DataError("nothing to evaluate: give --model and/or --baseline")
-    stack = FrameStack(validation_path, ("intensity", "phase", "attenuation"))
+    stack = FrameStack(validation_path, ("intensity",))
+    truth = FrameStack(validation_path, ("phase", "attenuation"))
+    if len(truth) != len(stack):
+        raise DataError(f"{validation_path}: {len(stack)} frames but {len(truth)} true objects")
     n = len(stack) if max_frames <= 0 else min(max_frames, len(stack))
     if n == 0:
         raise DataError(f"{validation_path} holds no frames")
@@ -98,6 +103,11 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
     model = load_model(model_path, dev) if model_path is not None else None
     if model is not None:
         check_compatible(model.physics, stack.attrs, stack.shape, str(validation_path))
+        scale = 2 if model.arch.get("resize") == "up2" else 1
+        if (stack.shape[0] * scale, stack.shape[1] * scale) != truth.shape:
+            raise DataError(f"{validation_path}: the model maps {stack.shape[0]} x {stack.shape[1]} frames to "
+                            f"{stack.shape[0] * scale} x {stack.shape[1] * scale} objects; the truth is "
+                            f"{truth.shape[0]} x {truth.shape[1]}")
     use_paganin = "paganin" in baselines
     flats = None
     if use_paganin:
@@ -108,8 +118,7 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
     rows: dict[str, dict[str, list[np.ndarray]]] = {}
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
-        arr = torch.from_numpy(stack[idx])
-        inten, ref = arr[:, :1], arr[:, 1:]
+        inten, ref = torch.from_numpy(stack[idx]), torch.from_numpy(truth[idx])
         if model is not None:
             with torch.no_grad():
                 x = model.normalisation.norm_intensity(inten.to(dev))
@@ -123,7 +132,7 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
                 corrected = corrected / torch.from_numpy(flats[idx][:, 0]).double().clamp_min(1e-6)
             phase, att = paganin(corrected, pixel_size_m=a["pixel_size_m"], distance_m=a["distance_m"],
                                  wavelength_m=a["wavelength_m"], delta_beta=a["delta"] / a["beta"])
-            for k, v in _score(torch.stack([phase, att], 1), ref).items():
+            for k, v in _score(_onto(torch.stack([phase, att], 1), truth.shape), ref).items():
                 rows.setdefault("paganin", {}).setdefault(k, []).append(v)
     return [_row(method, per_frame) for method, per_frame in rows.items()]
 
@@ -136,3 +145,10 @@ def _flatfield_stack(path: Path, stack: FrameStack) -> FrameStack | None:
     with h5py.File(path, "r") as f:
         ok = "flatfield" in f and f["flatfield"].shape == (len(stack), *stack.shape)
     return FrameStack(path, ("flatfield",)) if ok else None
+
+
+def _onto(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) interpolated (linear, pixel-centre aligned) onto (B, C, *shape); unchanged if equal."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    return torch.nn.functional.interpolate(x, size=shape, mode="bilinear", align_corners=False)

@@ -138,3 +138,22 @@ def reconstruction_table(summary) -> Table:
     if summary.preview is not None:
         table.add_row("preview", str(summary.preview))
     return table
+
+
+def bench_table(result: dict) -> Table:
+    """A benchmark's result as a two-column table: nested keys joined with '.', numbers to 4 digits."""
+    table = Table(title=f"bench {result.get('benchmark', '')}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+
+    def rows(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                rows(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, float):
+            table.add_row(prefix, f"{value:.4g}")
+        else:
+            table.add_row(prefix, str(value))
+
+    rows("", result)
+    return table

@@ -62,3 +62,23 @@ def ray_cluster():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def foam_data(tmp_path_factory) -> Path:
+    """The tiny foam experiment (configs/foam-tiny.toml) through the real console script: simulate-foam ->
+    tie (Photron, 2 -> 1.6 um, TV) -> correct (Shimadzu). ``raw/`` holds the archives and truth, ``data/``
+    the training set (objects.h5 at 1.6 um, intensities.h5 at 3.2 um)."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
+    root = tmp_path_factory.mktemp("foam")
+    steps = [("simulate-foam", root / "raw", "--config", REPO / "configs" / "foam-tiny.toml"),
+             ("tie", root / "raw" / "photron.h5", root / "data" / "objects.h5", "--resample-pixel-size-m", "1.6e-6"),
+             ("correct", root / "raw" / "shimadzu.h5", root / "data" / "intensities.h5")]
+    for step in steps:
+        proc = subprocess.run([exe, *map(str, step)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    return root

@@ -95,7 +95,9 @@ def test_l2_and_frcm():
     a = torch.zeros(2, 8, 16, 16, dtype=torch.float64)
     b = torch.full_like(a, 0.5)
     torch.testing.assert_close(l2(a, b), torch.full((2, 8), 0.25, dtype=torch.float64))
-    x = torch.randn(5, 32, 32, dtype=torch.float64)
+    # Seeded: with an unseeded draw a ring (the DC term) can carry almost no power now and then, and the
+    # 1e-12 guard under the square root then moves FRC off 1 by more than rounding.
+    x = torch.randn(5, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(frcm(x, x), torch.zeros(5, dtype=torch.float64), rtol=0, atol=1e-20)
     assert float(frcm(x, -x).mean()) == pytest.approx(4.0)  # FRC = -1 in every ring
 

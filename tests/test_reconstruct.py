@@ -375,3 +375,13 @@ def test_bench_reconstruct_smoke(tmp_path):
     assert r["frames_per_s"]["model_only"]["median"] > 0 and r["threads"] == 1
     assert r["raw_mb"]["large"] == pytest.approx(4 * r["raw_mb"]["small"])
     assert r["peak_rss_mb"]["small"] > 50 and r["peak_rss_mb"]["large_over_small"] > 0
+
+
+def test_overwrite_never_deletes_a_directory_it_did_not_write(model_path, movie, tmp_path):
+    archive = write_dxchange(tmp_path / "b.h5", movie, n=3)
+    foreign = tmp_path / "b_phasegan.shards"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    with pytest.raises(DataError, match="not a reconstruction's shard directory"):
+        reconstruct(archive, model=model_path, backend="local", overwrite=True, preview=False)
+    assert (foreign / "notes.txt").read_text() == "mine\n" and not (tmp_path / "b_phasegan.h5").exists()

@@ -30,7 +30,8 @@ def _job_env(cluster, tmp_path, data, name, **extra):
     (tmp_path / "tiny-slurm.toml").write_text(config_to_toml(cfg))
     env = dict(cluster.env, PHASEGAN_HOME=str(REPO), PHASEGAN_CONFIG=str(tmp_path / "tiny-slurm.toml"),
                PHASEGAN_DATA=str(data), PHASEGAN_NAME=name, PHASEGAN_STORAGE=str(tmp_path / "runs"),
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra)
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.update(extra)
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -92,6 +93,19 @@ def test_sbatch_reconstruct_writes_the_volume(slurm, tiny_data, tmp_path):
     with h5py.File(tmp_path / "movie_phasegan.h5", "r") as f:
         assert f["phase"].shape == (8, 64, 64) and np.isfinite(f["phase"][()]).all()
     assert len(list((tmp_path / "movie_phasegan.shards").glob("shard-*.h5"))) == 2
+
+
+@pytest.mark.slow
+def test_sbatch_train_foam_on_the_foam_chain(slurm, foam_data, tmp_path):
+    """paper §4's training as `sbatch slurm/train_foam.sh` runs it: the foam config, scaled down."""
+    cfg = with_overrides(load_config(REPO / "configs" / "foam-tiny.toml"), {"train.epochs": 1})
+    (tmp_path / "foam.toml").write_text(config_to_toml(cfg))
+    env = _job_env(slurm, tmp_path, foam_data / "data", "foam", PHASEGAN_CONFIG=str(tmp_path / "foam.toml"))
+    proc, job_id, log, info = _sbatch(slurm, env, tmp_path)
+    assert proc.returncode == 0, f"{proc.stderr}\n{log}\n{info}"
+    assert "JobState=COMPLETED" in info
+    model = load_model(tmp_path / "runs" / "foam" / "model.pt")
+    assert model.arch["resize"] == "up2" and model.physics["detector_pixel_size_m"] == pytest.approx(3.2e-6)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

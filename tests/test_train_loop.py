@@ -45,11 +45,13 @@ def test_run_writes_outputs_and_model_loads_safely(tiny_train_config):
 
     payload = torch.load(run / "model.pt", weights_only=True)  # plain data: no code can run
     assert payload["format"] == "phasegan-hpc/model" and payload["method"] == "phasegan"
-    assert set(payload["physics"]) == {"pixel_size_m", "wavelength_m", "distance_m"}
+    assert set(payload["physics"]) == {"pixel_size_m", "wavelength_m", "distance_m", "detector_pixel_size_m"}
+    assert payload["physics"]["detector_pixel_size_m"] == payload["physics"]["pixel_size_m"]  # one detector
     model = load_model(run / "model.pt")
     x = torch.zeros(1, 1, 64, 64)
     with torch.no_grad():
         assert model.generator(x).shape == (1, 2, 64, 64)
+        assert model.detector(x).shape == (1, 1, 64, 64)  # G_D travels with PhaseGAN models (reconstruct)
     assert model.normalisation.intensity_std > 0 and len(model.sha256) == 64
 
 

@@ -44,11 +44,47 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: i
     return times
 
 
+def machine(device: Any = "cpu") -> dict[str, Any]:
+    """Where a benchmark ran: host, processor, versions, device name, torch threads, date (for the JSON)."""
+    import datetime
+    import platform
+
+    import torch
+
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    return {"machine": platform.node(), "device": str(dev), "device_name": name, "torch": torch.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "date": datetime.date.today().isoformat()}
+
+
 def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     """The registry: name -> function(size, batch, repeats, device) returning a result dict."""
     from phasegan_hpc.bench.frc import bench_frc
+    from phasegan_hpc.bench.inference import bench_inference
+    from phasegan_hpc.bench.propagator import bench_propagator
     from phasegan_hpc.bench.reconstruct import bench_reconstruct
     from phasegan_hpc.bench.step import bench_step
+    from phasegan_hpc.bench.table1 import bench_table1
     from phasegan_hpc.bench.train import bench_train
 
-    return {"frc": bench_frc, "step": bench_step, "train": bench_train, "reconstruct": bench_reconstruct}
+    return {"frc": bench_frc, "propagator": bench_propagator, "step": bench_step, "train": bench_train,
+            "reconstruct": bench_reconstruct, "inference": bench_inference, "table1": bench_table1}
+
+
+def run_benchmark(name: str, **options: Any) -> dict[str, Any]:
+    """Run benchmark ``name`` with the options it takes.
+
+    Raises:
+        DataError: an option that benchmark does not take.
+    """
+    import inspect
+
+    from phasegan_hpc.errors import DataError
+
+    fn = benchmarks()[name]
+    takes = inspect.signature(fn).parameters
+    extra = sorted(k for k in options if k not in takes)
+    if extra:
+        raise DataError(f"bench {name} takes no {', '.join('--' + k for k in extra)}")
+    return fn(**options)

@@ -16,7 +16,6 @@ on one 4x larger: bounded memory means the two peaks are close.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ import hdf5plugin
 import numpy as np
 import torch
 
+from phasegan_hpc.bench import machine
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.models.artifact import detector_entry, save_model
 from phasegan_hpc.models.registry import build_generator
@@ -152,8 +152,7 @@ def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device
         ratios = {b: statistics.median([e / m for e, m in zip(fps[b], fps["model_only"], strict=True)])
                   for b in backends}
         return {
-            "benchmark": "reconstruct", "machine": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "h5py": h5py.__version__, "device": device, "threads": threads,
+            "benchmark": "reconstruct", **machine(device), "h5py": h5py.__version__, "threads": threads,
             "size": size, "batch": batch, "filters": filters, "frames": frames, "repeats": repeats,
             "archive_mb": {"small": small.stat().st_size / 1e6, "large": large.stat().st_size / 1e6},
             "raw_mb": {"small": frames * size * size * 2 / 1e6, "large": 4 * frames * size * size * 2 / 1e6},

@@ -102,7 +102,8 @@ class TrainingData:
         intensities: (intensity,) stack, unpaired methods.
         paired: (intensity, phase, attenuation) stack, paired methods.
         validation: (intensity, phase, attenuation) stack, if ``validation.h5`` exists and is non-empty.
-        physics: pixel_size_m, wavelength_m, distance_m from the files' attributes.
+        physics: pixel_size_m (of the objects), wavelength_m, distance_m from the files' attributes, and
+            detector_pixel_size_m (of the detector frames).
     """
 
     objects: FrameStack | None
@@ -113,19 +114,28 @@ class TrainingData:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Frame shape of the detector domain."""
         return next(s for s in (self.intensities, self.paired) if s is not None).shape
+
+    @property
+    def object_shape(self) -> tuple[int, int]:
+        """Frame shape of the object domain."""
+        return next(s for s in (self.objects, self.paired) if s is not None).shape
 
 
 PAIRED = ("intensity", "phase", "attenuation")
 
 
-def open_training_data(data_dir: str | Path, paired: bool) -> TrainingData:
+def open_training_data(data_dir: str | Path, paired: bool, upsample: int = 1) -> TrainingData:
     """Open a data set written by ``phasegan-hpc simulate`` (or the foam pipeline) for training.
 
     Args:
         data_dir: directory with ``objects.h5`` + ``intensities.h5`` (unpaired) or ``paired.h5`` (paired),
             and optionally ``validation.h5``.
         paired: whether the method trains on pairs.
+        upsample: detector pixel / object pixel (2: the two-detector case of paper §4, where the two
+            domains' frames may differ in size and are cropped to matching fields of view in training;
+            ``validation.h5`` then is not read: score such a model with ``evaluate``).
 
     Raises:
         DataError: missing files, wrong dataset names or shapes, object and intensity frames of different
@@ -148,14 +158,14 @@ def open_training_data(data_dir: str | Path, paired: bool) -> TrainingData:
         intensities = FrameStack(d / "intensities.h5", ("intensity",))
         stacks = [objects, intensities]
     validation = None
-    if (d / "validation.h5").is_file():
+    if (d / "validation.h5").is_file() and upsample == 1:
         validation = FrameStack(d / "validation.h5", PAIRED)
         if len(validation) == 0:
             validation = None
         else:
             stacks.append(validation)
     shapes = {s.path.name: s.shape for s in stacks}
-    if len(set(shapes.values())) != 1:
+    if len(set(shapes.values())) != 1 and upsample == 1:
         raise DataError(f"{d}: frame sizes differ between files: {shapes}")
     for s in stacks:
         if len(s) == 0 and s is not validation:
@@ -165,4 +175,10 @@ def open_training_data(data_dir: str | Path, paired: bool) -> TrainingData:
     if absent:
         raise DataError(f"{stacks[0].path} lacks the physics attribute(s) {', '.join(absent)}")
     physics = {k: float(attrs[k]) for k in PHYSICS_ATTRS}
+    det_attrs = (intensities or pairs).attrs
+    physics["detector_pixel_size_m"] = float(det_attrs.get("pixel_size_m", physics["pixel_size_m"] * upsample))
+    ratio = physics["detector_pixel_size_m"] / physics["pixel_size_m"]
+    if abs(ratio - upsample) > 1e-6 * upsample:
+        raise DataError(f"{d}: detector pixels of {physics['detector_pixel_size_m']:g} m and object pixels of "
+                        f"{physics['pixel_size_m']:g} m (ratio {ratio:g}) do not fit [model] upsample = {upsample}")
     return TrainingData(objects, intensities, pairs, validation, physics)

@@ -58,7 +58,8 @@ def _build(arch: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     factory = GENERATORS.get(arch.get("name"))
     if factory is None:
         raise KeyError(f"unknown generator architecture {arch.get('name')!r}")
-    net = factory(int(arch["in_channels"]), int(arch["out_channels"]), int(arch["base_filters"]))
+    net = factory(int(arch["in_channels"]), int(arch["out_channels"]), int(arch["base_filters"]),
+                  resize=str(arch.get("resize", "same")))
     net.load_state_dict(state)
     return net
 
@@ -70,7 +71,7 @@ def save_model(path: str | Path, generator: nn.Module, arch: dict[str, Any], nor
 
     Args:
         generator: G_O (unwrapped).
-        arch: {"name": registry key, "in_channels", "out_channels", "base_filters"}.
+        arch: {"name": registry key, "in_channels", "out_channels", "base_filters"[, "resize"]}.
         norm: normalisation statistics of the training data.
         physics: pixel_size_m, wavelength_m, distance_m of the training data.
         method: training method.

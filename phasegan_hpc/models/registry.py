@@ -7,12 +7,16 @@ CycleGAN: object -> detector, no H), D_O (objects), D_D (detector frames).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from phasegan_hpc.models.patchgan import PatchGAN
 from phasegan_hpc.models.unet import UNet
+
+if TYPE_CHECKING:
+    from phasegan_hpc.config import ModelConfig
 
 GENERATORS: dict[str, Callable[..., nn.Module]] = {"unet": UNet}
 DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {"patchgan": PatchGAN}
@@ -54,9 +58,35 @@ INITS = {"normal": init_normal, "kaiming": init_kaiming}
 
 
 def build_generator(name: str, in_channels: int, out_channels: int, base_filters: int,
-                    init: str = "normal") -> nn.Module:
-    """A generator from :data:`GENERATORS`, initialised by :data:`INITS` [init]."""
-    return INITS[init](GENERATORS[name](in_channels, out_channels, base_filters))
+                    init: str = "normal", resize: str = "same") -> nn.Module:
+    """A generator from :data:`GENERATORS`, initialised by :data:`INITS` [init]; ``resize`` as in
+    :data:`phasegan_hpc.models.unet.RESIZES` (cross-resolution G_O / G_D of paper §4)."""
+    return INITS[init](GENERATORS[name](in_channels, out_channels, base_filters, resize=resize))
+
+
+def generator_arch(model: ModelConfig, role: str, method: str = "phasegan") -> dict[str, Any]:
+    """The architecture dict (as stored in ``model.pt``) of G_O (``role`` "g_o") or G_D ("g_d").
+
+    With ``[model] upsample = 2`` (paper §4: objects at half the detector pixel size) G_O doubles the size
+    ("up2") and G_D halves it ("down2"). G_D reads |H psi|^2 (1 channel) for PhaseGAN, the object (2
+    channels) for CycleGAN.
+    """
+    up = model.upsample == 2
+    if role == "g_o":
+        channels, resize = (INTENSITY_CHANNELS, OBJECT_CHANNELS), "up2" if up else "same"
+    elif role == "g_d":
+        channels = (INTENSITY_CHANNELS if method == "phasegan" else OBJECT_CHANNELS, INTENSITY_CHANNELS)
+        resize = "down2" if up else "same"
+    else:
+        raise ValueError(f"role must be 'g_o' or 'g_d', got {role!r}")
+    return {"name": model.generator, "in_channels": channels[0], "out_channels": channels[1],
+            "base_filters": model.base_filters, "resize": resize}
+
+
+def build_from_arch(arch: dict[str, Any], init: str = "normal") -> nn.Module:
+    """A generator from an architecture dict of :func:`generator_arch`."""
+    return build_generator(arch["name"], arch["in_channels"], arch["out_channels"], arch["base_filters"], init,
+                           arch.get("resize", "same"))
 
 
 def build_discriminator(name: str, in_channels: int, base_filters: int, norm: str) -> nn.Module:

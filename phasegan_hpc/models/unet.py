@@ -37,6 +37,12 @@ class _DecoderBlock(nn.Module):
         return self.block(x)
 
 
+#: Output size relative to the input: "same"; "up2" (paper §4's G_O: an extra transposed-conv stage, a
+#: 128 px detector frame gives a 256 px object at half the pixel size); "down2" (§4's G_D: the last
+#: transposed conv becomes a plain conv, 256 -> 128).
+RESIZES = ("same", "up2", "down2")
+
+
 class UNet(nn.Module):
     """U-Net with a VGG11-like encoder.
 
@@ -44,14 +50,20 @@ class UNet(nn.Module):
         in_channels: input channels (1 for a detector frame).
         out_channels: output channels (2 for phase and attenuation, 1 for G_D).
         base_filters: decoder width f (encoder width 2 f); 32 is the paper's size.
+        resize: one of :data:`RESIZES`.
 
-    Shapes: (B, in_channels, H, W) -> (B, out_channels, H, W), H and W multiples of 32, float32.
+    Shapes: (B, in_channels, H, W) -> (B, out_channels, s H, s W) with s = 1, 2 or 1/2 (``resize``), H and W
+    multiples of 32 (64 for "down2"), float32.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 2, base_filters: int = 32) -> None:
+    def __init__(self, in_channels: int = 1, out_channels: int = 2, base_filters: int = 32,
+                 resize: str = "same") -> None:
         super().__init__()
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
         f, e = base_filters, 2 * base_filters
         self.in_channels, self.out_channels, self.base_filters = in_channels, out_channels, base_filters
+        self.resize = resize
         widths = [(in_channels, e), (e, 2 * e), (2 * e, 4 * e), (4 * e, 4 * e),
                   (4 * e, 8 * e), (8 * e, 8 * e), (8 * e, 8 * e), (8 * e, 8 * e)]
         self.encoder = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in widths)
@@ -61,14 +73,21 @@ class UNet(nn.Module):
         self.dec5 = _DecoderBlock(24 * f, 16 * f, 8 * f)
         self.dec4 = _DecoderBlock(24 * f, 16 * f, 4 * f)
         self.dec3 = _DecoderBlock(12 * f, 8 * f, 2 * f)
-        self.dec2 = _DecoderBlock(6 * f, 4 * f, f)
+        if resize == "down2":  # paper §4's G_D: no upsampling in the last block; skip from pooled conv1
+            self.dec2 = nn.Sequential(_conv_relu(6 * f, 4 * f), _conv_relu(4 * f, f))
+        else:
+            self.dec2 = _DecoderBlock(6 * f, 4 * f, f)
         self.dec1 = _conv_relu(3 * f, f)
+        if resize == "up2":  # paper §4's G_O: one more transposed-conv stage doubles the output size
+            self.up = nn.Sequential(nn.ConvTranspose2d(f, f, 3, stride=2, padding=1, output_padding=1),
+                                    nn.ReLU(inplace=True))
         self.final = nn.Conv2d(f, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-            raise ValueError(f"U-Net input sides must be multiples of {SIZE_MULTIPLE}, got {h} x {w}")
+        multiple = SIZE_MULTIPLE * (2 if self.resize == "down2" else 1)
+        if h % multiple or w % multiple:
+            raise ValueError(f"U-Net input sides must be multiples of {multiple}, got {h} x {w}")
         c = self.encoder
         conv1 = self.relu(c[0](x))
         conv2 = self.relu(c[1](self.pool(conv1)))
@@ -80,7 +99,9 @@ class UNet(nn.Module):
         dec4 = self.dec4(torch.cat([dec5, conv4], 1))
         dec3 = self.dec3(torch.cat([dec4, conv3], 1))
         dec2 = self.dec2(torch.cat([dec3, conv2], 1))
-        dec1 = self.dec1(torch.cat([dec2, conv1], 1))
+        dec1 = self.dec1(torch.cat([dec2, self.pool(conv1) if self.resize == "down2" else conv1], 1))
+        if self.resize == "up2":
+            dec1 = self.up(dec1)
         return self.final(dec1)
 
     def load_vgg11_encoder(self, state_dict: dict[str, torch.Tensor]) -> None:

@@ -27,7 +27,8 @@ from phasegan_hpc.data.h5io import atomic_h5, partial_path
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct.archive import Archive
 from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.worker import FRAME_DATASETS, SCALAR_DATASETS
+from phasegan_hpc.reconstruct.retrieve import Layout
+from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS
 
 MANIFEST = "plan.json"
 MANIFEST_VERSION = 1
@@ -53,9 +54,11 @@ def check_output(output: Path, archive: Path, overwrite: bool) -> None:
         raise DataError(f"output {output} is a directory")
     if output.exists() and not overwrite:
         raise DataError(f"output {output} exists; add --overwrite to replace it")
-    parent = output.parent
+    parent = output.parent  # created when missing: check the nearest existing ancestor instead
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
     if not parent.is_dir():
-        raise DataError(f"output directory {parent} does not exist")
+        raise DataError(f"output directory {output.parent} cannot be made: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DataError(f"output directory {parent} is not writable")
 
@@ -81,10 +84,13 @@ def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) ->
         DataError: a shard directory of another plan (other archive, model or settings) exists.
     """
     d = shards_dir_of(output)
-    if overwrite:
+    mf = d / MANIFEST
+    if d.exists() and not (d.is_dir() and (mf.is_file() or not any(d.iterdir()))):
+        raise DataError(f"{d} exists and is not a reconstruction's shard directory; remove it or choose "
+                        "another --output")
+    if overwrite:  # only what a reconstruction wrote: the output and a shard directory with its plan.json
         output.unlink(missing_ok=True)
         shutil.rmtree(d, ignore_errors=True)
-    mf = d / MANIFEST
     if d.is_dir() and mf.is_file():
         try:
             have = json.loads(mf.read_text())
@@ -95,9 +101,7 @@ def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) ->
             raise DataError(f"{d} holds an unfinished reconstruction with other settings "
                             f"({', '.join(changed) or 'unreadable plan'}); add --overwrite to start over")
         return d, True
-    if d.exists() and any(d.iterdir()):
-        raise DataError(f"{d} exists and is not a reconstruction's shard directory; remove it or add --overwrite")
-    d.mkdir(exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(mf)
     tmp.write_text(json.dumps(wanted, indent=1) + "\n")
     os.replace(tmp, mf)
@@ -109,28 +113,29 @@ def finished(shards_dir: Path, plan: list[Shard]) -> set[int]:
     return {s.index for s in plan if (shards_dir / s.name).is_file()}
 
 
-def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard], attrs: dict[str, Any]) -> Path:
+def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard], layout: Layout,
+             attrs: dict[str, Any]) -> Path:
     """Write the output file: virtual datasets over all shards plus attributes (atomic).
 
     Args:
         output: the final path.
         shards_dir: the finished shards (all of ``plan``).
         archive: the source (for shapes and provenance).
+        layout: the method's frame datasets and their shape.
         attrs: extra root attributes (model sha256, method, config TOML, physics...).
     """
-    h, w = archive.frame_shape
     lead, tail = archive.lead_shape, archive.lead_shape[1:]
     rel = os.path.relpath(shards_dir, output.parent)
     with atomic_h5(output) as f:
-        for name, (units, desc) in {**FRAME_DATASETS, **SCALAR_DATASETS}.items():
-            spatial = (h, w) if name in FRAME_DATASETS else ()
+        for name, (units, desc) in {**layout.outputs, **SCALAR_DATASETS}.items():
+            spatial = layout.shape if name in layout.outputs else ()
             dtype = "int64" if name == "nonfinite_pixels" else "float32"
-            layout = h5py.VirtualLayout(shape=(*lead, *spatial), dtype=dtype)
+            volume = h5py.VirtualLayout(shape=(*lead, *spatial), dtype=dtype)
             for s in plan:
                 rows = s.row_stop - s.row_start
                 src = h5py.VirtualSource(f"{rel}/{s.name}", name, shape=(rows, *tail, *spatial))
-                layout[s.row_start:s.row_stop] = src
-            ds = f.create_virtual_dataset(name, layout, fillvalue=np.nan if dtype == "float32" else -1)
+                volume[s.row_start:s.row_stop] = src
+            ds = f.create_virtual_dataset(name, volume, fillvalue=np.nan if dtype == "float32" else -1)
             ds.attrs["units"], ds.attrs["description"] = units, desc
         f.attrs.update({
             "source_file": str(archive.path), "source_dataset": archive.dataset, "source_layout": archive.layout,

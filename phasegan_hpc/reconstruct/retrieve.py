@@ -1,12 +1,19 @@
-"""Phase retrieval of one batch of corrected detector frames: PhaseGAN's G_O, or the Paganin baseline.
+"""Per-batch retrieval methods of the reconstruction pipeline.
 
-Both give phase [rad] and attenuation (mu T) per frame (DESIGN.md §3) and a physics-consistency score:
-the relative L1 distance between a frame I and the intensity its reconstruction predicts,
+    phasegan   G_O of a trained model: phase [rad] and attenuation (mu T) (DESIGN.md §3); a cross-resolution
+               model (paper §4) returns objects twice the frame size, at half the pixel size
+    paganin    the classical single-material TIE baseline on the corrected frames
+    tie        paper §4's object domain from a clean camera: resampling to a target pixel size, total-
+               variation denoising (scikit-image, Chambolle), then Paganin
+    flatfield  only the flat/dark-corrected frames (``/intensity``): a detector domain for training
+
+Each also gives a physics-consistency score per frame: the relative L1 distance between a frame I and the
+intensity its reconstruction predicts,
 
     score = mean |I_pred - I| / mean |I|,   I_pred = G_D |H G_O(I)|^2   (PhaseGAN's intensity cycle, eq. 3)
-                                             I_pred = |H psi|^2         (no G_D in the model; Paganin)
+                                             I_pred = |H psi|^2         (no G_D in the model; Paganin, TIE)
 
-so frames the model does not explain stand out. Nothing here imports Ray.
+so frames the model does not explain stand out (0 for flatfield). Nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -14,18 +21,23 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import LoadedModel, load_model
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
 
-METHODS = ("phasegan", "paganin")
+METHODS = ("phasegan", "paganin", "tie", "flatfield")
+OBJECT_OUTPUTS = {"phase": ("rad", "object phase phi = -k delta T"),
+                  "attenuation": ("1", "attenuation mu T = -ln |psi|^2")}
+INTENSITY_OUTPUTS = {"intensity": ("1", "flat/dark-corrected detector frame")}
 
 
 @dataclass(frozen=True)
 class Physics:
-    """Geometry of the data (SI units); ``delta_beta`` is used by Paganin only."""
+    """Geometry of the data (SI units); ``delta_beta`` is used by Paganin and TIE only."""
 
     pixel_size_m: float
     wavelength_m: float
@@ -35,35 +47,100 @@ class Physics:
     pad_mode: str = "edge"
 
 
+@dataclass(frozen=True)
+class TieOptions:
+    """Paper §4's TIE object domain: resample to ``resample_pixel_size_m`` (None: keep), then ``tv_iterations``
+    of Chambolle's total-variation denoising with scikit-image's ``weight`` (0: none), then Paganin."""
+
+    resample_pixel_size_m: float | None = None
+    tv_weight: float = 0.0
+    tv_iterations: int = 100
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a method writes per frame: datasets (name -> units, description), their (H, W), pixel size."""
+
+    outputs: dict[str, tuple[str, str]]
+    shape: tuple[int, int]
+    pixel_size_m: float
+
+
+def output_layout(method: str, model: LoadedModel | None, frame_shape: tuple[int, int], physics: Physics,
+                  tie: TieOptions | None = None) -> Layout:
+    """The output of ``method`` for frames of ``frame_shape`` (pixel size ``physics.pixel_size_m``)."""
+    h, w = frame_shape
+    if method == "flatfield":
+        return Layout(INTENSITY_OUTPUTS, frame_shape, physics.pixel_size_m)
+    if method == "phasegan" and model is not None and model.arch.get("resize") == "up2":
+        return Layout(OBJECT_OUTPUTS, (2 * h, 2 * w), physics.pixel_size_m / 2)
+    if method == "tie" and tie is not None and tie.resample_pixel_size_m:
+        factor = physics.pixel_size_m / tie.resample_pixel_size_m
+        return Layout(OBJECT_OUTPUTS, (round(h * factor), round(w * factor)), tie.resample_pixel_size_m)
+    return Layout(OBJECT_OUTPUTS, frame_shape, physics.pixel_size_m)
+
+
 def relative_l1(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """mean |pred - ref| / mean |ref| per frame: (B, H, W) -> (B,), float32."""
     num = (pred.float() - ref.float()).abs().mean(dim=(-2, -1))
     return num / ref.float().abs().mean(dim=(-2, -1)).clamp_min(1e-12)
 
 
-class Retriever:
-    """Maps corrected frames (B, H, W) float32 on ``device`` to (phase, attenuation, score).
+def tie_prepare(frames: np.ndarray, factor: float, out_shape: tuple[int, int], tv_weight: float,
+                tv_iterations: int) -> np.ndarray:
+    """Resample (linear interpolation) by ``factor`` to ``out_shape`` and TV-denoise each frame.
 
     Args:
-        method: "phasegan" (needs ``model``) or "paganin" (needs ``physics.delta_beta``).
+        frames: corrected intensities (B, H, W) float32.
+
+    Returns:
+        float64 (B, *out_shape).
+    """
+    from scipy import ndimage
+    from skimage.restoration import denoise_tv_chambolle
+
+    out = np.empty((len(frames), *out_shape))
+    for i, frame in enumerate(frames.astype(np.float64)):
+        if factor != 1:
+            frame = ndimage.zoom(frame, (out_shape[0] / frame.shape[0], out_shape[1] / frame.shape[1]), order=1,
+                                 mode="nearest", grid_mode=True)
+        if tv_weight > 0:
+            frame = denoise_tv_chambolle(frame, weight=tv_weight, max_num_iter=tv_iterations)
+        out[i] = frame
+    return out
+
+
+class Retriever:
+    """Maps corrected frames (B, H, W) float32 on ``device`` to ({output name: (B, h, w)}, score (B,)).
+
+    Args:
+        method: one of :data:`METHODS` ("phasegan" needs ``model``; "paganin" and "tie" need
+            ``physics.delta_beta``).
         model: a loaded ``model.pt``, already on ``device``.
-        physics: the geometry (for H and Paganin).
+        physics: the geometry of the frames (for PhaseGAN: the model's object grid; see ``build_retriever``).
         shape: (H, W) of the frames.
         device: torch device; on CUDA, G_O and G_D run in bf16 autocast with channels_last.
+        tie: options of the "tie" method.
     """
 
     def __init__(self, method: str, model: LoadedModel | None, physics: Physics, shape: tuple[int, int],
-                 device: torch.device) -> None:
+                 device: torch.device, tie: TieOptions | None = None) -> None:
         if method not in METHODS:
             raise DataError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if method == "phasegan" and model is None:
             raise DataError("method phasegan needs a model")
-        if method == "paganin" and physics.delta_beta is None:
-            raise DataError("method paganin needs delta/beta (--delta-beta)")
+        if method in ("paganin", "tie") and physics.delta_beta is None:
+            raise DataError(f"method {method} needs delta/beta (--delta-beta)")
         self.method, self.model, self.physics, self.device = method, model, physics, device
-        self.propagator = FresnelPropagator(shape, pixel_size_m=physics.pixel_size_m,
-                                            distance_m=physics.distance_m, wavelength_m=physics.wavelength_m,
-                                            pad=physics.pad, pad_mode=physics.pad_mode)
+        self.tie = tie or TieOptions()
+        self.shape = shape
+        self.layout = output_layout(method, model, shape, physics, self.tie)
+        self.propagator = None
+        if method != "flatfield":
+            pixel = model.physics["pixel_size_m"] if method == "phasegan" else self.layout.pixel_size_m
+            self.propagator = FresnelPropagator(self.layout.shape, pixel_size_m=pixel,
+                                                distance_m=physics.distance_m, wavelength_m=physics.wavelength_m,
+                                                pad=physics.pad, pad_mode=physics.pad_mode)
         self.cuda = device.type == "cuda"
         if self.cuda and model is not None:
             model.generator.to(memory_format=torch.channels_last)
@@ -77,15 +154,26 @@ class Retriever:
         with ctx:
             return net(x).float()
 
+    def _paganin(self, frames: torch.Tensor, pixel_size_m: float) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.physics
+        return paganin(frames, pixel_size_m=pixel_size_m, distance_m=p.distance_m, wavelength_m=p.wavelength_m,
+                       delta_beta=p.delta_beta)
+
     @torch.inference_mode()
-    def __call__(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """frames (B, H, W) float32 -> phase [rad], attenuation (B, H, W) and score (B,), float32."""
+    def __call__(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """frames (B, H, W) float32 -> ({name: (B, h, w) float32}, score (B,) float32)."""
+        if self.method == "flatfield":
+            return {"intensity": frames}, torch.zeros(len(frames), device=frames.device)
         if self.method == "paganin":
-            p = self.physics
-            phase, att = paganin(frames, pixel_size_m=p.pixel_size_m, distance_m=p.distance_m,
-                                 wavelength_m=p.wavelength_m, delta_beta=p.delta_beta)
-            predicted = self.propagator.intensity(object_wavefield(phase, att))
-            return phase, att, relative_l1(predicted, frames)
+            phase, att = self._paganin(frames, self.physics.pixel_size_m)
+            return self._with_score(phase, att, frames)
+        if self.method == "tie":
+            t = self.tie
+            factor = self.physics.pixel_size_m / self.layout.pixel_size_m
+            prepared = torch.from_numpy(tie_prepare(frames.cpu().numpy(), factor, self.layout.shape, t.tv_weight,
+                                                    t.tv_iterations)).float().to(frames.device)
+            phase, att = self._paganin(prepared, self.layout.pixel_size_m)
+            return self._with_score(phase, att, prepared)
         m = self.model
         norm = m.normalisation
         obj = norm.denorm_object(self._net(m.generator, norm.norm_intensity(frames[:, None])))
@@ -93,21 +181,35 @@ class Retriever:
         predicted = self.propagator.intensity(object_wavefield(phase, att))  # |H G_O(I)|^2, eq. 5
         if m.detector is not None:  # G_D works in normalised units, as in training (models.cycle)
             predicted = norm.denorm_intensity(self._net(m.detector, norm.norm_intensity(predicted[:, None])))[:, 0]
-        return phase, att, relative_l1(predicted, frames)
+        return {"phase": phase, "attenuation": att}, relative_l1(_to_shape(predicted, frames.shape[-2:]), frames)
+
+    def _with_score(self, phase: torch.Tensor, att: torch.Tensor, frames: torch.Tensor):
+        predicted = self.propagator.intensity(object_wavefield(phase, att))
+        return {"phase": phase, "attenuation": att}, relative_l1(predicted, frames)
+
+
+def _to_shape(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Average-pool (B, H, W) down to ``shape`` when it is an integer fraction of (H, W)."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    k = x.shape[-2] // shape[0]
+    return F.avg_pool2d(x[:, None], k)[:, 0]
 
 
 def score_name(method: str, model: LoadedModel | None) -> str:
     """What the consistency score of ``method`` with ``model`` compares."""
+    if method == "flatfield":
+        return "none (0)"
     if method == "phasegan" and model is not None and model.detector is not None:
         return "relative L1 of G_D|H G_O(I)|^2 vs I"
     return "relative L1 of |H psi|^2 vs I"
 
 
 def build_retriever(method: str, model_path: str | None, physics: Physics, shape: tuple[int, int],
-                    device: torch.device) -> Retriever:
+                    device: torch.device, tie: TieOptions | None = None) -> Retriever:
     """Load the model (if any) onto ``device`` and build the :class:`Retriever`; H uses the model's padding."""
     model = load_model(model_path, device) if model_path else None
     if model is not None and model.detector is not None:
         physics = Physics(physics.pixel_size_m, physics.wavelength_m, physics.distance_m, physics.delta_beta,
                           model.pad, model.pad_mode)
-    return Retriever(method, model, physics, shape, device)
+    return Retriever(method, model, physics, shape, device, tie)

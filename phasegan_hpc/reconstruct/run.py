@@ -30,7 +30,7 @@ from phasegan_hpc.reconstruct.output import (
     read_scores,
 )
 from phasegan_hpc.reconstruct.plan import make_plan
-from phasegan_hpc.reconstruct.retrieve import METHODS, Physics, score_name
+from phasegan_hpc.reconstruct.retrieve import METHODS, Physics, TieOptions, output_layout, score_name
 from phasegan_hpc.reconstruct.worker import FAULT_ENV, Job
 
 BACKENDS = ("ray", "mpi", "local")
@@ -92,12 +92,13 @@ def _physics(method: str, model, archive: Archive, overrides: dict[str, float | 
     delta_beta = given.get("delta_beta")
     if delta_beta is None and "delta" in attrs and "beta" in attrs and float(attrs["beta"]) > 0:
         delta_beta = float(attrs["delta"]) / float(attrs["beta"])
-    if method == "paganin" and delta_beta is None:
-        raise DataError("--method paganin needs --delta-beta (the archive has no delta/beta attributes)")
+    if method in ("paganin", "tie") and delta_beta is None:
+        raise DataError(f"--method {method} needs --delta-beta (the archive has no delta/beta attributes)")
     values: dict[str, float] = {}
     for key in ("pixel_size_m", "wavelength_m", "distance_m"):
-        if model is not None and method == "phasegan":
-            values[key] = float(model.physics[key])  # the geometry it was trained for
+        if model is not None and method == "phasegan":  # the geometry it was trained for; frames' pixel size
+            values[key] = float(model.physics.get("detector_pixel_size_m" if key == "pixel_size_m" else key,
+                                                  model.physics[key]))
         elif key in given:
             values[key] = float(given[key])
         elif model is not None and key in model.physics:
@@ -128,7 +129,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
                 method: str = "phasegan", overwrite: bool = False, shard_frames: int | None = None,
                 device: str | None = None, physics: dict[str, float | None] | None = None,
                 preview: bool = True, progress: Callable[[int, int], Callable[[int], None]] | None = None,
-                comm=None) -> Summary | None:
+                comm=None, tie: TieOptions | None = None) -> Summary | None:
     """Reconstruct phase and attenuation of every frame of a movie archive.
 
     Args:
@@ -141,7 +142,9 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
         cpus_per_worker: CPUs (and torch threads) of each worker.
         gpus_per_worker: GPUs of each Ray actor (> 0: CUDA).
         batch_size: frames per forward pass.
-        method: "phasegan" (the model's G_O) or "paganin" (the classical baseline, same pipeline).
+        method: "phasegan" (the model's G_O), "paganin" (the classical baseline), "tie" (resampling, TV
+            denoising and Paganin: paper §4's object domain) or "flatfield" (corrected frames only), all
+            through the same pipeline.
         overwrite: replace a finished output (and discard an unfinished one of other settings).
         shard_frames: frames per shard (None: about 256 MiB of float32 input).
         device: torch device of local and MPI workers (None: CUDA if present).
@@ -149,6 +152,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
         preview: write a PNG of a few frames next to the output.
         progress: ``progress(total_frames, already_done) -> advance(n)``, called once by the driver.
         comm: MPI communicator for the "mpi" backend (None: ``MPI.COMM_WORLD``).
+        tie: options of the "tie" method.
 
     Returns:
         A :class:`Summary` (None on MPI ranks other than 0).
@@ -169,7 +173,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
         if comm.Get_rank() == 0:
             try:
                 setup = _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpus_per_worker,
-                                 batch_size, method, overwrite, shard_frames, device, physics or {})
+                                 batch_size, method, overwrite, shard_frames, device, physics or {}, tie)
             except PhaseganError as exc:
                 setup = exc
         setup = comm.bcast(setup, root=0)
@@ -183,13 +187,15 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
             setup["job"] = _with_device(setup["job"], f"cuda:{comm.Get_rank() % max(1, torch.cuda.device_count())}")
     else:
         setup = _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpus_per_worker,
-                         batch_size, method, overwrite, shard_frames, device, physics or {})
+                         batch_size, method, overwrite, shard_frames, device, physics or {}, tie)
     job, plan, pending, out = setup["job"], setup["plan"], setup["pending"], setup["output"]
     rank0 = backend != "mpi" or comm.Get_rank() == 0
     total = sum(s.frames for s in pending)
     advance = progress(job.archive.n_frames, job.archive.n_frames - total) if (progress and rank0) else (lambda n: None)
     t0 = time.perf_counter()
-    if backend == "local":
+    if not pending:  # every shard finished before: only the assembly is left
+        rows = []
+    elif backend == "local":
         rows = backends.run_local(job, pending, advance)
     elif backend == "ray":
         rows = backends.run_ray(job, pending, advance, workers=workers, cpus_per_worker=cpus_per_worker,
@@ -202,7 +208,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
     missing = set(s.index for s in plan) - finished(Path(job.shards_dir), plan)
     if missing:  # a worker returned without its file: never assemble a partial volume
         raise DataError(f"shards {sorted(missing)[:5]} did not finish; rerun the same command to resume")
-    assemble(out, Path(job.shards_dir), job.archive, plan, setup["attrs"])
+    assemble(out, Path(job.shards_dir), job.archive, plan, setup["layout"], setup["attrs"])
     return _summarise(out, job, plan, pending, rows, seconds, backend, workers, preview)
 
 
@@ -213,7 +219,7 @@ def _with_device(job: Job, device: str) -> Job:
 
 
 def _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpus_per_worker, batch_size, method,
-             overwrite, shard_frames, device, physics) -> dict[str, Any]:
+             overwrite, shard_frames, device, physics, tie) -> dict[str, Any]:
     """All checks, then the shard directory (the first thing written). Returns job, plan, pending, output."""
     from phasegan_hpc.evaluate import check_compatible
     from phasegan_hpc.models.artifact import load_model
@@ -228,24 +234,29 @@ def _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpu
     check_output(out, archive.path, overwrite)
     plan = make_plan(archive, batch_size, shard_frames)
     dev = _device(backend, gpus_per_worker, device)
+    if method == "tie" and tie is not None and tie.resample_pixel_size_m is not None \
+            and tie.resample_pixel_size_m <= 0:
+        raise DataError("--resample-pixel-size-m must be > 0")
+    layout = output_layout(method, loaded, archive.frame_shape, phys, tie)
     identity = {"method": method, "model_sha256": loaded.sha256 if loaded else None, "batch_size": batch_size,
-                "physics": {k: v for k, v in vars(phys).items()}}
+                "physics": dict(vars(phys)), "tie": dict(vars(tie)) if tie and method == "tie" else None}
     shards_dir, _resumed = prepare_shards_dir(out, manifest(archive, identity, plan), overwrite)
     done = finished(shards_dir, plan)
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, phys,
               batch_size, dev, max(1, int(cpus_per_worker)), os.environ.get(FAULT_ENV, ""),
-              archive.lead_shape[1:])
+              archive.lead_shape[1:], tie if method == "tie" else None)
     attrs = {
         "method": method, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),
-        "pixel_size_m": phys.pixel_size_m, "wavelength_m": phys.wavelength_m, "distance_m": phys.distance_m,
+        "pixel_size_m": layout.pixel_size_m, "detector_pixel_size_m": phys.pixel_size_m,
+        "wavelength_m": phys.wavelength_m, "distance_m": phys.distance_m,
         "delta_beta": phys.delta_beta, "batch_size": batch_size,
         "score": score_name(method, loaded),
         "reconstruct_options": json.dumps({"backend": backend, "batch_size": batch_size, "method": method,
                                            "dataset": archive.dataset, "shard_frames": shard_frames}),
     }
     return {"job": job, "plan": plan, "pending": [s for s in plan if s.index not in done], "output": out,
-            "attrs": attrs}
+            "attrs": attrs, "layout": layout}
 
 
 def _summarise(out: Path, job: Job, plan, pending, rows, seconds, backend, workers, preview: bool) -> Summary:

@@ -24,17 +24,13 @@ import torch
 from phasegan_hpc.data.h5io import atomic_h5, compression
 from phasegan_hpc.reconstruct.archive import Archive, FrameReader
 from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.retrieve import Physics, build_retriever
+from phasegan_hpc.reconstruct.retrieve import Physics, TieOptions, build_retriever
 
 #: Test-only fault hook: "SHARD:die" exits the worker abruptly once after the first batch of that shard;
 #: "SHARD:hang" makes it stop there (until killed).
 FAULT_ENV = "PHASEGAN_HPC_RECONSTRUCT_FAULT"
 
-#: Output datasets of a shard: name -> (units, description). Per-frame ones have no (H, W) axes.
-FRAME_DATASETS = {
-    "phase": ("rad", "object phase phi = -k delta T"),
-    "attenuation": ("1", "attenuation mu T = -ln |psi|^2"),
-}
+#: Per-frame scalar datasets of every shard (besides the method's frames: see ``retrieve.output_layout``).
 SCALAR_DATASETS = {
     "consistency": ("1", "physics-consistency score per frame (see attribute score)"),
     "nonfinite_pixels": ("1", "non-finite input pixels per frame (replaced by the frame's median)"),
@@ -55,6 +51,7 @@ class Job:
     threads: int = 1
     fault: str = ""
     lead_tail: tuple[int, ...] = field(default=())  # leading axes after the first (e.g. pulses)
+    tie: TieOptions | None = None
 
 
 def shard_path(job: Job, shard: Shard) -> Path:
@@ -163,7 +160,7 @@ class ShardRunner:
         self.device = torch.device(job.device)
         self.reader = FrameReader(job.archive)
         self.retriever = build_retriever(job.method, job.model_path, job.physics, job.archive.frame_shape,
-                                         self.device)
+                                         self.device, job.tie)
         self.frames_done = 0  # frames of the current shard, for progress polling
 
     def close(self) -> None:
@@ -178,14 +175,14 @@ class ShardRunner:
         t0 = time.perf_counter()
         self.frames_done = 0
         nonfinite: list[int] = []
-        h, w = self.job.archive.frame_shape
+        layout = self.retriever.layout
         rows = shard.row_stop - shard.row_start
         tail = self.job.lead_tail
         pin = self.device.type == "cuda"
         with atomic_h5(path) as f:
             ds = {}
-            for name, (units, desc) in {**FRAME_DATASETS, **SCALAR_DATASETS}.items():
-                spatial = (h, w) if name in FRAME_DATASETS else ()
+            for name, (units, desc) in {**layout.outputs, **SCALAR_DATASETS}.items():
+                spatial = layout.shape if name in layout.outputs else ()
                 dtype = "int64" if name == "nonfinite_pixels" else "float32"
                 ds[name] = f.create_dataset(name, shape=(rows, *tail, *spatial), dtype=dtype,
                                             chunks=(1,) * (1 + len(tail)) + spatial if spatial else None,
@@ -199,12 +196,12 @@ class ShardRunner:
                 x = torch.from_numpy(clean)
                 if pin:
                     x = x.pin_memory().to(self.device, non_blocking=True)
-                phase, att, score = self.retriever(x.to(self.device))
-                phase, att, score = phase.cpu().numpy(), att.cpu().numpy(), score.cpu().numpy()
+                frames, score = self.retriever(x.to(self.device))
+                arrays = {k: v.cpu().numpy() for k, v in frames.items()} | {"consistency": score.cpu().numpy()}
                 if empty.any():
-                    phase[empty], att[empty], score[empty] = np.nan, np.nan, np.nan
-                writer.write(offset, {"phase": phase, "attenuation": att, "consistency": score,
-                                      "nonfinite_pixels": counts})
+                    for a in arrays.values():
+                        a[empty] = np.nan
+                writer.write(offset, arrays | {"nonfinite_pixels": counts})
                 nonfinite.extend((shard.start + offset + np.flatnonzero(counts)).tolist())
                 offset += len(batch)
                 self.frames_done = offset

@@ -28,7 +28,14 @@ from torch import nn
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.errors import DataError, PhaseganError, ResourceError, TrainingError
-from phasegan_hpc.train.loop import ProgressFn, latest_losses, run_dir_of, steps_per_epoch, train_loop
+from phasegan_hpc.train.loop import (
+    ProgressFn,
+    latest_losses,
+    network_shapes,
+    run_dir_of,
+    steps_per_epoch,
+    train_loop,
+)
 from phasegan_hpc.train.session import load_checkpoint
 from phasegan_hpc.train.step import PAIRED_METHODS
 
@@ -179,7 +186,9 @@ def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per
         raise ResourceError("need workers >= 1, cpus per worker > 0, gpus per worker >= 0")
     if gpus_per_worker > 0 and not torch.cuda.is_available() and not os.environ.get("RAY_ADDRESS"):
         raise ResourceError("GPUs requested but this machine has no CUDA device (and RAY_ADDRESS is not set)")
-    data = open_training_data(cfg.train.data_dir, paired=cfg.train.method in PAIRED_METHODS)  # fail fast
+    data = open_training_data(cfg.train.data_dir, paired=cfg.train.method in PAIRED_METHODS,
+                              upsample=cfg.model.upsample)  # fail fast
+    network_shapes(cfg, data)
     total = steps_per_epoch(data, cfg.train.batch_size, workers) * cfg.train.epochs
     storage = check_storage(Path(cfg.train.runs_dir))
     cfg = _with_storage(cfg, storage)

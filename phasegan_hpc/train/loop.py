@@ -26,12 +26,13 @@ import torch
 
 from phasegan_hpc import __version__
 from phasegan_hpc.config import Config, config_to_toml
+from phasegan_hpc.data.augment import center_crop_pad, crop_flip_rotate_pad
 from phasegan_hpc.data.frames import FrameStack, TrainingData, open_training_data
 from phasegan_hpc.data.normalise import Normalisation, compute_normalisation
 from phasegan_hpc.errors import DataError, TrainingError
 from phasegan_hpc.losses.metrics import METRICS, wasserstein_1d
 from phasegan_hpc.models.artifact import detector_entry, save_model
-from phasegan_hpc.models.registry import INTENSITY_CHANNELS, OBJECT_CHANNELS
+from phasegan_hpc.models.registry import generator_arch
 from phasegan_hpc.models.unet import SIZE_MULTIPLE
 from phasegan_hpc.physics import FresnelPropagator
 from phasegan_hpc.train.session import CHECKPOINT_FILE, Session
@@ -88,7 +89,8 @@ def _identity(cfg: Config) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the method and every network's shape."""
     m = cfg.model
     return {"method": cfg.train.method, "generator": m.generator, "base_filters": m.base_filters,
-            "discriminator": m.discriminator, "disc_filters": m.disc_filters, "disc_norm": m.disc_norm}
+            "discriminator": m.discriminator, "disc_filters": m.disc_filters, "disc_norm": m.disc_norm,
+            **({"upsample": m.upsample} if m.upsample != 1 else {})}
 
 
 def _checkpoint_state(tr: Trainables, step: int, norm: Normalisation, history: dict[str, Any],
@@ -192,10 +194,8 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
     """
     t, method = cfg.train, cfg.train.method
     paired = method in PAIRED_METHODS
-    data = open_training_data(t.data_dir, paired=paired)
-    h, w = data.shape
-    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-        raise DataError(f"{t.data_dir}: frames are {h} x {w}; the U-Net needs multiples of {SIZE_MULTIPLE}")
+    data = open_training_data(t.data_dir, paired=paired, upsample=cfg.model.upsample)
+    (h, w), (oh, ow) = network_shapes(cfg, data)
     run_dir = run_dir_of(cfg)
     rank0 = session.rank == 0
     device = session.device
@@ -206,7 +206,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         raise TrainingError(f"run {run_dir} holds a checkpoint of another configuration "
                             f"({state.get('identity')}); choose another --name")
     norm = Normalisation.from_dict(state["normalisation"]) if state else _normalisation(cfg, data)
-    prop = FresnelPropagator((h, w), pixel_size_m=data.physics["pixel_size_m"],
+    prop = FresnelPropagator((oh, ow), pixel_size_m=data.physics["pixel_size_m"],
                              distance_m=data.physics["distance_m"], wavelength_m=data.physics["wavelength_m"],
                              pad=cfg.physics.pad, pad_mode=cfg.physics.pad_mode)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
@@ -239,7 +239,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(config_to_toml(cfg))
-    figure_batch = _figure_batch(data, paired)
+    figure_batch = _figure_batch(data, paired, t)
     reference_objects = None if paired else data.objects[np.arange(min(max(t.val_frames, 1), len(data.objects)))]
     step_fn = STEPS[method]
     sums: dict[str, float] = {}
@@ -268,7 +268,11 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
                 for group in opt.param_groups:
                     group["lr"] = lr * _lr_scale(cfg, epoch)
         arrays = [s.batch_at(epoch, i) for s in samplers]
-        if t.augment:
+        if _crops(t):  # two-detector training (paper §4): crops, flips, rotations, padding per domain
+            arrays = [crop_flip_rotate_pad(a, np.random.default_rng(_seed(t.seed, step, session.rank, k)), *spec,
+                                           flip=t.augment, rotate=t.rotate)
+                      for k, (a, spec) in enumerate(zip(arrays, _crop_specs(t), strict=True))]
+        elif t.augment:
             if paired:
                 arrays = _augment(arrays, _seed(t.seed, step, session.rank, 0))
             else:
@@ -390,8 +394,49 @@ def _maybe_inject_fault(step: int, rank: int, run_dir: Path) -> None:
         os._exit(17)
 
 
-def _figure_batch(data: TrainingData, paired: bool) -> tuple[np.ndarray, np.ndarray]:
+def _crops(t) -> bool:
+    return bool(t.detector_crop or t.object_crop or t.detector_size or t.object_size or t.rotate)
+
+
+def _crop_specs(t) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(crop, size) of the detector and the object domain, in the order of the unpaired samplers."""
+    return (t.detector_crop, t.detector_size), (t.object_crop, t.object_size)
+
+
+def network_shapes(cfg: Config, data: TrainingData) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(H, W) of the detector frames and of the objects the networks see, after crops and padding.
+
+    Raises:
+        DataError: sizes that are not multiples of 32, crops larger than the frames, or an object size that
+            is not ``[model] upsample`` times the detector size.
+    """
+    t, up = cfg.train, cfg.model.upsample
+    if up != 1 and cfg.train.method in PAIRED_METHODS:
+        raise DataError(f"[model] upsample = {up} needs an unpaired method (phasegan or cyclegan)")
+
+    def side(frame: tuple[int, int], crop: int, size: int, what: str) -> tuple[int, int]:
+        if crop > min(frame):
+            raise DataError(f"{t.data_dir}: train.{what}_crop = {crop} is larger than the {what} frames "
+                            f"({frame[0]} x {frame[1]})")
+        return (size, size) if size else (crop, crop) if crop else frame
+
+    det = side(data.shape, t.detector_crop, t.detector_size, "detector")
+    obj = side(data.object_shape, t.object_crop, t.object_size, "object")
+    if det[0] % SIZE_MULTIPLE or det[1] % SIZE_MULTIPLE:
+        raise DataError(f"{t.data_dir}: detector frames are {det[0]} x {det[1]} for the networks; the U-Net needs "
+                        f"multiples of {SIZE_MULTIPLE} (set train.detector_size)")
+    if obj != (det[0] * up, det[1] * up):
+        raise DataError(f"{t.data_dir}: objects of {obj[0]} x {obj[1]} do not match detector frames of {det[0]} x "
+                        f"{det[1]} at [model] upsample = {up} (set train.object_crop / object_size)")
+    return det, obj
+
+
+def _figure_batch(data: TrainingData, paired: bool, t) -> tuple[np.ndarray, np.ndarray]:
     """Two detector frames and two objects shown in the cycle figures (fixed across epochs)."""
+    if _crops(t) and not paired:
+        (dc, ds), (oc, os_) = _crop_specs(t)
+        return (center_crop_pad(data.intensities[np.arange(2)], dc, ds),
+                center_crop_pad(data.objects[np.arange(2)], oc, os_))
     src = data.validation if data.validation is not None and len(data.validation) >= 2 else None
     if src is not None:
         arr = src[np.arange(2)]
@@ -420,14 +465,12 @@ def _write_figures(run_dir: Path, tr: Trainables, batch: tuple[np.ndarray, np.nd
 def _export(cfg: Config, run_dir: Path, tr: Trainables, norm: Normalisation, physics: dict[str, float],
             step: int, metrics: dict[str, Any]) -> Path:
     gens = unwrap(tr.generators)
-    arch = {"name": cfg.model.generator, "in_channels": INTENSITY_CHANNELS, "out_channels": OBJECT_CHANNELS,
-            "base_filters": cfg.model.base_filters}
+    arch = generator_arch(cfg.model, "g_o")
     info = {"step": step, "epochs": cfg.train.epochs, "config": config_to_toml(cfg), "software": __version__,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
     detector = None
     if cfg.train.method == "phasegan":  # G_D of the intensity cycle, for reconstruct's consistency score
-        detector = detector_entry(gens.g_d, {**arch, "out_channels": INTENSITY_CHANNELS}, cfg.physics.pad,
-                                  cfg.physics.pad_mode)
+        detector = detector_entry(gens.g_d, generator_arch(cfg.model, "g_d"), cfg.physics.pad, cfg.physics.pad_mode)
     path = save_model(run_dir / "model.pt", gens.g_o, arch, norm, physics, cfg.train.method, info, detector)
     link_latest(run_dir)
     return path

@@ -25,7 +25,8 @@ from phasegan_hpc.models.registry import (
     INTENSITY_CHANNELS,
     OBJECT_CHANNELS,
     build_discriminator,
-    build_generator,
+    build_from_arch,
+    generator_arch,
     load_encoder_weights,
 )
 from phasegan_hpc.physics import FresnelPropagator
@@ -80,15 +81,15 @@ def build_trainables(cfg: Config, method: str, propagator: FresnelPropagator, no
     ``wrap`` (DDP under Ray Train), Adam optimisers with the paper's settings from ``cfg.train``, and
     ``cfg.train.amp`` mixed precision on ``device``."""
     m, t = cfg.model, cfg.train
-    g_o = build_generator(m.generator, INTENSITY_CHANNELS, OBJECT_CHANNELS, m.base_filters, m.init)
+    g_o = build_from_arch(generator_arch(m, "g_o"), m.init)
     if m.encoder_weights:
         load_encoder_weights(g_o, m.encoder_weights)
     g_d = d_d = None
     if method == "phasegan":
-        g_d = build_generator(m.generator, INTENSITY_CHANNELS, INTENSITY_CHANNELS, m.base_filters, m.init)
+        g_d = build_from_arch(generator_arch(m, "g_d", method), m.init)
         gens = GeneratorPair(g_o, g_d, DetectorModel(propagator, norm))
     elif method == "cyclegan":
-        g_d = build_generator(m.generator, OBJECT_CHANNELS, INTENSITY_CHANNELS, m.base_filters, m.init)
+        g_d = build_from_arch(generator_arch(m, "g_d", method), m.init)
         gens = GeneratorPair(g_o, g_d, None)
     else:
         gens = GeneratorPair(g_o)

@@ -32,7 +32,7 @@ from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, ResourceError
 from phasegan_hpc.models.artifact import detector_entry, save_model
-from phasegan_hpc.models.registry import INTENSITY_CHANNELS, OBJECT_CHANNELS, build_generator
+from phasegan_hpc.models.registry import build_from_arch, generator_arch
 from phasegan_hpc.train.fit import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.train.loop import link_latest, train_loop
 from phasegan_hpc.train.session import load_checkpoint
@@ -144,7 +144,7 @@ def run_search(cfg: Config, *, trials: int, name: str, workers_per_trial: int = 
     if trials < 1 or workers_per_trial < 1 or cpus_per_trial <= 0 or gpus_per_trial < 0:
         raise ResourceError("need trials >= 1, workers per trial >= 1, cpus > 0, gpus >= 0")
     data_dir = Path(cfg.train.data_dir)
-    data = open_training_data(data_dir, paired=False)
+    data = open_training_data(data_dir, paired=False, upsample=cfg.model.upsample)
     if data.validation is None:
         raise DataError(f"{data_dir} has no validation.h5: tune scores trials on held-out detector frames "
                         f"(make them with `phasegan-hpc simulate {data_dir} --val N`)")
@@ -284,15 +284,13 @@ def _export_best(best: dict[str, Any], cfg: Config, physics: dict[str, float], p
             raise DataError(f"best trial {best['trial']} left no checkpoint")
         state = load_checkpoint(train_ckpts[-1])
     m = cfg.model
-    g_o = build_generator(m.generator, INTENSITY_CHANNELS, OBJECT_CHANNELS, m.base_filters, m.init)
+    arch = generator_arch(m, "g_o")
+    g_o = build_from_arch(arch, m.init)
     g_o.load_state_dict({k[len("g_o."):]: v for k, v in state["generators"].items() if k.startswith("g_o.")})
-    arch = {"name": m.generator, "in_channels": INTENSITY_CHANNELS, "out_channels": OBJECT_CHANNELS,
-            "base_filters": m.base_filters}
     detector = None
     if cfg.train.method == "phasegan":
         g_d = {k[len("g_d."):]: v for k, v in state["generators"].items() if k.startswith("g_d.")}
-        detector = detector_entry(g_d, {**arch, "in_channels": INTENSITY_CHANNELS,
-                                        "out_channels": INTENSITY_CHANNELS}, cfg.physics.pad, cfg.physics.pad_mode)
+        detector = detector_entry(g_d, generator_arch(m, "g_d"), cfg.physics.pad, cfg.physics.pad_mode)
     save_model(path, g_o, arch, Normalisation.from_dict(state["normalisation"]), physics, cfg.train.method,
                {"step": int(state["step"]), "config": config_to_toml(cfg), "tuned_metric": cfg.tune.metric,
                 "trial": best["trial"]}, detector)
