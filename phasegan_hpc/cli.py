@@ -311,12 +311,15 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--pixel-size-m", type=float, default=None, help="Paganin: pixel size [m].")
 @click.option("--distance-m", type=float, default=None, help="Paganin: propagation distance [m].")
 @click.option("--energy-kev", type=float, default=None, help="Paganin: photon energy [keV].")
+@click.option("--compile/--no-compile", "compile_model", default=None,
+              help="torch.compile G_O and G_D (default: on with CUDA, off on CPUs).")
 @click.option("--no-preview", is_flag=True, help="Do not write the PNG preview.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished output.")
 def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dataset: str | None, backend: str,
                 workers: int | None, cpus_per_worker: float, gpus_per_worker: float, batch_size: int, method: str,
                 shard_frames: int | None, device: str | None, delta_beta: float | None, pixel_size_m: float | None,
-                distance_m: float | None, energy_kev: float | None, no_preview: bool, overwrite: bool) -> None:
+                distance_m: float | None, energy_kev: float | None, compile_model: bool | None, no_preview: bool,
+                overwrite: bool) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
 
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
@@ -327,8 +330,9 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
     _pipeline(run_reconstruct, archive, model=model_path, output=output, dataset=dataset, backend=backend,
               workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
-              preview=not no_preview, physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m,
-                                               "distance_m": distance_m, "energy_kev": energy_kev})
+              preview=not no_preview, compile=compile_model,
+              physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
+                       "energy_kev": energy_kev})
 
 
 @cli.command()

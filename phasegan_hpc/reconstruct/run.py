@@ -129,7 +129,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
                 method: str = "phasegan", overwrite: bool = False, shard_frames: int | None = None,
                 device: str | None = None, physics: dict[str, float | None] | None = None,
                 preview: bool = True, progress: Callable[[int, int], Callable[[int], None]] | None = None,
-                comm=None, tie: TieOptions | None = None) -> Summary | None:
+                comm=None, tie: TieOptions | None = None, compile: bool | None = None) -> Summary | None:
     """Reconstruct phase and attenuation of every frame of a movie archive.
 
     Args:
@@ -153,6 +153,8 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
         progress: ``progress(total_frames, already_done) -> advance(n)``, called once by the driver.
         comm: MPI communicator for the "mpi" backend (None: ``MPI.COMM_WORLD``).
         tie: options of the "tie" method.
+        compile: ``torch.compile`` the networks (None: on CUDA devices, the fastest variant of
+            ``bench inference``; off on CPUs, where compiling costs more than it saves on short runs).
 
     Returns:
         A :class:`Summary` (None on MPI ranks other than 0).
@@ -173,7 +175,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
         if comm.Get_rank() == 0:
             try:
                 setup = _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpus_per_worker,
-                                 batch_size, method, overwrite, shard_frames, device, physics or {}, tie)
+                                 batch_size, method, overwrite, shard_frames, device, physics or {}, tie, compile)
             except PhaseganError as exc:
                 setup = exc
         setup = comm.bcast(setup, root=0)
@@ -187,7 +189,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
             setup["job"] = _with_device(setup["job"], f"cuda:{comm.Get_rank() % max(1, torch.cuda.device_count())}")
     else:
         setup = _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpus_per_worker,
-                         batch_size, method, overwrite, shard_frames, device, physics or {}, tie)
+                         batch_size, method, overwrite, shard_frames, device, physics or {}, tie, compile)
     job, plan, pending, out = setup["job"], setup["plan"], setup["pending"], setup["output"]
     rank0 = backend != "mpi" or comm.Get_rank() == 0
     total = sum(s.frames for s in pending)
@@ -219,7 +221,7 @@ def _with_device(job: Job, device: str) -> Job:
 
 
 def _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpus_per_worker, batch_size, method,
-             overwrite, shard_frames, device, physics, tie) -> dict[str, Any]:
+             overwrite, shard_frames, device, physics, tie, compile) -> dict[str, Any]:
     """All checks, then the shard directory (the first thing written). Returns job, plan, pending, output."""
     from phasegan_hpc.evaluate import check_compatible
     from phasegan_hpc.models.artifact import load_model
@@ -244,7 +246,8 @@ def _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpu
     done = finished(shards_dir, plan)
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, phys,
               batch_size, dev, max(1, int(cpus_per_worker)), os.environ.get(FAULT_ENV, ""),
-              archive.lead_shape[1:], tie if method == "tie" else None)
+              archive.lead_shape[1:], tie if method == "tie" else None,
+              dev.startswith("cuda") if compile is None else compile)
     attrs = {
         "method": method, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),

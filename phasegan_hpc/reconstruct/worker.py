@@ -52,6 +52,7 @@ class Job:
     fault: str = ""
     lead_tail: tuple[int, ...] = field(default=())  # leading axes after the first (e.g. pulses)
     tie: TieOptions | None = None
+    compile: bool = False  # torch.compile G_O and G_D (the CUDA default; see bench inference)
 
 
 def shard_path(job: Job, shard: Shard) -> Path:
@@ -160,8 +161,9 @@ class ShardRunner:
         self.device = torch.device(job.device)
         self.reader = FrameReader(job.archive)
         self.retriever = build_retriever(job.method, job.model_path, job.physics, job.archive.frame_shape,
-                                         self.device, job.tie)
+                                         self.device, job.tie, job.compile)
         self.frames_done = 0  # frames of the current shard, for progress polling
+        self._pinned: dict[int, torch.Tensor] = {}
 
     def close(self) -> None:
         self.reader.close()
@@ -178,7 +180,6 @@ class ShardRunner:
         layout = self.retriever.layout
         rows = shard.row_stop - shard.row_start
         tail = self.job.lead_tail
-        pin = self.device.type == "cuda"
         with atomic_h5(path) as f:
             ds = {}
             for name, (units, desc) in {**layout.outputs, **SCALAR_DATASETS}.items():
@@ -191,25 +192,62 @@ class ShardRunner:
             f.attrs["shard"], f.attrs["start"], f.attrs["stop"] = shard.index, shard.start, shard.stop
             writer = _FlatWriter(ds, tail)
             offset = 0
-            for batch in _prefetch(_batches(self.reader, shard, self.job.batch_size)):
+            pending = None  # the previous batch, its results on their way back while this one computes
+            for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size))):
                 clean, counts, empty = sanitise(batch)
-                x = torch.from_numpy(clean)
-                if pin:
-                    x = x.pin_memory().to(self.device, non_blocking=True)
-                frames, score = self.retriever(x.to(self.device))
-                arrays = {k: v.cpu().numpy() for k, v in frames.items()} | {"consistency": score.cpu().numpy()}
-                if empty.any():
-                    for a in arrays.values():
-                        a[empty] = np.nan
-                writer.write(offset, arrays | {"nonfinite_pixels": counts})
-                nonfinite.extend((shard.start + offset + np.flatnonzero(counts)).tolist())
-                offset += len(batch)
-                self.frames_done = offset
-                if progress is not None:
-                    progress(len(batch))
-                self._maybe_fault(shard)
+                frames, score = self.retriever(self._to_device(clean, i % 2))
+                launched = (self._to_host({**frames, "consistency": score}), counts, empty)
+                if pending is not None:
+                    offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
+                pending = launched
+            if pending is not None:
+                offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
         row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite)
         return row
+
+    def _to_device(self, clean: np.ndarray, slot: int) -> torch.Tensor:
+        """The batch on the device. On CUDA through one of two reused pinned host buffers (a buffer is
+        refilled only after the batch that used it has come back) and a non-blocking copy."""
+        x = torch.from_numpy(clean)
+        if self.device.type != "cuda":
+            return x
+        buf = self._pinned.get(slot)
+        if buf is None or buf.shape[0] < len(x) or buf.shape[1:] != x.shape[1:]:
+            buf = self._pinned[slot] = torch.empty(x.shape, dtype=x.dtype).pin_memory()
+        staged = buf[: len(x)]
+        staged.copy_(x)
+        return staged.to(self.device, non_blocking=True)
+
+    def _to_host(self, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
+        """Start copying results back (non-blocking into pinned memory on CUDA); returns them and an event
+        that marks their arrival (None on the CPU, where they are there already)."""
+        if self.device.type != "cuda":
+            return tensors, None
+        host = {k: v.to("cpu", non_blocking=True) for k, v in tensors.items()}
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    def _write(self, writer: _FlatWriter, shard: Shard, offset: int, results: tuple[dict[str, torch.Tensor], Any],
+               counts: np.ndarray, empty: np.ndarray, nonfinite: list[int],
+               progress: Callable[[int], None] | None) -> int:
+        """Wait for a batch's results (the only synchronisation per batch), write them; returns the new offset."""
+        tensors, event = results
+        if event is not None:
+            event.synchronize()
+        arrays = {k: v.numpy() for k, v in tensors.items()}
+        if empty.any():
+            arrays = {k: a.copy() for k, a in arrays.items()}
+            for a in arrays.values():
+                a[empty] = np.nan
+        writer.write(offset, arrays | {"nonfinite_pixels": counts})
+        nonfinite.extend((shard.start + offset + np.flatnonzero(counts)).tolist())
+        offset += len(counts)
+        self.frames_done = offset
+        if progress is not None:
+            progress(len(counts))
+        self._maybe_fault(shard)
+        return offset
 
     def _maybe_fault(self, shard: Shard) -> None:
         if not self.job.fault:
