@@ -149,8 +149,9 @@ def correct(archive: Path, output: Path, dataset: str | None, pixel_size_m: floa
               overwrite=overwrite, physics={"pixel_size_m": pixel_size_m})
 
 
-def _pipeline(run, archive: Path, **options) -> None:
-    """Run a reconstruction-pipeline command with a progress bar and print its summary."""
+def _pipeline(run, archive: Path, report: Path | None = None, **options) -> None:
+    """Run a reconstruction-pipeline command with a progress bar and print its summary (and, with
+    ``report``, write it as JSON)."""
     from contextlib import ExitStack
 
     from phasegan_hpc.ui import progress_bar, reconstruction_table
@@ -163,6 +164,10 @@ def _pipeline(run, archive: Path, **options) -> None:
         summary = run(archive, progress=progress, **{"preview": False, **options})
     if summary is not None:  # None on MPI ranks other than 0
         Console().print(reconstruction_table(summary))
+        if report is not None:
+            import json
+
+            report.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
 
 
 @cli.command("movie-figure")
@@ -315,11 +320,13 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               help="torch.compile G_O and G_D (default: on with CUDA, off on CPUs).")
 @click.option("--no-preview", is_flag=True, help="Do not write the PNG preview.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished output.")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Also write the run's summary (frames, seconds, frames/s, flagged frames) as JSON here.")
 def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dataset: str | None, backend: str,
                 workers: int | None, cpus_per_worker: float, gpus_per_worker: float, batch_size: int, method: str,
                 shard_frames: int | None, device: str | None, delta_beta: float | None, pixel_size_m: float | None,
                 distance_m: float | None, energy_kev: float | None, compile_model: bool | None, no_preview: bool,
-                overwrite: bool) -> None:
+                overwrite: bool, report: Path | None) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
 
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
@@ -327,7 +334,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
     """
     from phasegan_hpc.reconstruct import reconstruct as run_reconstruct
 
-    _pipeline(run_reconstruct, archive, model=model_path, output=output, dataset=dataset, backend=backend,
+    _pipeline(run_reconstruct, archive, report, model=model_path, output=output, dataset=dataset, backend=backend,
               workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model,
@@ -337,21 +344,33 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
 
 @cli.command()
 @click.argument("name", type=click.Choice(["frc", "propagator", "step", "train", "reconstruct", "inference",
-                                           "table1"]))
+                                           "table1", "check"]))
 @click.option("--size", type=int, default=None, help="Image side [px] (default per benchmark: 256; reconstruct 128).")
 @click.option("--batch", type=int, default=None, help="Batch size (default per benchmark).")
 @click.option("--repeats", type=int, default=None, help="Timed repeats (median reported; default per benchmark).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
-@click.option("--frames", type=int, default=None, help="reconstruct: frames of the smaller archive (4096).")
-@click.option("--filters", type=int, default=None, help="reconstruct (4), inference (32): base filters of G_O.")
-@click.option("--threads", type=int, default=None, help="reconstruct: torch threads per worker (all cores).")
+@click.option("--frames", type=int, default=None,
+              help="reconstruct: frames of the smaller archive (4096); check: of its archive (64).")
+@click.option("--filters", type=int, default=None,
+              help="reconstruct (4), inference (32), check (8): base filters of G_O.")
+@click.option("--threads", type=int, default=None, help="reconstruct: torch threads (all cores), split over workers.")
+@click.option("--workers", type=int, default=None, help="reconstruct: Ray actors / MPI ranks sharing the device (1).")
 @click.option("--train", "n_train", type=int, default=None, help="table1: training frames per set (2000).")
 @click.option("--epochs", type=int, default=None, help="table1: epochs per method (10).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="table1: output dir (table1).")
+@click.option("--variants", default=None, help="inference: comma-separated subset of fp32, channels_last, bf16, "
+              "bf16_cl, compile, cuda_graph (all).")
+@click.option("--backends", default=None, help="reconstruct: comma-separated subset of local, ray, mpi (all).")
+@click.option("--rss/--no-rss", default=None, help="reconstruct: measure peak RSS at 1x and 4x frames (on).")
+@click.option("--compile/--no-compile", "compile_model", default=None,
+              help="reconstruct: torch.compile G_O and G_D (default: as `reconstruct`, on for CUDA).")
+@click.option("--detector/--no-detector", default=None,
+              help="reconstruct: the model carries G_D, scored by G_D|H G_O(I)|^2 vs I (on).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
 def bench(name: str, size: int | None, batch: int | None, repeats: int | None, device: str, frames: int | None,
           filters: int | None, threads: int | None, n_train: int | None, epochs: int | None, out_dir: Path | None,
-          json_path: Path | None) -> None:
+          variants: str | None, backends: str | None, rss: bool | None, compile_model: bool | None,
+          detector: bool | None, workers: int | None, json_path: Path | None) -> None:
     """Run benchmark NAME; print a table and (with --json) write the whole record.
 
     frc: vectorised FRC loss vs a per-ring loop. propagator: |H psi|^2 in torch vs float64 numpy.
@@ -361,6 +380,8 @@ def bench(name: str, size: int | None, batch: int | None, repeats: int | None, d
     inference: G_O frames/s at 128 -> 128 and 128 -> 256 by batch size (1..256, or --batch) and variant
     (fp32, channels_last, bf16, torch.compile, CUDA graphs on GPUs). table1: paper Table 1 reproduced
     (paired, pix2pix, CycleGAN, PhaseGAN and Paganin on the same data; --size, --train, --epochs, --out).
+    check: the device fast path (propagator, retriever, reconstruct, training steps) against CPU
+    references; exits 1 when an error is over its tolerance.
     """
     import json
 
@@ -369,12 +390,20 @@ def bench(name: str, size: int | None, batch: int | None, repeats: int | None, d
 
     given = {"size": size, "batch": batch, "repeats": repeats, "frames": frames, "filters": filters,
              "threads": threads, "train": n_train, "epochs": epochs,
-             "out_dir": None if out_dir is None else str(out_dir)}
+             "out_dir": None if out_dir is None else str(out_dir), "rss": rss, "compile": compile_model,
+             "detector": detector, "workers": workers,
+             "variants": None if variants is None else tuple(variants.split(",")),
+             "backends": None if backends is None else tuple(backends.split(","))}
     options = {"device": device} | {k: v for k, v in given.items() if v is not None}
     result = run_benchmark(name, **options)
     Console().print(bench_table(result))
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if result.get("ok") is False:
+        from phasegan_hpc.errors import PhaseganError
+
+        failed = ", ".join(k for k, c in result["checks"].items() if not c["ok"])
+        raise PhaseganError(f"bench {name}: over tolerance: {failed}")
 
 
 def _terminate(signum: int, frame: object) -> None:

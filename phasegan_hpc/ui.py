@@ -129,6 +129,9 @@ def reconstruction_table(summary) -> Table:
     table.add_row("frames", f"{summary.frames:,}{reused}")
     table.add_row("computed", f"{summary.computed_frames:,} in {summary.seconds:.1f} s")
     table.add_row("throughput", f"{summary.frames_per_s:,.1f} frames/s ({summary.backend})")
+    if summary.pipeline_seconds > 0:
+        table.add_row("after start-up", f"{summary.pipeline_frames_per_s:,.1f} frames/s "
+                                        f"(worker start-up {summary.setup_seconds:.1f} s)")
     table.add_row("flag threshold", f"consistency > {summary.threshold:.3g}")
     shown = ", ".join(f"{i} ({s:.3g})" for i, s in summary.flagged[:10])
     more = f" and {len(summary.flagged) - 10} more" if len(summary.flagged) > 10 else ""

@@ -39,6 +39,25 @@ def test_bench_inference_covers_both_outputs_and_every_cpu_variant(tmp_path):
                                             for row in rows.values() for v in row.values())
 
 
+def test_bench_inference_variants_subset_and_unknown_variant(tmp_path):
+    r = bench(tmp_path, "inference", "--size", 32, "--filters", 2, "--batch", 1, "--repeats", 1,
+              "--variants", "fp32,bf16")
+    assert all(set(rows["batch_1"]) == {"fp32", "bf16"} for rows in r["results"].values())
+    proc = subprocess.run([EXE, "bench", "inference", "--variants", "fp32,fp8"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "unknown variant(s) fp8" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_check_compares_the_device_path_with_references(tmp_path):
+    r = bench(tmp_path, "check", "--size", 32, "--frames", 32, "--batch", 8, "--filters", 4)
+    assert r["ok"] is True and r["device"] == "cpu"
+    assert set(r["checks"]) == {"propagator", "retriever.phase", "retriever.attenuation", "retriever.score",
+                                "reconstruct.phase", "reconstruct.attenuation", "reconstruct.consistency",
+                                "train.losses"}
+    assert r["checks"]["propagator"]["relative_error"] < 1e-5  # complex64 vs float64 numpy
+    assert all(c["relative_error"] <= c["tolerance"] == 1e-4 for c in r["checks"].values())
+
+
 def test_bench_table1_writes_the_table_figures_and_ranking(tmp_path):
     r = bench(tmp_path, "table1", "--size", 32, "--train", 16, "--epochs", 1, "--out", tmp_path / "t1")
     methods = {"paired", "pix2pix", "cyclegan", "phasegan", "paganin"}

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from phasegan_hpc.physics import flatfield_correct
+from phasegan_hpc.physics import FlatfieldCorrector, flatfield_correct
 
 
 def _stack(rng):
@@ -38,3 +38,19 @@ def test_uint16_numpy_and_torch_agree():
     np.testing.assert_allclose(out_t.numpy(), out_np, rtol=1e-6)
     # A single (H, W) flat and dark are used as they are.
     np.testing.assert_allclose(flatfield_correct(frames16, flat16.mean(0), dark16.mean(0)), out_np, rtol=1e-6)
+
+
+def test_streaming_corrector_matches_the_float64_reference_on_counts_and_dead_pixels():
+    rng = np.random.default_rng(3)
+    dark = rng.poisson(100.0, (4, 16, 20)).astype(np.uint16)
+    flat = rng.poisson(1000.0, (6, 16, 20)).astype(np.uint16)
+    flat[:, 3, 4] = dark.mean(0)[3, 4]  # dead pixel
+    flat[:, 5, 6] = 0  # flat below dark
+    raw = rng.poisson(700.0, (9, 16, 20)).astype(np.uint16)
+    fast = FlatfieldCorrector(flat, dark)(raw)
+    assert fast.dtype == np.float32 and fast.shape == raw.shape
+    ref = flatfield_correct(raw, flat, dark)  # float64 arithmetic
+    np.testing.assert_allclose(fast, ref, rtol=2e-6, atol=1e-7)
+    assert (fast[:, 3, 4] == 1.0).all() and (fast[:, 5, 6] == 1.0).all()
+    no_dark = FlatfieldCorrector(flat, None)(raw)
+    np.testing.assert_allclose(no_dark, flatfield_correct(raw, flat, np.zeros((16, 20))), rtol=2e-6)

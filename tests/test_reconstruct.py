@@ -5,6 +5,7 @@ applied frame by frame), backends against each other (bit for bit), and the arch
 """
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -323,8 +324,12 @@ def test_bad_input_is_one_line_and_changes_nothing(model_path, movie, tmp_path):
     first = sha(out)
     assert_one_line_error(run_cli("reconstruct", good, *m, env=env), "exists; add --overwrite")
     assert sha(out) == first
-    again = run_cli("reconstruct", good, *m, "--overwrite", "--batch-size", "2", "--no-preview", env=env)
+    again = run_cli("reconstruct", good, *m, "--overwrite", "--batch-size", "2", "--no-preview",
+                    "--report", d / "report.json", env=env)
     assert again.returncode == 0, again.stderr
+    report = json.loads((d / "report.json").read_text())
+    assert report["backend"] == "local" and report["computed_frames"] == report["frames"] > 0
+    assert report["output"] == str(out) and report["pipeline_frames_per_s"] >= report["frames_per_s"] > 0
     # A different plan over an unfinished shard directory is refused, not mixed.
     out.unlink()
     refused = run_cli("reconstruct", good, *m, "--batch-size", "3", env=env)
@@ -376,6 +381,19 @@ def test_bench_reconstruct_smoke(tmp_path):
     assert r["raw_mb"]["large"] == pytest.approx(4 * r["raw_mb"]["small"])
     assert r["peak_rss_mb"]["small"] > 50 and r["peak_rss_mb"]["large_over_small"] > 0
 
+    proc = run_cli("bench", "reconstruct", "--size", 32, "--frames", 48, "--batch", 16, "--repeats", 1,
+                   "--threads", 1, "--backends", "local", "--no-rss", "--no-detector", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert set(r["end_to_end_over_model"]) == {"local"} and r["peak_rss_mb"] is None and r["detector"] is False
+    proc = run_cli("bench", "reconstruct", "--size", 32, "--frames", 48, "--batch", 16, "--repeats", 1,
+                   "--threads", 2, "--backends", "mpi", "--workers", 2, "--no-rss", "--json", out)
+    assert proc.returncode == 0, proc.stderr  # two real ranks under mpiexec, their --report read back
+    r = json.loads(out.read_text())
+    assert r["workers"] == 2 and r["after_startup_frames_per_s"]["mpi"]["median"] >= r["frames_per_s"]["mpi"]["median"]
+    proc = run_cli("bench", "reconstruct", "--backends", "local,slurm")
+    assert proc.returncode == 1 and "unknown backend(s) slurm" in proc.stderr
+
 
 def test_overwrite_never_deletes_a_directory_it_did_not_write(model_path, movie, tmp_path):
     archive = write_dxchange(tmp_path / "b.h5", movie, n=3)
@@ -389,15 +407,20 @@ def test_overwrite_never_deletes_a_directory_it_did_not_write(model_path, movie,
 
 def test_fast_path_pipelining_and_compiled_networks_match_on_cpu(model_path, movie, tmp_path):
     """The GPU fast path's pieces that run on a CPU: results are written one batch late (while the next one
-    computes) and torch.compile'd networks give the same volumes as the plain ones."""
-    archive = write_dxchange(tmp_path / "a.h5", movie, n=16)
+    computes) and torch.compile'd networks give the same volumes as the plain ones (compiled once at worker
+    start-up; the short last batch, 18 = 4 x 4 + 2, is padded to the compiled shape)."""
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=18)
     plain = reconstruct(archive, model=model_path, output=tmp_path / "plain.h5", backend="local", batch_size=4,
                         preview=False, compile=False)
     compiled = reconstruct(archive, model=model_path, output=tmp_path / "compiled.h5", backend="local",
                            batch_size=4, preview=False, compile=True)
     a, b = read(plain.output), read(compiled.output)
+    assert len(a["phase"]) == len(b["phase"]) == 18
     for k in ("phase", "attenuation", "consistency"):
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-4, err_msg=k)
+    for s in (plain, compiled):  # the start-up (model, compilation) is reported apart from the pipeline
+        assert 0 < s.pipeline_seconds <= s.seconds and s.setup_seconds > 0
+        assert s.pipeline_frames_per_s >= s.frames_per_s
     with h5py.File(archive, "r") as f:
         corr = corrected_reference(movie, f["exchange/data"][()], f["exchange/data_white"][()],
                                    f["exchange/data_dark"][()])

@@ -188,3 +188,28 @@ def test_divergence_is_a_clear_error(tiny_train_config):
     cfg = with_overrides(tiny_train_config, {"train.method": "paired", "train.lr_g": 1e30, "train.grad_clip": 0.0})
     with pytest.raises(TrainingError, match="non-finite"):
         train_local(cfg)
+
+
+def test_losses_read_in_batches_name_the_same_first_bad_step(tiny_train_config, tmp_path):
+    """The loop reads loss terms from the device only at log/checkpoint steps (no sync per step on a GPU);
+    a divergence is still reported at the step where it happened, as when every step is read."""
+    from phasegan_hpc.errors import TrainingError
+
+    bad = {"train.method": "paired", "train.lr_g": 1e30, "train.grad_clip": 0.0, "train.checkpoint_every": 100}
+    messages = []
+    for every, name in ((1, "each"), (7, "batched")):
+        cfg = with_overrides(tiny_train_config, {**bad, "train.log_every": every, "train.name": name})
+        with pytest.raises(TrainingError, match="non-finite") as err:
+            train_local(cfg)
+        messages.append(str(err.value).split(":")[0])
+    assert messages[0] == messages[1]
+
+
+def test_read_losses_matches_reading_each_step():
+    import torch
+
+    from phasegan_hpc.train.loop import read_losses
+
+    pending = [{"a": torch.tensor(float(i)), "b": torch.tensor([2.5 * i])} for i in range(4)]
+    assert read_losses(pending) == [{"a": float(i), "b": 2.5 * i} for i in range(4)]
+    assert read_losses([]) == []

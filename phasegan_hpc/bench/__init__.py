@@ -60,6 +60,7 @@ def machine(device: Any = "cpu") -> dict[str, Any]:
 
 def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     """The registry: name -> function(size, batch, repeats, device) returning a result dict."""
+    from phasegan_hpc.bench.check import bench_check
     from phasegan_hpc.bench.frc import bench_frc
     from phasegan_hpc.bench.inference import bench_inference
     from phasegan_hpc.bench.propagator import bench_propagator
@@ -69,7 +70,8 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     from phasegan_hpc.bench.train import bench_train
 
     return {"frc": bench_frc, "propagator": bench_propagator, "step": bench_step, "train": bench_train,
-            "reconstruct": bench_reconstruct, "inference": bench_inference, "table1": bench_table1}
+            "reconstruct": bench_reconstruct, "inference": bench_inference, "table1": bench_table1,
+            "check": bench_check}
 
 
 def run_benchmark(name: str, **options: Any) -> dict[str, Any]:

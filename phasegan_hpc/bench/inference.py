@@ -69,8 +69,14 @@ def bench_inference(size: int = 128, batch: int | None = None, repeats: int = 5,
         size: detector frame side (128 as the paper's Shimadzu crops).
         batch: a single batch size instead of ``batches``.
         filters: base filters (32: the paper's 22.9 M-parameter U-Net).
+        variants: which of :data:`VARIANTS` to time (ratios need ``fp32``).
         min_seconds: each timed repeat runs forward passes for at least this long.
     """
+    from phasegan_hpc.errors import DataError
+
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise DataError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sizes = (batch,) if batch else batches

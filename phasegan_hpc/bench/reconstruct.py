@@ -15,6 +15,7 @@ on one 4x larger: bounded memory means the two peaks are close.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -34,6 +35,7 @@ from phasegan_hpc.bench import machine
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.models.artifact import detector_entry, save_model
 from phasegan_hpc.models.registry import build_generator
+from phasegan_hpc.reconstruct.run import BACKENDS
 from phasegan_hpc.train.fit import connect_ray, disconnect_ray
 
 
@@ -56,28 +58,31 @@ def make_archive(path: Path, frames: int, size: int, seed: int = 0, chunk: int =
     return path
 
 
-def make_model(path: Path, filters: int) -> Path:
-    """A PhaseGAN ``model.pt`` (G_O and G_D, He-initialised) at the bench geometry."""
+def make_model(path: Path, filters: int, detector: bool = True) -> Path:
+    """A PhaseGAN ``model.pt`` (G_O and, with ``detector``, G_D; He-initialised) at the bench geometry."""
     torch.manual_seed(0)
     g_o = build_generator("unet", 1, 2, filters, "kaiming")
-    g_d = build_generator("unet", 1, 1, filters, "kaiming")
+    g_d = build_generator("unet", 1, 1, filters, "kaiming") if detector else None
     arch = {"name": "unet", "in_channels": 1, "out_channels": 2, "base_filters": filters}
     norm = Normalisation(1.0, 0.05, (-0.2, 1e-4), (0.1, 1e-4))
     physics = {"pixel_size_m": 1e-6, "wavelength_m": 1e-10, "distance_m": 0.1}
     return save_model(path, g_o, arch, norm, physics, "phasegan", {},
-                      detector_entry(g_d, {**arch, "out_channels": 1}, 0, "edge"))
+                      detector_entry(g_d, {**arch, "out_channels": 1}, 0, "edge") if detector else None)
 
 
-def _model_only(model: Path, size: int, batch: int, frames: int, device: str, threads: int) -> float:
+def _model_only(model: Path, size: int, batch: int, frames: int, device: str, threads: int, compile: bool) -> float:
     """Frames/s of the retriever on in-memory batches (the same work per frame as end to end)."""
     from phasegan_hpc.reconstruct.retrieve import Physics, build_retriever
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    retriever = build_retriever("phasegan", str(model), Physics(1e-6, 1e-10, 0.1), (size, size), dev)
+    retriever = build_retriever("phasegan", str(model), Physics(1e-6, 1e-10, 0.1), (size, size), dev,
+                                compile=compile)
     x = (1.0 + 0.01 * torch.randn(batch, size, size)).to(dev)
-    retriever(x)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for _ in range(2):  # warm-up: compilation, autotuning, the allocator
+        retriever(x)
+    sync()
     n = max(1, frames // batch)
     t0 = time.perf_counter()
     for _ in range(n):
@@ -86,28 +91,55 @@ def _model_only(model: Path, size: int, batch: int, frames: int, device: str, th
     return n * batch / (time.perf_counter() - t0)
 
 
+def _console_script() -> str:
+    return shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent)) or "phasegan-hpc"
+
+
 def _end_to_end(archive: Path, model: Path, out: Path, backend: str, batch: int, device: str, threads: int,
-                shard_frames: int) -> float:
+                shard_frames: int, compile: bool, workers: int) -> tuple[float, float]:
+    """(frames/s over the whole run, frames/s after worker start-up) of one ``reconstruct``."""
     from phasegan_hpc.reconstruct import reconstruct
 
+    if backend == "mpi" and workers > 1:  # real ranks: mpiexec -n WORKERS of the console script
+        return _mpiexec(archive, model, out, batch, device, max(1, threads // workers), shard_frames, compile, workers)
     comm = None
     if backend == "mpi":
         from mpi4py import MPI
 
         comm = MPI.COMM_SELF
-    s = reconstruct(archive, model=model, output=out, backend=backend, workers=1, cpus_per_worker=threads,
-                    gpus_per_worker=1.0 if device.startswith("cuda") and backend == "ray" else 0.0,
-                    batch_size=batch, overwrite=True, shard_frames=shard_frames, device=device, preview=False,
-                    comm=comm)
-    return s.frames_per_s
+    cuda_ray = device.startswith("cuda") and backend == "ray"
+    s = reconstruct(archive, model=model, output=out, backend=backend, workers=workers,
+                    cpus_per_worker=max(1, threads // workers) if backend == "ray" else threads,
+                    gpus_per_worker=1.0 / workers if cuda_ray else 0.0, batch_size=batch, overwrite=True,
+                    shard_frames=shard_frames, device=device, preview=False, comm=comm, compile=compile)
+    return s.frames_per_s, s.pipeline_frames_per_s
 
 
-def _peak_rss_mb(archive: Path, model: Path, out: Path, batch: int, threads: int, shard_frames: int) -> float:
+def _mpiexec(archive: Path, model: Path, out: Path, batch: int, device: str, threads: int, shard_frames: int,
+             compile: bool, ranks: int) -> tuple[float, float]:
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        raise RuntimeError("bench reconstruct --workers N with the mpi backend needs mpiexec")
+    report = out.with_suffix(".json")
+    proc = subprocess.run([mpiexec, "-n", str(ranks), _console_script(), "reconstruct", str(archive), "--model",
+                           str(model), "--output", str(out), "--backend", "mpi", "--batch-size", str(batch),
+                           "--cpus-per-worker", str(threads), "--shard-frames", str(shard_frames), "--overwrite",
+                           "--no-preview", "--device", device, "--compile" if compile else "--no-compile",
+                           "--report", str(report)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mpiexec reconstruct failed: {proc.stderr[-500:]}")
+    summary = json.loads(report.read_text())
+    return summary["frames_per_s"], summary["pipeline_frames_per_s"]
+
+
+def _peak_rss_mb(archive: Path, model: Path, out: Path, batch: int, threads: int, shard_frames: int, device: str,
+                 compile: bool) -> float:
     """Peak RSS [MB] of a fresh ``phasegan-hpc reconstruct --backend local`` process."""
-    exe = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent)) or "phasegan-hpc"
-    proc = subprocess.Popen([exe, "reconstruct", str(archive), "--model", str(model), "--output", str(out),
-                             "--backend", "local", "--batch-size", str(batch), "--cpus-per-worker", str(threads),
-                             "--shard-frames", str(shard_frames), "--overwrite", "--no-preview", "--device", "cpu"],
+    proc = subprocess.Popen([_console_script(), "reconstruct", str(archive), "--model", str(model),
+                             "--output", str(out), "--backend", "local", "--batch-size", str(batch),
+                             "--cpus-per-worker", str(threads),
+                             "--shard-frames", str(shard_frames), "--overwrite", "--no-preview", "--device", device,
+                             "--compile" if compile else "--no-compile"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -116,8 +148,14 @@ def _peak_rss_mb(archive: Path, model: Path, out: Path, batch: int, threads: int
     return usage.ru_maxrss / 1024.0
 
 
+def _ratios(rates: dict[str, list[float]], model: list[float]) -> dict[str, float]:
+    """Median over rounds of each backend's frames/s over the model-only frames/s of the same round."""
+    return {b: statistics.median([e / m for e, m in zip(v, model, strict=True)]) for b, v in rates.items()}
+
+
 def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device: str = "cpu", frames: int = 4096,
-                      filters: int = 4, threads: int | None = None, backends: tuple[str, ...] = ("local", "ray", "mpi"),
+                      filters: int = 4, threads: int | None = None, backends: tuple[str, ...] = BACKENDS,
+                      rss: bool = True, compile: bool | None = None, detector: bool = True, workers: int = 1,
                       workdir: str | None = None) -> dict[str, Any]:
     """End-to-end frames/s per backend against model-only frames/s, and peak RSS at 1x and 4x frames.
 
@@ -126,40 +164,62 @@ def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device
         device: "cpu" or "cuda". frames: frames of the smaller archive (the larger has 4x).
         filters: base filters of the generators (32 = the paper's size). threads: torch threads per worker
             (default: all cores). backends: which end-to-end backends to time.
+        rss: measure peak RSS (the 4x archive is only generated for it). compile: ``torch.compile`` the
+            networks (None: as ``reconstruct``, on for CUDA; one compilation per run counts in end to end).
+        detector: the model carries G_D (the consistency score then runs G_D on |H G_O(I)|^2: twice the
+            network work per frame of G_O alone).
+        workers: Ray actors or MPI ranks (``mpiexec -n``) sharing the device, each with its own reader and
+            writer (the local backend has one); threads are split between them.
         workdir: where the archives go (default: a temporary directory, removed afterwards).
     """
+    from phasegan_hpc.errors import DataError
+
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise DataError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
     threads = threads or os.cpu_count() or 1
+    compile = device.startswith("cuda") if compile is None else compile
     tmp = Path(tempfile.mkdtemp(prefix="bench-reconstruct-", dir=workdir))
     try:
         t0 = time.perf_counter()
         small = make_archive(tmp / "small.h5", frames, size)
-        large = make_archive(tmp / "large.h5", 4 * frames, size, seed=1)
+        large = make_archive(tmp / "large.h5", 4 * frames, size, seed=1) if rss else None
         generate_s = time.perf_counter() - t0
-        model = make_model(tmp / "model.pt", filters)
+        model = make_model(tmp / "model.pt", filters, detector)
         shard = max(batch, frames // 8)
         fps: dict[str, list[float]] = {"model_only": [], **{b: [] for b in backends}}
+        after: dict[str, list[float]] = {b: [] for b in backends}  # after worker start-up
         started = connect_ray() if "ray" in backends else False  # Ray's own start-up is not the pipeline's
         try:
             for _ in range(repeats):  # in turns, so that load from other processes hits all alike
-                fps["model_only"].append(_model_only(model, size, batch, min(frames, 16 * batch), device, threads))
+                fps["model_only"].append(_model_only(model, size, batch, frames if device.startswith("cuda")
+                                                     else min(frames, 16 * batch), device, threads, compile))
                 for b in backends:
-                    fps[b].append(_end_to_end(small, model, tmp / f"out-{b}.h5", b, batch, device, threads, shard))
+                    e2e, steady = _end_to_end(small, model, tmp / f"out-{b}.h5", b, batch, device, threads, shard,
+                                              compile, 1 if b == "local" else workers)
+                    fps[b].append(e2e)
+                    after[b].append(steady)
         finally:
             disconnect_ray(started)
-        rss_small = _peak_rss_mb(small, model, tmp / "rss-small.h5", batch, threads, shard)
-        rss_large = _peak_rss_mb(large, model, tmp / "rss-large.h5", batch, threads, shard)
+        peak = None
+        if rss:
+            rss_small, rss_large = (_peak_rss_mb(a, model, tmp / f"rss-{n}.h5", batch, threads, shard, device, compile)
+                                    for n, a in (("small", small), ("large", large)))
+            peak = {"small": rss_small, "large": rss_large, "large_over_small": rss_large / rss_small}
         medians = {k: statistics.median(v) for k, v in fps.items()}
-        ratios = {b: statistics.median([e / m for e, m in zip(fps[b], fps["model_only"], strict=True)])
-                  for b in backends}
         return {
             "benchmark": "reconstruct", **machine(device), "h5py": h5py.__version__, "threads": threads,
             "size": size, "batch": batch, "filters": filters, "frames": frames, "repeats": repeats,
-            "archive_mb": {"small": small.stat().st_size / 1e6, "large": large.stat().st_size / 1e6},
+            "compile": compile, "detector": detector, "workers": workers,
+            "archive_mb": {"small": small.stat().st_size / 1e6, "large": large.stat().st_size / 1e6 if rss else None},
             "raw_mb": {"small": frames * size * size * 2 / 1e6, "large": 4 * frames * size * size * 2 / 1e6},
             "generate_s": generate_s,
             "frames_per_s": {k: {"median": medians[k], "min": min(v), "max": max(v)} for k, v in fps.items()},
-            "end_to_end_over_model": ratios,
-            "peak_rss_mb": {"small": rss_small, "large": rss_large, "large_over_small": rss_large / rss_small},
+            "after_startup_frames_per_s": {b: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                                           for b, v in after.items()},
+            "end_to_end_over_model": _ratios({b: fps[b] for b in backends}, fps["model_only"]),
+            "after_startup_over_model": _ratios(after, fps["model_only"]),
+            "peak_rss_mb": peak,
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,13 +2,14 @@
 phase retrieval and flat-field correction. Pure functions with documented shapes, dtypes and SI units.
 """
 
-from phasegan_hpc.physics.flatfield import flatfield_correct
+from phasegan_hpc.physics.flatfield import FlatfieldCorrector, flatfield_correct
 from phasegan_hpc.physics.optics import energy_kev, fresnel_number, wavelength_m, wavenumber
 from phasegan_hpc.physics.paganin import paganin
 from phasegan_hpc.physics.propagator import FresnelPropagator, fresnel_kernel
 from phasegan_hpc.physics.wavefield import object_wavefield, phase_attenuation, thickness_to_phase_attenuation
 
 __all__ = [
+    "FlatfieldCorrector",
     "FresnelPropagator",
     "energy_kev",
     "flatfield_correct",

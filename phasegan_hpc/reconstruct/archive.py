@@ -19,7 +19,7 @@ import hdf5plugin  # noqa: F401  (registers bitshuffle, Blosc, LZ4, Zstd... for 
 import numpy as np
 
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.physics.flatfield import flatfield_correct
+from phasegan_hpc.physics.flatfield import FlatfieldCorrector
 
 #: NXtomo image_key values (NeXus).
 PROJECTION, FLAT, DARK = 0, 1, 2
@@ -225,17 +225,21 @@ class FrameReader:
         self.dark = _mean_reference(self.file, archive.darks)
         if self.flat is not None and self.dark is None:
             self.dark = np.zeros_like(self.flat)
+        # float32 affine form of the correction, precomputed once (the hot loop of every worker)
+        self._corrector = FlatfieldCorrector(self.flat, self.dark) if self.flat is not None else None
+        self._dark32 = None if self.dark is None else self.dark.astype(np.float32)
 
     def close(self) -> None:
         self.file.close()
 
     def correct(self, raw: np.ndarray) -> np.ndarray:
         """(I - dark) / (flat - dark) (DESIGN.md §3), I - dark without flats, I without either; float32."""
-        if self.flat is not None:
-            return flatfield_correct(raw, self.flat, self.dark)
-        if self.dark is not None:
-            return (raw.astype(np.float64) - self.dark).astype(np.float32)
-        return raw.astype(np.float32)
+        if self._corrector is not None:
+            return self._corrector(raw)
+        out = raw.astype(np.float32)
+        if self._dark32 is not None:
+            out -= self._dark32
+        return out
 
     def raw_rows(self, r0: int, r1: int) -> np.ndarray:
         """Rows [r0, r1) of the leading axis of the output, as raw frames (n, H, W)."""

@@ -56,10 +56,29 @@ class Summary:
     flagged: list[tuple[int, float]] = field(default_factory=list)
     nonfinite: list[tuple[int, int]] = field(default_factory=list)
     preview: Path | None = None
+    setup_seconds: float = 0.0  # the slowest worker's start-up (model load, compilation)
+    pipeline_seconds: float = 0.0  # the busiest worker's time inside shards (read, compute, write)
 
     @property
     def frames_per_s(self) -> float:
+        """Computed frames over the whole run's wall time (worker start-up included)."""
         return self.computed_frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def pipeline_frames_per_s(self) -> float:
+        """Computed frames over the busiest worker's time in shards: the rate a long archive approaches, once
+        the fixed start-up cost is spread over it."""
+        return self.computed_frames / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready values (``reconstruct --report``)."""
+        return {"output": str(self.output), "frames": self.frames, "computed_frames": self.computed_frames,
+                "reused_shards": self.reused_shards, "shards": self.shards, "backend": self.backend,
+                "workers": self.workers, "seconds": self.seconds, "setup_seconds": self.setup_seconds,
+                "pipeline_seconds": self.pipeline_seconds, "frames_per_s": self.frames_per_s,
+                "pipeline_frames_per_s": self.pipeline_frames_per_s, "threshold": self.threshold,
+                "flagged": self.flagged, "nonfinite": self.nonfinite,
+                "preview": str(self.preview) if self.preview else None}
 
 
 def resolve_model(model: str | Path | None, required: bool) -> Path | None:
@@ -273,9 +292,15 @@ def _summarise(out: Path, job: Job, plan, pending, rows, seconds, backend, worke
         threshold = med + FLAG_MADS * max(mad, 1e-3 * abs(med), 1e-12)
         bad = np.flatnonzero(~np.isfinite(scores) | (scores > threshold))
         flagged = [(int(i), float(scores[i])) for i in bad]
+    busy: dict[str, float] = {}
+    for r in rows:
+        if "seconds" in r:
+            busy[r["worker"]] = busy.get(r["worker"], 0.0) + r["seconds"]
     summary = Summary(out, job.archive.n_frames, sum(s.frames for s in pending), len(plan) - len(pending), len(plan),
                       seconds, backend, workers, threshold, flagged,
-                      [(int(i), int(nonfinite[i])) for i in np.flatnonzero(nonfinite > 0)])
+                      [(int(i), int(nonfinite[i])) for i in np.flatnonzero(nonfinite > 0)],
+                      setup_seconds=max((r.get("setup_seconds", 0.0) for r in rows), default=0.0),
+                      pipeline_seconds=max(busy.values(), default=0.0))
     if preview:
         from phasegan_hpc.figures import reconstruction_preview
 

@@ -156,6 +156,7 @@ class ShardRunner:
     """A worker: holds the archive reader and the retriever, and processes shards one after another."""
 
     def __init__(self, job: Job) -> None:
+        t0 = time.perf_counter()
         torch.set_num_threads(max(1, job.threads))
         self.job = job
         self.device = torch.device(job.device)
@@ -164,6 +165,13 @@ class ShardRunner:
                                          self.device, job.tie, job.compile)
         self.frames_done = 0  # frames of the current shard, for progress polling
         self._pinned: dict[int, torch.Tensor] = {}
+        self._compiled = job.compile and self.retriever.g_o is not None  # the networks run compiled
+        if self._compiled:  # compile now, for the one batch shape every call will have (see _padded)
+            self.retriever(torch.ones(job.batch_size, *job.archive.frame_shape, device=self.device))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        #: worker start-up (archive handles, model, compilation): reported once, with the first shard
+        self.setup_seconds: float | None = time.perf_counter() - t0
 
     def close(self) -> None:
         self.reader.close()
@@ -171,9 +179,11 @@ class ShardRunner:
     def run(self, shard: Shard, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Process ``shard`` unless its file is already complete; returns its summary row."""
         path = shard_path(self.job, shard)
-        row: dict[str, Any] = {"shard": shard.index, "frames": shard.frames, "skipped": path.is_file()}
+        row: dict[str, Any] = {"shard": shard.index, "frames": shard.frames, "skipped": path.is_file(),
+                               "worker": f"{os.uname().nodename}:{os.getpid()}"}
         if row["skipped"]:
             return row
+        row["setup_seconds"], self.setup_seconds = self.setup_seconds or 0.0, None
         t0 = time.perf_counter()
         self.frames_done = 0
         nonfinite: list[int] = []
@@ -195,7 +205,9 @@ class ShardRunner:
             pending = None  # the previous batch, its results on their way back while this one computes
             for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size))):
                 clean, counts, empty = sanitise(batch)
-                frames, score = self.retriever(self._to_device(clean, i % 2))
+                frames, score = self.retriever(self._to_device(self._padded(clean), i % 2))
+                if len(score) > len(clean):
+                    frames, score = {k: v[:len(clean)] for k, v in frames.items()}, score[:len(clean)]
                 launched = (self._to_host({**frames, "consistency": score}), counts, empty)
                 if pending is not None:
                     offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
@@ -204,6 +216,15 @@ class ShardRunner:
                 offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
         row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite)
         return row
+
+    def _padded(self, clean: np.ndarray) -> np.ndarray:
+        """A short last batch padded with flat frames (1.0) to the batch size when the networks are compiled,
+        so that every call has the shape compiled at start-up (no recompilation per shard); the padding's
+        results are dropped. Every frame is retrieved independently, so the real frames' results are the same."""
+        missing = self.job.batch_size - len(clean)
+        if not self._compiled or missing <= 0:
+            return clean
+        return np.concatenate([clean, np.ones((missing, *clean.shape[1:]), clean.dtype)])
 
     def _to_device(self, clean: np.ndarray, slot: int) -> torch.Tensor:
         """The batch on the device. On CUDA through one of two reused pinned host buffers (a buffer is

@@ -244,6 +244,8 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
     step_fn = STEPS[method]
     sums: dict[str, float] = {}
     count = 0
+    pending: list[dict[str, torch.Tensor]] = []  # loss terms of the steps since the last read
+    values: dict[str, float] = {}  # the last step read
     metrics: dict[str, Any] = {"step": step, "epoch": step / spe}
 
     def checkpoint_and_report(extra: dict[str, Any]) -> None:
@@ -281,26 +283,28 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
             inten, obj = arrays[0][:, :1], arrays[0][:, 1:]
         else:
             inten, obj = arrays
-        batch = Batch(norm.norm_intensity(torch.from_numpy(inten).to(device)),
-                      norm.norm_object(torch.from_numpy(obj).to(device)))
-        terms = step_fn(tr, batch, cfg.loss, t.grad_clip)
+        batch = Batch(norm.norm_intensity(to_device(inten, device)), norm.norm_object(to_device(obj, device)))
+        pending.append(step_fn(tr, batch, cfg.loss, t.grad_clip))  # stays on the device: no sync per step
         step += 1
-        values = {k: float(v) for k, v in terms.items()}
-        if not all(math.isfinite(v) for v in values.values()):
-            bad = ", ".join(k for k, v in values.items() if not math.isfinite(v))
-            raise TrainingError(f"non-finite {bad} at step {step}: lower the learning rates or check the data; "
-                                f"the last checkpoint in {run_dir} is kept")
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        count += 1
+        epoch_end = step % spe == 0
+        stop = t.max_steps > 0 and step >= t.max_steps
+        if step % t.log_every == 0 or epoch_end or stop or step % t.checkpoint_every == 0:
+            for k_step, read in enumerate(read_losses(pending), start=step - len(pending) + 1):
+                bad = ", ".join(k for k, v in read.items() if not math.isfinite(v))
+                if bad:
+                    raise TrainingError(f"non-finite {bad} at step {k_step}: lower the learning rates or check "
+                                        f"the data; the last checkpoint in {run_dir} is kept")
+                for k, v in read.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                values = read
+            pending = []
         if progress is not None and rank0:
             progress(step, total, values)
         if step % t.log_every == 0:
             log.write({"step": step, "epoch": step / spe, "lr_scale": _lr_scale(cfg, epoch), "time": time.time(),
                        **{k: v / count for k, v in sums.items()}})
             sums, count = {}, 0
-        epoch_end = step % spe == 0
-        stop = t.max_steps > 0 and step >= t.max_steps
         if epoch_end:
             extra = {}
             if rank0 and data.validation is not None and t.val_frames > 0:
@@ -326,6 +330,25 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         model_path = _export(cfg, run_dir, tr, norm, data.physics, step, metrics)
         metrics = {**metrics, "model_path": str(model_path)}
     return metrics
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host batch on ``device``; on CUDA through pinned memory with a non-blocking copy, so that the copy
+    overlaps the previous step's kernels (the caching host allocator keeps the buffer until it is done)."""
+    x = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def read_losses(pending: list[dict[str, torch.Tensor]]) -> list[dict[str, float]]:
+    """The loss terms of several steps as floats, in one device-to-host copy: the training loop's only
+    synchronisation with the device between logging, validation and checkpoints."""
+    if not pending:
+        return []
+    names = list(pending[0])
+    table = torch.stack([torch.stack([p[k].detach().float().reshape(()) for k in names]) for p in pending])
+    return [dict(zip(names, row, strict=True)) for row in table.cpu().tolist()]
 
 
 def weights_digest(module: torch.nn.Module) -> str:

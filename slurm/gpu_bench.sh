@@ -1,0 +1,61 @@
+#!/bin/bash
+#SBATCH --job-name=phasegan-gpu-bench
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=16
+#SBATCH --gres=gpu:1
+#SBATCH --time=00:30:00
+#SBATCH --output=phasegan-gpu-bench-%j.out
+#
+# The GPU figures of docs/benchmarks.md in one job on one GPU: the fast path checked against CPU references
+# first (`bench check`), then the propagator, G_O inference by batch and variant, and reconstruction end to
+# end against the model alone, with and without the G_D consistency score, from one process and from
+# PHASEGAN_BENCH_RANKS MPI ranks sharing the GPU (needs mpiexec). One JSON per step lands in OUT_DIR; a
+# failed step does not stop the next ones, and the job fails if any did.
+#
+#   sbatch slurm/gpu_bench.sh [OUT_DIR]        # default: bench-JOBID/
+#
+# Environment: PHASEGAN_HOME (checkout; default: the submit directory), PHASEGAN_BIN, PHASEGAN_BENCH_DEVICE
+# (default cuda), PHASEGAN_BENCH_RANKS (default 4), PHASEGAN_BENCH_STEPS (names of the steps to run; default
+# all), PHASEGAN_BENCH_STEP_TIMEOUT (seconds per step; default 1200).
+set -uo pipefail
+
+PHASEGAN_HOME=${PHASEGAN_HOME:-${SLURM_SUBMIT_DIR:-$(pwd)}}
+# shellcheck source=slurm/phasegan-env.sh
+source "$PHASEGAN_HOME/slurm/phasegan-env.sh"
+out=${1:-bench-${SLURM_JOB_ID:-$(date +%Y%m%d-%H%M%S)}}
+device=${PHASEGAN_BENCH_DEVICE:-cuda}
+mkdir -p "$out"
+failed=()
+
+steps=" ${PHASEGAN_BENCH_STEPS:-check propagator inference inference-256 reconstruct reconstruct-no-gd} "
+ranks=${PHASEGAN_BENCH_RANKS:-4}
+
+step() {  # step NAME BENCH [options...]: one benchmark, its JSON in $out/NAME.json
+  local name=$1
+  shift
+  [[ $steps == *" $name "* ]] || return 0
+  echo "== $name ($(date +%T))"
+  if ! timeout "${PHASEGAN_BENCH_STEP_TIMEOUT:-1200}" "$PHASEGAN_BIN" bench "$@" --device "$device" \
+      --json "$out/$name.json"; then
+    failed+=("$name")
+  fi
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
+step check check --size 64 --frames 256 --batch 32 --filters 8
+step propagator propagator --size 256 --batch 64
+step inference inference --size 128 --variants fp32,channels_last,bf16,bf16_cl --repeats 3
+step inference-256 inference --size 128 --batch 256 --repeats 3
+# Reconstruction as run by default on a GPU (compiled networks), over a bitshuffle-LZ4 archive of 16,384
+# frames (0.5 GB raw): one process (local) and $ranks MPI ranks on the one GPU.
+common=(reconstruct --size 128 --filters 32 --batch 256 --frames 16384 --backends "local,mpi" --workers "$ranks"
+        --no-rss --repeats 2 --compile)
+step reconstruct "${common[@]}"
+step reconstruct-no-gd "${common[@]}" --no-detector
+
+if (( ${#failed[@]} > 0 )); then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
+fi
+echo "all steps done: $out"
