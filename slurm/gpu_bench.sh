@@ -16,8 +16,9 @@
 #   sbatch slurm/gpu_bench.sh [OUT_DIR]        # default: bench-JOBID/
 #
 # Environment: PHASEGAN_HOME (checkout; default: the submit directory), PHASEGAN_BIN, PHASEGAN_BENCH_DEVICE
-# (default cuda), PHASEGAN_BENCH_RANKS (default 4), PHASEGAN_BENCH_STEPS (names of the steps to run; default
-# all), PHASEGAN_BENCH_STEP_TIMEOUT (seconds per step; default 1200).
+# (default cuda), PHASEGAN_BENCH_RANKS (default 4), PHASEGAN_BENCH_BACKENDS (reconstruct; default local,mpi),
+# PHASEGAN_BENCH_STEPS (names of the steps to run; default all), PHASEGAN_BENCH_STEP_TIMEOUT (seconds per
+# step; default 1200).
 set -uo pipefail
 
 PHASEGAN_HOME=${PHASEGAN_HOME:-${SLURM_SUBMIT_DIR:-$(pwd)}}
@@ -28,8 +29,9 @@ device=${PHASEGAN_BENCH_DEVICE:-cuda}
 mkdir -p "$out"
 failed=()
 
-steps=" ${PHASEGAN_BENCH_STEPS:-check propagator inference inference-256 reconstruct reconstruct-no-gd} "
+steps=" ${PHASEGAN_BENCH_STEPS:-check propagator inference inference-256 reconstruct-no-gd reconstruct} "
 ranks=${PHASEGAN_BENCH_RANKS:-4}
+backends=${PHASEGAN_BENCH_BACKENDS:-local,mpi}
 
 step() {  # step NAME BENCH [options...]: one benchmark, its JSON in $out/NAME.json
   local name=$1
@@ -48,11 +50,11 @@ step propagator propagator --size 256 --batch 64
 step inference inference --size 128 --variants fp32,channels_last,bf16,bf16_cl --repeats 3
 step inference-256 inference --size 128 --batch 256 --repeats 3
 # Reconstruction as run by default on a GPU (compiled networks), over a bitshuffle-LZ4 archive of 16,384
-# frames (0.5 GB raw): one process (local) and $ranks MPI ranks on the one GPU.
-common=(reconstruct --size 128 --filters 32 --batch 256 --frames 16384 --backends "local,mpi" --workers "$ranks"
+# frames (0.5 GB raw): one process (local) and $ranks MPI ranks sharing the one GPU.
+common=(reconstruct --size 128 --filters 32 --batch 256 --frames 16384 --backends "$backends" --workers "$ranks"
         --no-rss --repeats 2 --compile)
-step reconstruct "${common[@]}"
 step reconstruct-no-gd "${common[@]}" --no-detector
+step reconstruct "${common[@]}"
 
 if (( ${#failed[@]} > 0 )); then
   echo "failed: ${failed[*]}" >&2
