@@ -8,15 +8,16 @@
 #SBATCH --requeue
 #SBATCH --output=phasegan-reconstruct-%j.out
 #
-# Batch reconstruction of one movie archive over the whole allocation: one Ray actor per GPU (or, without
-# GPUs, one per PHASEGAN_CPUS_PER_WORKER CPUs). A requeued (or resubmitted) job keeps the finished shards.
+# Batch reconstruction of one movie archive over the whole allocation: PHASEGAN_WORKERS_PER_GPU Ray actors
+# per GPU (default 8; or, without GPUs, one per PHASEGAN_CPUS_PER_WORKER CPUs). A requeued (or resubmitted)
+# job keeps the finished shards.
 #
 #   sbatch slurm/reconstruct.sh /data/aps/run42.h5                   # model: runs/latest/model.pt
 #   PHASEGAN_HPC_MODEL=/scratch/me/runs/foam/model.pt sbatch --nodes=8 slurm/reconstruct.sh run42.h5 \
 #     --output /scratch/me/run42_phasegan.h5 --batch-size 256        # further arguments go to reconstruct
 #
 # Environment: PHASEGAN_HOME (checkout; default: the submit directory), PHASEGAN_HPC_MODEL, PHASEGAN_BIN,
-# PHASEGAN_CPUS_PER_WORKER (CPU-only allocations; default 1).
+# PHASEGAN_WORKERS_PER_GPU (default 8), PHASEGAN_CPUS_PER_WORKER (CPU-only allocations; default 1).
 set -euo pipefail
 
 if (( $# < 1 )); then
@@ -33,9 +34,12 @@ trap ray_cluster_stop EXIT
 ray_cluster_start
 
 if (( RAY_GPUS_PER_NODE > 0 )); then
-  workers=$((RAY_NODES * RAY_GPUS_PER_NODE))
-  gpus=1
-  cpus=$((RAY_CPUS_PER_NODE / RAY_GPUS_PER_NODE))
+  # Several actors share each GPU: one process's reading, decompression and writing (serialised by HDF5)
+  # feeds a GPU at ~2,400 frames/s, 8 processes at ~13,000 (docs/benchmarks.md, H200).
+  per_gpu=${PHASEGAN_WORKERS_PER_GPU:-8}
+  workers=$((RAY_NODES * RAY_GPUS_PER_NODE * per_gpu))
+  gpus=$(awk -v k="$per_gpu" 'BEGIN { printf "%.6g", 1 / k }')
+  cpus=$((RAY_CPUS_PER_NODE / (RAY_GPUS_PER_NODE * per_gpu)))
 else
   cpus=${PHASEGAN_CPUS_PER_WORKER:-1}
   workers=$((RAY_NODES * (RAY_CPUS_PER_NODE / cpus)))

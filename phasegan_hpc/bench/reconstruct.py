@@ -1,16 +1,18 @@
 """Reconstruction throughput and memory: end to end per backend vs the model alone, on the same work.
 
-A compressed uint16 archive (bitshuffle-LZ4, DXchange with flats and darks) is generated; a G_O + G_D of
-``filters`` base filters is saved as ``model.pt``. Then, in turns over ``repeats`` rounds:
+A compressed uint16 archive (bitshuffle-LZ4, DXchange with flats and darks) is generated; a G_O (+ G_D with
+``detector``) of ``filters`` base filters is saved as ``model.pt``. Then, in turns over ``repeats`` rounds:
 
 - model-only: the retriever (G_O, H, G_D and the score) on batches already in memory, same device, torch
   threads and batch size: the upper bound;
-- end to end: ``reconstruct`` of the whole archive with the local, Ray (one actor) and MPI (one rank,
-  in-process) backends: reading, decompression, flat/dark correction, compute, compression, writing.
+- end to end: ``reconstruct`` of the whole archive with the local backend (one process) and the Ray and MPI
+  backends with ``workers`` actors / ranks sharing the device (one rank runs in-process on COMM_SELF,
+  more under ``mpiexec -n``): reading, decompression, flat/dark correction, compute, compression, writing.
 
-The ratio end-to-end / model-only is the share of the model's speed the pipeline keeps (1.0: I/O fully
-hidden). Peak RSS is measured for the local backend in a fresh process (``os.wait4``) on the archive and
-on one 4x larger: bounded memory means the two peaks are close.
+Two ratios against model-only: over the whole run, and after the workers' start-up (process, model load,
+compilation; the rate a long archive approaches). 1.0: I/O fully hidden. Peak RSS is measured for the
+local backend in a fresh process (``os.wait4``) on the archive and on one 4x larger: bounded memory means
+the two peaks are close.
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ def _mpiexec(archive: Path, model: Path, out: Path, batch: int, device: str, thr
              compile: bool, ranks: int) -> tuple[float, float]:
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
     if mpiexec is None:
-        raise RuntimeError("bench reconstruct --workers N with the mpi backend needs mpiexec")
+        from phasegan_hpc.errors import ResourceError
+
+        raise ResourceError("bench reconstruct --workers N with the mpi backend needs mpiexec on PATH")
     report = out.with_suffix(".json")
     proc = subprocess.run([mpiexec, "-n", str(ranks), _console_script(), "reconstruct", str(archive), "--model",
                            str(model), "--output", str(out), "--backend", "mpi", "--batch-size", str(batch),
@@ -165,7 +169,7 @@ def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device
         filters: base filters of the generators (32 = the paper's size). threads: torch threads per worker
             (default: all cores). backends: which end-to-end backends to time.
         rss: measure peak RSS (the 4x archive is only generated for it). compile: ``torch.compile`` the
-            networks (None: as ``reconstruct``, on for CUDA; one compilation per run counts in end to end).
+            networks (None: as ``reconstruct``, on for CUDA; compiled at each worker's start-up).
         detector: the model carries G_D (the consistency score then runs G_D on |H G_O(I)|^2: twice the
             network work per frame of G_O alone).
         workers: Ray actors or MPI ranks (``mpiexec -n``) sharing the device, each with its own reader and
