@@ -352,7 +352,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
 @click.option("--frames", type=int, default=None,
               help="reconstruct: frames of the smaller archive (4096); check: of its archive (64).")
 @click.option("--filters", type=int, default=None,
-              help="reconstruct (4), inference (32), check (8): base filters of G_O.")
+              help="reconstruct (4), inference (32), check (8), table1 (4): base filters of G_O.")
 @click.option("--threads", type=int, default=None, help="reconstruct: torch threads (all cores), split over workers.")
 @click.option("--workers", type=int, default=None, help="reconstruct: Ray actors / MPI ranks sharing the device (1).")
 @click.option("--train", "n_train", type=int, default=None, help="table1: training frames per set (2000).")

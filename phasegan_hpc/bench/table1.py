@@ -40,7 +40,8 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
 
     Args:
         size: frame side [px]. train: unpaired objects and frames, and paired frames, each. epochs: per method.
-        val: validation frames. batch: batch size. filters: G_O base filters (the paper's 32 is GPU-sized).
+        val: validation frames. batch: batch size. filters: generator base filters, discriminators get twice
+            as many (the paper's 32 and 64 are GPU-sized).
     """
     from phasegan_hpc.evaluate import evaluate
     from phasegan_hpc.figures import ranked_distributions, table1_figure
@@ -51,7 +52,8 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
     base = with_overrides(load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"), {
         "simulate.size": size, "simulate.n_train": train, "simulate.n_paired": train, "simulate.n_val": val,
         "simulate.seed": seed, "detector.photons_per_frame": PHOTONS_PER_PIXEL * size * size,
-        "model.base_filters": filters, "train.data_dir": str(out / "data"), "train.runs_dir": str(out / "runs"),
+        "model.base_filters": filters, "model.disc_filters": 2 * filters, "train.data_dir": str(out / "data"),
+        "train.runs_dir": str(out / "runs"),
         "train.epochs": epochs, "train.batch_size": batch, "train.val_frames": min(val, 32),
         "train.checkpoint_every": 10_000, "train.log_every": 50, "train.norm_frames": min(train, 1000)})
     t0 = time.perf_counter()
