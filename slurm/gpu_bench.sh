@@ -16,7 +16,7 @@
 #   sbatch slurm/gpu_bench.sh [OUT_DIR]        # default: bench-JOBID/
 #
 # Environment: PHASEGAN_HOME (checkout; default: the submit directory), PHASEGAN_BIN, PHASEGAN_BENCH_DEVICE
-# (default cuda), PHASEGAN_BENCH_RANKS (default 4), PHASEGAN_BENCH_BACKENDS (reconstruct; default local,mpi),
+# (default cuda), PHASEGAN_BENCH_RANKS (default 8), PHASEGAN_BENCH_BACKENDS (reconstruct; default local,mpi),
 # PHASEGAN_BENCH_STEPS (names of the steps to run; default all), PHASEGAN_BENCH_STEP_TIMEOUT (seconds per
 # step; default 1200).
 set -uo pipefail
@@ -30,7 +30,7 @@ mkdir -p "$out"
 failed=()
 
 steps=" ${PHASEGAN_BENCH_STEPS:-check propagator inference inference-256 reconstruct-no-gd reconstruct} "
-ranks=${PHASEGAN_BENCH_RANKS:-4}
+ranks=${PHASEGAN_BENCH_RANKS:-8}
 backends=${PHASEGAN_BENCH_BACKENDS:-local,mpi}
 
 step() {  # step NAME BENCH [options...]: one benchmark, its JSON in $out/NAME.json
