@@ -358,6 +358,8 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
 @click.option("--train", "n_train", type=int, default=None, help="table1: training frames per set (2000).")
 @click.option("--epochs", type=int, default=None, help="table1: epochs per method (10).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="table1: output dir (table1).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="table1: base config (configs/tiny.toml), e.g. with [flatfield] enabled = false.")
 @click.option("--variants", default=None, help="inference: comma-separated subset of fp32, channels_last, bf16, "
               "bf16_cl, compile, cuda_graph (all).")
 @click.option("--backends", default=None, help="reconstruct: comma-separated subset of local, ray, mpi (all).")
@@ -370,7 +372,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
 def bench(name: str, size: int | None, batch: int | None, repeats: int | None, device: str, frames: int | None,
           filters: int | None, threads: int | None, n_train: int | None, epochs: int | None, out_dir: Path | None,
           variants: str | None, backends: str | None, rss: bool | None, compile_model: bool | None,
-          detector: bool | None, workers: int | None, json_path: Path | None) -> None:
+          detector: bool | None, workers: int | None, config_path: Path | None, json_path: Path | None) -> None:
     """Run benchmark NAME; print a table and (with --json) write the whole record.
 
     frc: vectorised FRC loss vs a per-ring loop. propagator: |H psi|^2 in torch vs float64 numpy.
@@ -379,7 +381,8 @@ def bench(name: str, size: int | None, batch: int | None, repeats: int | None, d
     end-to-end frames/s of each backend vs the model alone, and peak RSS for two archive sizes 4x apart.
     inference: G_O frames/s at 128 -> 128 and 128 -> 256 by batch size (1..256, or --batch) and variant
     (fp32, channels_last, bf16, torch.compile, CUDA graphs on GPUs). table1: paper Table 1 reproduced
-    (paired, pix2pix, CycleGAN, PhaseGAN and Paganin on the same data; --size, --train, --epochs, --out).
+    (paired, pix2pix, CycleGAN, PhaseGAN and Paganin on the same data; --size, --train, --epochs, --out,
+    --config).
     check: the device fast path (propagator, retriever, reconstruct, training steps) against CPU
     references; exits 1 when an error is over its tolerance.
     """
@@ -391,7 +394,7 @@ def bench(name: str, size: int | None, batch: int | None, repeats: int | None, d
     given = {"size": size, "batch": batch, "repeats": repeats, "frames": frames, "filters": filters,
              "threads": threads, "train": n_train, "epochs": epochs,
              "out_dir": None if out_dir is None else str(out_dir), "rss": rss, "compile": compile_model,
-             "detector": detector, "workers": workers,
+             "detector": detector, "workers": workers, "config": None if config_path is None else str(config_path),
              "variants": None if variants is None else tuple(variants.split(",")),
              "backends": None if backends is None else tuple(backends.split(","))}
     options = {"device": device} | {k: v for k, v in given.items() if v is not None}

@@ -59,7 +59,20 @@ def test_bench_check_compares_the_device_path_with_references(tmp_path):
 
 
 def test_bench_table1_writes_the_table_figures_and_ranking(tmp_path):
-    r = bench(tmp_path, "table1", "--size", 32, "--train", 16, "--epochs", 1, "--out", tmp_path / "t1")
+    import h5py
+    import hdf5plugin  # noqa: F401 - the simulator's compression filters
+
+    from phasegan_hpc.config import config_to_toml, load_config, with_overrides
+
+    tiny = load_config(Path(__file__).parents[1] / "configs" / "tiny.toml")
+    base = with_overrides(tiny, {"flatfield.enabled": False})
+    (tmp_path / "no-flatfield.toml").write_text(config_to_toml(base))
+    r = bench(tmp_path, "table1", "--size", 32, "--train", 16, "--epochs", 1, "--out", tmp_path / "t1",
+              "--config", tmp_path / "no-flatfield.toml")
+    assert r["flatfield"] is False
+    with h5py.File(tmp_path / "t1" / "data" / "validation.h5", "r") as f:
+        assert (f["flatfield"][()] == 1.0).all()  # the base config was used; --size etc. still override it
+        assert f["intensity"].shape[1:] == (32, 32)
     methods = {"paired", "pix2pix", "cyclegan", "phasegan", "paganin"}
     assert set(r["table"]) == methods and all(row["n"] == 200 for row in r["table"].values())
     assert all(set(order) == methods for order in r["ranking_best_first"].values())

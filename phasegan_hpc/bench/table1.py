@@ -35,13 +35,15 @@ def _markdown(rows, metrics: tuple[str, ...]) -> str:
 
 
 def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int = 200, batch: int = 8,
-                 filters: int = 4, device: str = "cpu", out_dir: str = "table1", seed: int = 1) -> dict[str, Any]:
+                 filters: int = 4, device: str = "cpu", out_dir: str = "table1", seed: int = 1,
+                 config: str | None = None) -> dict[str, Any]:
     """Train the four methods and score them with Paganin; returns the table as a dict (and writes files).
 
     Args:
         size: frame side [px]. train: unpaired objects and frames, and paired frames, each. epochs: per method.
         val: validation frames. batch: batch size. filters: generator base filters, discriminators get twice
-            as many (the paper's 32 and 64 are GPU-sized).
+            as many (the paper's 32 and 64 are GPU-sized). config: the base configuration (physics, phantoms,
+            flat fields, losses, learning rates; default ``configs/tiny.toml``); the arguments override it.
     """
     from phasegan_hpc.evaluate import evaluate
     from phasegan_hpc.figures import ranked_distributions, table1_figure
@@ -49,7 +51,7 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
     from phasegan_hpc.train.local import train_local
 
     out = Path(out_dir)
-    base = with_overrides(load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"), {
+    base = with_overrides(load_config(config or Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"), {
         "simulate.size": size, "simulate.n_train": train, "simulate.n_paired": train, "simulate.n_val": val,
         "simulate.seed": seed, "detector.photons_per_frame": PHOTONS_PER_PIXEL * size * size,
         "model.base_filters": filters, "model.disc_filters": 2 * filters, "train.data_dir": str(out / "data"),
@@ -76,7 +78,8 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
     ranked_distributions(out / "table1_ranked.png", rows)
     means = {r.method: {k: v[0] for k, v in r.stats.items()} for r in rows}
     ranking = {k: sorted(means, key=lambda m, k=k: means[m][k]) for k in metrics}
-    result = {"benchmark": "table1", **machine(torch.device(device)), "size": size, "train": train, "epochs": epochs,
+    result = {"benchmark": "table1", **machine(torch.device(device)), "config": config or "configs/tiny.toml",
+              "flatfield": base.flatfield.enabled, "size": size, "train": train, "epochs": epochs,
               "val": val, "batch": batch, "filters": filters, "timings": timings,
               "table": {r.method: r.as_dict() for r in rows}, "ranking_best_first": ranking,
               "files": [str(out / n) for n in ("table1.md", "table1_patch.png", "table1_ranked.png")]}
