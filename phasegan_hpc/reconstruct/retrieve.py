@@ -135,7 +135,6 @@ class Retriever:
             raise DataError(f"method {method} needs delta/beta (--delta-beta)")
         self.method, self.model, self.physics, self.device = method, model, physics, device
         self.tie = tie or TieOptions()
-        self.shape = shape
         self.layout = output_layout(method, model, shape, physics, self.tie)
         self.propagator = None
         if method != "flatfield":

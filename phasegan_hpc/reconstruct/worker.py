@@ -206,9 +206,9 @@ class ShardRunner:
             for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size))):
                 clean, counts, empty = sanitise(batch)
                 frames, score = self.retriever(self._to_device(self._padded(clean), i % 2))
-                if len(score) > len(clean):
-                    frames, score = {k: v[:len(clean)] for k, v in frames.items()}, score[:len(clean)]
-                launched = (self._to_host({**frames, "consistency": score}), counts, empty)
+                n = len(clean)  # views without the padding's results
+                launched = (self._to_host({**{k: v[:n] for k, v in frames.items()}, "consistency": score[:n]}),
+                            counts, empty)
                 if pending is not None:
                     offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
                 pending = launched
