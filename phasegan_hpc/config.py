@@ -147,6 +147,13 @@ class ModelConfig:
     "kaiming" = He-normal generators (discriminators stay N(0, 0.02)): narrow CPU-sized U-Nets learn from
     scratch only with it. ``upsample`` = 2: the two-detector case of paper §4, objects at half the detector
     pixel size (G_O gets an extra transposed-conv stage, G_D a plain conv in place of its last one).
+    ``output``: what G_O's two channels are, "real_imag" (Re psi, Im psi; the authors' code) or
+    "phase_attenuation"; ``object_scale``: "shared" (one scale for both channels, so neither is inert inside
+    H) or "channel" (each z-scored; older models) (see ``phasegan_hpc.data.normalise``). ``disc_norm``:
+    "batch" (train-mode BatchNorm), "frozen" (BatchNorm on its initial running statistics: an affine map, as
+    the reference code's BN effectively is), "instance" or "none". ``upsampling``: the decoder's
+    "transpose" (3x3 stride-2 transposed convs, Supplement 1) or "resize" (nearest x2 + 3x3 conv, free of
+    checkerboard artefacts).
     """
 
     generator: str = "unet"
@@ -157,6 +164,9 @@ class ModelConfig:
     disc_norm: str = "batch"
     encoder_weights: str = ""
     upsample: int = 1  # 2: objects at half the detector pixel size (paper §4: G_O 128 -> 256, G_D 256 -> 128)
+    output: str = "real_imag"
+    object_scale: str = "shared"
+    upsampling: str = "transpose"
 
     def __post_init__(self) -> None:
         _require(self.upsample in (1, 2), "model.upsample", "must be 1 or 2")
@@ -164,7 +174,12 @@ class ModelConfig:
         _require(self.discriminator == "patchgan", "model.discriminator", "must be 'patchgan'")
         _require(self.base_filters >= 1 and self.disc_filters >= 1, "model.base_filters", "must be >= 1")
         _require(self.init in ("normal", "kaiming"), "model.init", "must be 'normal' or 'kaiming'")
-        _require(self.disc_norm in ("batch", "instance"), "model.disc_norm", "must be 'batch' or 'instance'")
+        _require(self.disc_norm in ("batch", "frozen", "instance", "none"), "model.disc_norm",
+                 "must be 'batch', 'frozen', 'instance' or 'none'")
+        _require(self.output in ("real_imag", "phase_attenuation"), "model.output",
+                 "must be 'real_imag' or 'phase_attenuation'")
+        _require(self.object_scale in ("shared", "channel"), "model.object_scale", "must be 'shared' or 'channel'")
+        _require(self.upsampling in ("transpose", "resize"), "model.upsampling", "must be 'transpose' or 'resize'")
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
     model = load_model(model_path, dev) if model_path is not None else None
     if model is not None:
         check_compatible(model.physics, stack.attrs, stack.shape, str(validation_path))
-        scale = 2 if model.arch.get("resize") == "up2" else 1
+        scale = model.scale
         if (stack.shape[0] * scale, stack.shape[1] * scale) != truth.shape:
             raise DataError(f"{validation_path}: the model maps {stack.shape[0]} x {stack.shape[1]} frames to "
                             f"{stack.shape[0] * scale} x {stack.shape[1] * scale} objects; the truth is "
@@ -120,9 +120,7 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
         idx = np.arange(start, min(start + batch_size, n))
         inten, ref = torch.from_numpy(stack[idx]), torch.from_numpy(truth[idx])
         if model is not None:
-            with torch.no_grad():
-                x = model.normalisation.norm_intensity(inten.to(dev))
-                pred = model.normalisation.denorm_object(model.generator(x)).cpu()
+            pred = torch.stack(model.retrieve(inten[:, 0].to(dev)), 1).cpu()
             for k, v in _score(pred, ref).items():
                 rows.setdefault(model.method, {}).setdefault(k, []).append(v)
         if use_paganin:

@@ -301,11 +301,8 @@ def table1_figure(path: str | Path, models: dict[str, str | Path], validation: s
         flat = f["flatfield"][frame] if "flatfield" in f else np.ones_like(inten)
     rows = [[("I (detector)", inten), ("true phase", truth[0]), ("true attenuation", truth[1])]]
     for method, model_path in models.items():
-        m = load_model(model_path)
-        with torch.no_grad():
-            obj = m.normalisation.denorm_object(m.generator(m.normalisation.norm_intensity(
-                torch.from_numpy(inten)[None, None])))[0].numpy()
-        rows.append([(f"{method} phase", obj[0]), (f"{method} attenuation", obj[1])])
+        phase, att = load_model(model_path).retrieve(torch.from_numpy(inten)[None])
+        rows.append([(f"{method} phase", phase[0].numpy()), (f"{method} attenuation", att[0].numpy())])
     ph, at = paganin(inten.astype(np.float64) / np.maximum(flat, 1e-6), pixel_size_m=a["pixel_size_m"],
                      distance_m=a["distance_m"], wavelength_m=a["wavelength_m"], delta_beta=a["delta"] / a["beta"])
     rows.append([("paganin phase", ph), ("paganin attenuation", at)])

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from phasegan_hpc.bench import machine
+from phasegan_hpc.config import ModelConfig
 from phasegan_hpc.data.normalise import Normalisation
-from phasegan_hpc.models.artifact import detector_entry, save_model
-from phasegan_hpc.models.registry import build_generator
+from phasegan_hpc.models.artifact import PhaseModel
+from phasegan_hpc.models.registry import build_from_arch, generator_arch
 from phasegan_hpc.reconstruct.run import BACKENDS
 from phasegan_hpc.train.fit import connect_ray, disconnect_ray
 
@@ -63,13 +64,13 @@ def make_archive(path: Path, frames: int, size: int, seed: int = 0, chunk: int =
 def make_model(path: Path, filters: int, detector: bool = True) -> Path:
     """A PhaseGAN ``model.pt`` (G_O and, with ``detector``, G_D; He-initialised) at the bench geometry."""
     torch.manual_seed(0)
-    g_o = build_generator("unet", 1, 2, filters, "kaiming")
-    g_d = build_generator("unet", 1, 1, filters, "kaiming") if detector else None
-    arch = {"name": "unet", "in_channels": 1, "out_channels": 2, "base_filters": filters}
-    norm = Normalisation(1.0, 0.05, (-0.2, 1e-4), (0.1, 1e-4))
+    model = ModelConfig(base_filters=filters, init="kaiming")
+    arch, d_arch = generator_arch(model, "g_o"), generator_arch(model, "g_d")
+    g_o = build_from_arch(arch, model.init)
+    g_d = build_from_arch(d_arch, model.init) if detector else None
+    norm = Normalisation(1.0, 0.05, (0.98, -0.2), (0.1, 0.1), model.output)
     physics = {"pixel_size_m": 1e-6, "wavelength_m": 1e-10, "distance_m": 0.1}
-    return save_model(path, g_o, arch, norm, physics, "phasegan", {},
-                      detector_entry(g_d, {**arch, "out_channels": 1}, 0, "edge") if detector else None)
+    return PhaseModel(g_o, arch, norm, physics, "phasegan", {}, g_d, d_arch if detector else None).save(path)
 
 
 def _model_only(model: Path, size: int, batch: int, frames: int, device: str, threads: int, compile: bool) -> float:

@@ -19,7 +19,7 @@ def bench_step(size: int = 256, batch: int = 16, repeats: int = 3, device: str =
     method's ratio to the first (the paired step, which runs G_O alone)."""
     dev = torch.device(device)
     cfg = with_overrides(Config(), {"train.batch_size": batch})
-    norm = Normalisation(1.0, 0.1, (-0.3, 1e-4), (0.3, 1e-4))
+    norm = Normalisation(1.0, 0.1, (0.98, -0.2), (0.1, 0.1), "real_imag")
     prop = FresnelPropagator((size, size), pixel_size_m=1e-6, distance_m=0.1, wavelength_m=1e-10)
     g = torch.Generator().manual_seed(0)
     data = Batch(torch.randn(batch, 1, size, size, generator=g).to(dev),

@@ -1,6 +1,22 @@
 """Input/output normalisation of the networks, computed from the training data and stored with the model.
 
-Networks see (x - mean) / std per channel: detector intensity (1 channel), object (phase, attenuation).
+Networks see normalised tensors: the detector intensity (1 channel) as (I - mean) / std, and the object as
+two channels in one of two encodings (``[model] output``; paper §2: "real/imag or phase/amplitude"):
+
+    "real_imag"          (Re psi, Im psi), the authors' choice: H takes them as they are (psi is linear in the
+                         outputs), and phase = arg psi, attenuation = -ln |psi|^2 are derived
+    "phase_attenuation"  (phi [rad], A = mu T), psi = exp(-A / 2 + i phi) (DESIGN.md §3)
+
+and one of two scalings (``[model] object_scale``):
+
+    "shared"   both channels divided by one scale (the rms of their deviations), so each channel keeps its
+               physical weight: one normalised unit of either channel changes psi by about as much
+    "channel"  each channel z-scored on its own (files written before the encodings existed). With
+               (phase, attenuation) of a weak absorber (std 3e-4 against phase's 0.1) this makes the
+               attenuation channel inert inside H: its intensity-cycle gradient is ~1000x smaller.
+
+Whatever the encoding, :meth:`Normalisation.denorm_object` gives (phase, attenuation) and
+:meth:`Normalisation.wavefield` gives psi: callers never branch on the encoding.
 """
 
 from __future__ import annotations
@@ -12,15 +28,29 @@ import torch
 
 from phasegan_hpc.data.frames import FrameStack
 
+#: Object encodings of G_O's two output channels (``[model] output``).
+OBJECT_OUTPUTS = ("real_imag", "phase_attenuation")
+#: Scalings of the two object channels (``[model] object_scale``).
+OBJECT_SCALES = ("shared", "channel")
+
 
 @dataclass(frozen=True)
 class Normalisation:
-    """Per-channel statistics. Intensity: scalars; object: (phase, attenuation) pairs."""
+    """Per-channel statistics. Intensity: scalars; object: a (mean, std) pair per channel of ``output``.
+
+    ``output`` says what the object channels are (:data:`OBJECT_OUTPUTS`); files from before it existed
+    load as "phase_attenuation".
+    """
 
     intensity_mean: float
     intensity_std: float
     object_mean: tuple[float, float]
     object_std: tuple[float, float]
+    output: str = "phase_attenuation"
+
+    def __post_init__(self) -> None:
+        if self.output not in OBJECT_OUTPUTS:
+            raise ValueError(f"object output must be one of {OBJECT_OUTPUTS}, got {self.output!r}")
 
     def to_dict(self) -> dict[str, object]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -28,7 +58,8 @@ class Normalisation:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Normalisation:
         return cls(float(d["intensity_mean"]), float(d["intensity_std"]),
-                   tuple(float(v) for v in d["object_mean"]), tuple(float(v) for v in d["object_std"]))
+                   tuple(float(v) for v in d["object_mean"]), tuple(float(v) for v in d["object_std"]),
+                   str(d.get("output", "phase_attenuation")))
 
     def _obj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = torch.tensor(self.object_mean, dtype=x.dtype, device=x.device).view(1, 2, 1, 1)
@@ -42,26 +73,79 @@ class Normalisation:
         return x * self.intensity_std + self.intensity_mean
 
     def norm_object(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 2, H, W) physical (phase [rad], attenuation) -> normalised."""
+        """(B, 2, H, W) physical (phase [rad], attenuation) -> the network's normalised channels."""
         m, s = self._obj(x)
-        return (x - m) / s
+        return (encode_object(x, self.output) - m) / s
 
     def denorm_object(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 2, H, W) normalised -> physical (phase [rad], attenuation)."""
+        """(B, 2, H, W) normalised network channels -> physical (phase [rad], attenuation).
+
+        With "real_imag" the phase is arg psi, wrapped to (-pi, pi]."""
         m, s = self._obj(x)
-        return x * s + m
+        return decode_object(x * s + m, self.output)
+
+    def wavefield(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 2, H, W) normalised network channels -> psi (B, H, W) complex, differentiable (eq. 5).
+
+        "real_imag": psi = Re + i Im, linear in the outputs; "phase_attenuation": exp(-A / 2 + i phi)."""
+        m, s = self._obj(x)
+        c = x * s + m
+        if self.output == "real_imag":
+            return torch.complex(c[:, 0], c[:, 1])
+        return torch.polar(torch.exp(-0.5 * c[:, 1]), c[:, 0])
 
 
-def _mean_std(stack: FrameStack, channels: list[int], n: int, rng: np.random.Generator) -> list[tuple[float, float]]:
+def encode_object(obj: torch.Tensor | np.ndarray, output: str):
+    """Physical (phase [rad], attenuation) (B, 2, H, W) -> the channels of ``output`` (same type, float)."""
+    if output == "phase_attenuation":
+        return obj
+    lib = torch if isinstance(obj, torch.Tensor) else np
+    amplitude = lib.exp(-0.5 * obj[:, 1])
+    return lib.stack([amplitude * lib.cos(obj[:, 0]), amplitude * lib.sin(obj[:, 0])], 1)
+
+
+def decode_object(channels: torch.Tensor, output: str) -> torch.Tensor:
+    """Channels of ``output`` (B, 2, H, W), physical units -> (phase [rad], attenuation) (B, 2, H, W)."""
+    if output == "phase_attenuation":
+        return channels
+    re, im = channels[:, 0], channels[:, 1]
+    return torch.stack([torch.atan2(im, re), -torch.log((re.square() + im.square()).clamp_min(1e-30))], 1)
+
+
+def _sample(stack: FrameStack, n: int, rng: np.random.Generator) -> np.ndarray:
     idx = np.sort(rng.choice(len(stack), size=min(n, len(stack)), replace=False))
-    frames = stack[idx].astype(np.float64)
-    return [(float(frames[:, c].mean()), max(float(frames[:, c].std()), 1e-12)) for c in channels]
+    return stack[idx].astype(np.float64)
+
+
+def object_statistics(objects: np.ndarray, output: str, scale: str) -> tuple[tuple[float, float],
+                                                                           tuple[float, float]]:
+    """(means, stds) of the two channels of ``output`` over physical objects (N, 2, H, W) float64.
+
+    ``scale`` "shared" gives both channels one std, sqrt of the mean of the two variances; "channel" each
+    its own. Stds are floored at 1e-12.
+    """
+    enc = encode_object(objects, output)
+    means = tuple(float(enc[:, c].mean()) for c in range(2))
+    stds = [max(float(enc[:, c].std()), 1e-12) for c in range(2)]
+    if scale == "shared":
+        stds = [max(float(np.sqrt((stds[0] ** 2 + stds[1] ** 2) / 2)), 1e-12)] * 2
+    elif scale != "channel":
+        raise ValueError(f"object scale must be one of {OBJECT_SCALES}, got {scale!r}")
+    return means, (stds[0], stds[1])
 
 
 def compute_normalisation(intensity: FrameStack, intensity_channel: int, objects: FrameStack,
-                          object_channels: tuple[int, int], n_frames: int, seed: int) -> Normalisation:
-    """Statistics from up to ``n_frames`` random frames of the training sets (deterministic in ``seed``)."""
+                          object_channels: tuple[int, int], n_frames: int, seed: int,
+                          output: str = "phase_attenuation", scale: str = "channel") -> Normalisation:
+    """Statistics from up to ``n_frames`` random frames of the training sets (deterministic in ``seed``).
+
+    Args:
+        intensity, intensity_channel: the detector frames and their channel in ``intensity``'s rows.
+        objects, object_channels: the objects and the (phase, attenuation) channels in ``objects``' rows.
+        output, scale: the object encoding and scaling (:data:`OBJECT_OUTPUTS`, :data:`OBJECT_SCALES`).
+    """
     rng = np.random.default_rng(seed)
-    ((im, is_),) = _mean_std(intensity, [intensity_channel], n_frames, rng)
-    (pm, ps), (am, as_) = _mean_std(objects, list(object_channels), n_frames, rng)
-    return Normalisation(im, is_, (pm, am), (ps, as_))
+    inten = _sample(intensity, n_frames, rng)[:, intensity_channel]
+    obj = _sample(objects, n_frames, rng)[:, list(object_channels)]
+    means, stds = object_statistics(obj, output, scale)
+    return Normalisation(float(inten.mean()), max(float(inten.std()), 1e-12), means, stds, output)

@@ -1,12 +1,17 @@
-"""The model file ``model.pt`` (DESIGN.md §4): G_O weights + architecture + normalisation + physics.
+"""The model file ``model.pt`` (DESIGN.md §4) and inference with it: :class:`PhaseModel`.
 
-PhaseGAN models also carry G_D (``detector``: |H psi|^2 -> detector frame) and the propagator's padding, so
-that ``reconstruct`` can score how well the intensity cycle G_D|H G_O(I)|^2 explains each frame (eq. 3).
-The entry is optional: files without it (older files, the paired baselines) load as before.
+A trained model is G_O (detector frame -> object) with its architecture, the normalisation statistics
+(which also say how G_O's two channels encode the object: ``phasegan_hpc.data.normalise``), the geometry
+of the training data, and for PhaseGAN G_D (``detector``: |H psi|^2 -> detector frame) with the
+propagator's padding, so that ``reconstruct`` can score how well the intensity cycle G_D|H G_O(I)|^2
+explains each frame (eq. 3). :class:`PhaseModel` is the only writer and the only reader of the file, and
+the one place where "normalise I, run G_O, denormalise the object" is written: training's export, tune's
+best model, the benchmarks' models, evaluate, reconstruct and the figures all go through it.
 
 One ``torch.save`` of plain dicts, lists, numbers, strings and tensors, so ``torch.load(weights_only=True)``
 reads it: loading a model never runs code. A file of another kind, or one whose architecture does not
-match its weights, is a :class:`DataError` with one clear line.
+match its weights, is a :class:`DataError` with one clear line. Files written before the object encodings
+existed (no ``output`` in the normalisation) load as "phase_attenuation" with per-channel scales.
 """
 
 from __future__ import annotations
@@ -14,88 +19,31 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from phasegan_hpc import __version__
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.models.registry import GENERATORS
+from phasegan_hpc.models.registry import GENERATORS, build_from_arch, generator_arch
+from phasegan_hpc.physics import FresnelPropagator, object_wavefield
+
+if TYPE_CHECKING:
+    from phasegan_hpc.config import Config
 
 FORMAT = "phasegan-hpc/model"
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """G_O ready for inference, with what is needed to use it."""
-
-    generator: nn.Module
-    normalisation: Normalisation
-    physics: dict[str, float]
-    method: str
-    arch: dict[str, Any]
-    info: dict[str, Any]
-    sha256: str
-    detector: nn.Module | None = None
-    pad: int = 0
-    pad_mode: str = "edge"
-
-
-def detector_entry(g_d: nn.Module | dict[str, torch.Tensor], arch: dict[str, Any], pad: int,
-                   pad_mode: str) -> dict[str, Any]:
-    """The optional ``detector`` entry of ``model.pt``: G_D (module or state_dict), its arch, H's padding."""
-    state = g_d.state_dict() if isinstance(g_d, nn.Module) else g_d
-    return {"arch": dict(arch), "state_dict": {k: v.detach().cpu() for k, v in state.items()},
-            "pad": int(pad), "pad_mode": str(pad_mode)}
-
-
-def _build(arch: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-    factory = GENERATORS.get(arch.get("name"))
-    if factory is None:
-        raise KeyError(f"unknown generator architecture {arch.get('name')!r}")
-    net = factory(int(arch["in_channels"]), int(arch["out_channels"]), int(arch["base_filters"]),
-                  resize=str(arch.get("resize", "same")))
-    net.load_state_dict(state)
-    return net
-
-
-def save_model(path: str | Path, generator: nn.Module, arch: dict[str, Any], norm: Normalisation,
-               physics: dict[str, float], method: str, info: dict[str, Any] | None = None,
-               detector: dict[str, Any] | None = None) -> Path:
-    """Write ``model.pt`` atomically (temporary name, then rename).
-
-    Args:
-        generator: G_O (unwrapped).
-        arch: {"name": registry key, "in_channels", "out_channels", "base_filters"[, "resize"]}.
-        norm: normalisation statistics of the training data.
-        physics: pixel_size_m, wavelength_m, distance_m of the training data.
-        method: training method.
-        info: extra plain data (epoch, step, metrics, config TOML text...).
-        detector: optional G_D entry from :func:`detector_entry` (PhaseGAN).
-    """
-    path = Path(path)
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "software_version": __version__,
-        "method": method,
-        "arch": dict(arch),
-        "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
-        "normalisation": norm.to_dict(),
-        "physics": dict(physics),
-        "info": dict(info or {}),
-    }
-    if detector is not None:
-        payload["detector"] = detector
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+def _cpu_state(module_or_state: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -106,41 +54,228 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load ``model.pt`` with ``weights_only=True`` and rebuild G_O in eval mode.
-
-    Raises:
-        DataError: missing file, not a weights-only file (e.g. a pickle that would run code), another
-            format or version, or an architecture that does not match the weights.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"model file {p} not found")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise DataError(f"{p}: refused: not a weights-only model file (loading it would run code)") from None
-    except Exception as exc:  # torch raises assorted errors on non-torch files
-        raise DataError(f"{p}: not a phasegan-hpc model file ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DataError(f"{p}: not a phasegan-hpc model file (no '{FORMAT}' format tag)")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{p}: model format version {payload.get('format_version')!r}, this software reads "
-                        f"{FORMAT_VERSION}")
-    arch = payload["arch"]
+def _build(arch: dict[str, Any], state: Mapping[str, torch.Tensor]) -> nn.Module:
     if arch.get("name") not in GENERATORS:
-        raise DataError(f"{p}: unknown generator architecture {arch.get('name')!r}")
-    detector = payload.get("detector")
-    try:
-        generator = _build(arch, payload["state_dict"])
-        norm = Normalisation.from_dict(payload["normalisation"])
-        g_d = _build(detector["arch"], detector["state_dict"]) if detector is not None else None
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{p}: architecture does not match the stored weights ({first})") from None
-    if g_d is not None:
-        g_d.to(device).eval()
-    generator.to(device).eval()
-    pad = (int(detector.get("pad", 0)), str(detector.get("pad_mode", "edge"))) if detector else (0, "edge")
-    return LoadedModel(generator, norm, dict(payload["physics"]), str(payload["method"]), dict(arch),
-                       dict(payload.get("info", {})), file_sha256(p), g_d, *pad)
+        raise KeyError(f"unknown generator architecture {arch.get('name')!r}")
+    net = build_from_arch(arch)
+    net.load_state_dict(state)
+    return net
+
+
+class PhaseModel:
+    """G_O (and for PhaseGAN G_D) ready for inference, with everything needed to use them.
+
+    Args:
+        generator: G_O, detector frame (B, 1, H, W) -> object channels (B, 2, sH, sW), s = 1 or 2.
+        arch: G_O's architecture dict (``models.registry.generator_arch``).
+        normalisation: the training data's statistics and the object encoding.
+        physics: geometry of the training data: ``pixel_size_m`` (the object grid, what H uses),
+            ``wavelength_m``, ``distance_m`` [m], and ``detector_pixel_size_m`` for paper §4's models.
+        method: the training method (phasegan, cyclegan, pix2pix, paired).
+        info: plain data (step, epochs, metrics, the config as TOML text...).
+        detector, detector_arch: G_D and its architecture (PhaseGAN), or None.
+        pad, pad_mode: the propagator's padding during training.
+        sha256: of the file it was loaded from ("" for a model not yet saved).
+    """
+
+    def __init__(self, generator: nn.Module, arch: dict[str, Any], normalisation: Normalisation,
+                 physics: dict[str, float], method: str, info: dict[str, Any] | None = None,
+                 detector: nn.Module | None = None, detector_arch: dict[str, Any] | None = None, pad: int = 0,
+                 pad_mode: str = "edge", sha256: str = "") -> None:
+        if (detector is None) != (detector_arch is None):
+            raise ValueError("detector and detector_arch go together")
+        self.generator, self.arch, self.normalisation = generator, dict(arch), normalisation
+        self.physics, self.method, self.info = dict(physics), str(method), dict(info or {})
+        self.detector, self.detector_arch = detector, (dict(detector_arch) if detector_arch else None)
+        self.pad, self.pad_mode, self.sha256 = int(pad), str(pad_mode), sha256
+        self._nets: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._cuda_fast = False
+        self._propagators: dict[tuple[tuple[int, int], str], FresnelPropagator] = {}
+
+    # ---- construction --------------------------------------------------------------------------------------
+
+    @classmethod
+    def for_run(cls, cfg: Config, generators: nn.Module | Mapping[str, torch.Tensor], normalisation: Normalisation,
+                physics: dict[str, float], info: dict[str, Any] | None = None) -> PhaseModel:
+        """The model of a training run of ``cfg``: from its ``models.cycle.GeneratorPair``.
+
+        A module is used as it is (its live G_O and G_D, no copy: what validation and the export see); a
+        state_dict (keys ``g_o.*`` / ``g_d.*``, e.g. from a checkpoint) is rebuilt on the CPU. G_D is kept for
+        PhaseGAN only: CycleGAN's maps objects straight to frames, without H, and the paired methods have none.
+        """
+        arch = generator_arch(cfg.model, "g_o")
+        d_arch = generator_arch(cfg.model, "g_d", "phasegan") if cfg.train.method == "phasegan" else None
+        if isinstance(generators, nn.Module):
+            g_o, g_d = generators.g_o, generators.g_d if d_arch is not None else None
+        else:
+            full = _cpu_state(generators)
+            g_o = _build(arch, {k[4:]: v for k, v in full.items() if k.startswith("g_o.")}).eval()
+            g_d = None
+            if d_arch is not None:
+                g_d = _build(d_arch, {k[4:]: v for k, v in full.items() if k.startswith("g_d.")}).eval()
+        return cls(g_o, arch, normalisation, physics, cfg.train.method, info, g_d, d_arch, cfg.physics.pad,
+                   cfg.physics.pad_mode)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> PhaseModel:
+        """Load ``model.pt`` with ``weights_only=True`` and rebuild the networks in eval mode on ``device``.
+
+        Raises:
+            DataError: missing file, not a weights-only file (e.g. a pickle that would run code), another
+                format or version, or an architecture that does not match the weights.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"model file {p} not found")
+        try:
+            payload = torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise DataError(f"{p}: refused: not a weights-only model file (loading it would run code)") from None
+        except Exception as exc:  # torch raises assorted errors on non-torch files
+            raise DataError(f"{p}: not a phasegan-hpc model file ({type(exc).__name__})") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise DataError(f"{p}: not a phasegan-hpc model file (no '{FORMAT}' format tag)")
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise DataError(f"{p}: model format version {payload.get('format_version')!r}, this software reads "
+                            f"{FORMAT_VERSION}")
+        arch = payload["arch"]
+        if arch.get("name") not in GENERATORS:
+            raise DataError(f"{p}: unknown generator architecture {arch.get('name')!r}")
+        detector = payload.get("detector")
+        try:
+            generator = _build(arch, payload["state_dict"])
+            norm = Normalisation.from_dict(payload["normalisation"])
+            g_d = _build(detector["arch"], detector["state_dict"]) if detector is not None else None
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{p}: architecture does not match the stored weights ({first})") from None
+        model = cls(generator, arch, norm, dict(payload["physics"]), str(payload["method"]),
+                    dict(payload.get("info", {})), g_d, dict(detector["arch"]) if detector else None,
+                    int(detector.get("pad", 0)) if detector else 0,
+                    str(detector.get("pad_mode", "edge")) if detector else "edge", file_sha256(p))
+        return model.to(device)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``model.pt`` atomically (temporary name, then rename); sets :attr:`sha256`."""
+        path = Path(path)
+        payload: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "software_version": __version__,
+            "method": self.method,
+            "arch": dict(self.arch),
+            "state_dict": _cpu_state(self.generator),
+            "normalisation": self.normalisation.to_dict(),
+            "physics": dict(self.physics),
+            "info": dict(self.info),
+        }
+        if self.detector is not None:
+            payload["detector"] = {"arch": dict(self.detector_arch), "state_dict": _cpu_state(self.detector),
+                                   "pad": self.pad, "pad_mode": self.pad_mode}
+        tmp = path.with_name(f".{path.name}.partial")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        self.sha256 = file_sha256(path)
+        return path
+
+    # ---- device and speed ----------------------------------------------------------------------------------
+
+    def to(self, device: str | torch.device) -> PhaseModel:
+        """Move the networks to ``device`` (eval mode); returns self."""
+        self.generator.to(device).eval()
+        if self.detector is not None:
+            self.detector.to(device).eval()
+        self._nets, self._propagators = {}, {}
+        return self
+
+    def accelerate(self, compile: bool = False) -> PhaseModel:
+        """On CUDA: bf16 autocast and channels_last for the networks; ``compile``: ``torch.compile`` them
+        (one compilation per batch shape). H and the normalisation stay float32. Returns self."""
+        self._cuda_fast = next(self.generator.parameters()).device.type == "cuda"
+        nets = {"g_o": self.generator, **({"g_d": self.detector} if self.detector is not None else {})}
+        for name, net in nets.items():
+            if self._cuda_fast:
+                net.to(memory_format=torch.channels_last)
+            self._nets[name] = torch.compile(net) if compile else net
+        return self
+
+    def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        net = self._nets[name] if name in self._nets else self.generator if name == "g_o" else self.detector
+        if self._cuda_fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self._cuda_fast else nullcontext()
+        with ctx:
+            return net(x).float()
+
+    # ---- what the model is ---------------------------------------------------------------------------------
+
+    @property
+    def output(self) -> str:
+        """How G_O's channels encode the object ("real_imag" or "phase_attenuation")."""
+        return self.normalisation.output
+
+    @property
+    def scale(self) -> int:
+        """Object grid / frame grid: 2 for paper §4's cross-resolution models, else 1."""
+        return 2 if self.arch.get("resize") == "up2" else 1
+
+    @property
+    def detector_pixel_size_m(self) -> float:
+        """The pixel of the frames the model reads [m]."""
+        return float(self.physics.get("detector_pixel_size_m", self.physics["pixel_size_m"]))
+
+    def propagator(self, shape: tuple[int, int], device: torch.device) -> FresnelPropagator:
+        """H on the object grid ``shape`` with the model's geometry and padding (cached per shape, device)."""
+        key = (tuple(shape), str(device))
+        if key not in self._propagators:
+            p = self.physics
+            self._propagators[key] = FresnelPropagator(
+                tuple(shape), pixel_size_m=p["pixel_size_m"], distance_m=p["distance_m"],
+                wavelength_m=p["wavelength_m"], pad=self.pad, pad_mode=self.pad_mode).to(device)
+        return self._propagators[key]
+
+    # ---- inference -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def retrieve(self, intensity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Phase retrieval: detector frames -> (phase [rad], attenuation mu T).
+
+        Args:
+            intensity: (B, H, W) frames in the training data's units (flat-field corrected or not, as the
+                model was trained), float32, on the model's device.
+
+        Returns:
+            (phase, attenuation), each (B, sH, sW) float32 (s = :attr:`scale`). With "real_imag" the phase is
+            arg psi, in (-pi, pi].
+        """
+        norm = self.normalisation
+        obj = norm.denorm_object(self._run("g_o", norm.norm_intensity(intensity[:, None].float())))
+        return obj[:, 0].contiguous(), obj[:, 1].contiguous()
+
+    @torch.no_grad()
+    def predict_intensity(self, phase: torch.Tensor, attenuation: torch.Tensor,
+                          frame_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """The detector frame the model predicts for an object: G_D|H psi|^2 (eq. 3's intensity cycle) when
+        the model has G_D, else |H psi|^2 average-pooled onto the frame grid.
+
+        Args:
+            phase, attenuation: (B, h, w) float32 on the model's device, the object grid.
+            frame_shape: (H, W) of the frames (default (h, w) / :attr:`scale`).
+
+        Returns:
+            (B, H, W) float32 in the frames' units.
+        """
+        shape = tuple(phase.shape[-2:])
+        hologram = self.propagator(shape, phase.device).intensity(object_wavefield(phase, attenuation))
+        if self.detector is not None:  # G_D works in normalised units, as in training (models.cycle)
+            norm = self.normalisation
+            return norm.denorm_intensity(self._run("g_d", norm.norm_intensity(hologram[:, None])))[:, 0]
+        target = frame_shape or (shape[0] // self.scale, shape[1] // self.scale)
+        if tuple(target) == shape:
+            return hologram
+        return F.avg_pool2d(hologram[:, None], shape[0] // target[0])[:, 0]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> PhaseModel:
+    """:meth:`PhaseModel.load` (the short name the callers use)."""
+    return PhaseModel.load(path, device)

@@ -5,7 +5,8 @@ discriminators have separate optimisers; so the two generators are one module wh
 cycles, and the two discriminators another (DESIGN.md §5).
 
 Everything here works in normalised units (:class:`phasegan_hpc.data.normalise.Normalisation`);
-:class:`DetectorModel` denormalises an object, applies the physics (|H psi|^2) and normalises the result.
+the object channels are (Re psi, Im psi) or (phase, attenuation) (``Normalisation.output``);
+:class:`DetectorModel` turns them into psi, applies the physics (|H psi|^2) and normalises the result.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from phasegan_hpc.data.normalise import Normalisation
-from phasegan_hpc.physics import FresnelPropagator, object_wavefield
+from phasegan_hpc.physics import FresnelPropagator
 
 
 class DetectorModel(nn.Module):
@@ -28,8 +29,7 @@ class DetectorModel(nn.Module):
         self.norm = norm
 
     def forward(self, obj: torch.Tensor) -> torch.Tensor:
-        phys = self.norm.denorm_object(obj.float())
-        psi = object_wavefield(phys[:, 0], phys[:, 1])  # eq. 5 without the vacuum phase
+        psi = self.norm.wavefield(obj.float())  # eq. 5 without the vacuum phase, in the model's encoding
         return self.norm.norm_intensity(self.propagator.intensity(psi)[:, None])
 
 

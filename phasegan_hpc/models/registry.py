@@ -58,10 +58,12 @@ INITS = {"normal": init_normal, "kaiming": init_kaiming}
 
 
 def build_generator(name: str, in_channels: int, out_channels: int, base_filters: int,
-                    init: str = "normal", resize: str = "same") -> nn.Module:
+                    init: str = "normal", resize: str = "same", upsampling: str = "transpose") -> nn.Module:
     """A generator from :data:`GENERATORS`, initialised by :data:`INITS` [init]; ``resize`` as in
-    :data:`phasegan_hpc.models.unet.RESIZES` (cross-resolution G_O / G_D of paper §4)."""
-    return INITS[init](GENERATORS[name](in_channels, out_channels, base_filters, resize=resize))
+    :data:`phasegan_hpc.models.unet.RESIZES` (cross-resolution G_O / G_D of paper §4), ``upsampling`` as in
+    :data:`phasegan_hpc.models.unet.UPSAMPLINGS`."""
+    return INITS[init](GENERATORS[name](in_channels, out_channels, base_filters, resize=resize,
+                                        upsampling=upsampling))
 
 
 def generator_arch(model: ModelConfig, role: str, method: str = "phasegan") -> dict[str, Any]:
@@ -80,13 +82,14 @@ def generator_arch(model: ModelConfig, role: str, method: str = "phasegan") -> d
     else:
         raise ValueError(f"role must be 'g_o' or 'g_d', got {role!r}")
     return {"name": model.generator, "in_channels": channels[0], "out_channels": channels[1],
-            "base_filters": model.base_filters, "resize": resize}
+            "base_filters": model.base_filters, "resize": resize, "upsampling": model.upsampling}
 
 
 def build_from_arch(arch: dict[str, Any], init: str = "normal") -> nn.Module:
-    """A generator from an architecture dict of :func:`generator_arch`."""
-    return build_generator(arch["name"], arch["in_channels"], arch["out_channels"], arch["base_filters"], init,
-                           arch.get("resize", "same"))
+    """A generator from an architecture dict of :func:`generator_arch` (older files lack "upsampling")."""
+    return build_generator(str(arch["name"]), int(arch["in_channels"]), int(arch["out_channels"]),
+                           int(arch["base_filters"]), init, str(arch.get("resize", "same")),
+                           str(arch.get("upsampling", "transpose")))
 
 
 def build_discriminator(name: str, in_channels: int, base_filters: int, norm: str) -> nn.Module:

@@ -22,16 +22,26 @@ def _conv_relu(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
 
 
-class _DecoderBlock(nn.Module):
-    """3x3 conv + ReLU, then a stride-2 transposed conv + ReLU (doubles the resolution)."""
+#: How the decoder doubles the resolution: "transpose" (3x3 stride-2 transposed conv, Supplement 1) or
+#: "resize" (nearest-neighbour x2, then a 3x3 conv: no checkerboard artefacts; Odena et al., Distill 2016).
+UPSAMPLINGS = ("transpose", "resize")
 
-    def __init__(self, cin: int, cmid: int, cout: int) -> None:
+
+def _up(cin: int, cout: int, upsampling: str) -> nn.Sequential:
+    """Doubles the resolution, then ReLU."""
+    if upsampling == "transpose":
+        return nn.Sequential(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
+                             nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1),
+                         nn.ReLU(inplace=True))
+
+
+class _DecoderBlock(nn.Module):
+    """3x3 conv + ReLU, then a x2 upsampling + ReLU (:data:`UPSAMPLINGS`)."""
+
+    def __init__(self, cin: int, cmid: int, cout: int, upsampling: str = "transpose") -> None:
         super().__init__()
-        self.block = nn.Sequential(
-            _conv_relu(cin, cmid),
-            nn.ConvTranspose2d(cmid, cout, 3, stride=2, padding=1, output_padding=1),
-            nn.ReLU(inplace=True),
-        )
+        self.block = nn.Sequential(_conv_relu(cin, cmid), *_up(cmid, cout, upsampling))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -51,16 +61,20 @@ class UNet(nn.Module):
         out_channels: output channels (2 for phase and attenuation, 1 for G_D).
         base_filters: decoder width f (encoder width 2 f); 32 is the paper's size.
         resize: one of :data:`RESIZES`.
+        upsampling: one of :data:`UPSAMPLINGS`.
 
     Shapes: (B, in_channels, H, W) -> (B, out_channels, s H, s W) with s = 1, 2 or 1/2 (``resize``), H and W
     multiples of 32 (64 for "down2"), float32.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 2, base_filters: int = 32,
-                 resize: str = "same") -> None:
+                 resize: str = "same", upsampling: str = "transpose") -> None:
         super().__init__()
         if resize not in RESIZES:
             raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+        if upsampling not in UPSAMPLINGS:
+            raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling!r}")
+        self.upsampling = upsampling
         f, e = base_filters, 2 * base_filters
         self.in_channels, self.out_channels, self.base_filters = in_channels, out_channels, base_filters
         self.resize = resize
@@ -69,18 +83,18 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in widths)
         self.pool = nn.MaxPool2d(2, 2)
         self.relu = nn.ReLU(inplace=True)
-        self.center = _DecoderBlock(16 * f, 16 * f, 8 * f)
-        self.dec5 = _DecoderBlock(24 * f, 16 * f, 8 * f)
-        self.dec4 = _DecoderBlock(24 * f, 16 * f, 4 * f)
-        self.dec3 = _DecoderBlock(12 * f, 8 * f, 2 * f)
+        u = upsampling
+        self.center = _DecoderBlock(16 * f, 16 * f, 8 * f, u)
+        self.dec5 = _DecoderBlock(24 * f, 16 * f, 8 * f, u)
+        self.dec4 = _DecoderBlock(24 * f, 16 * f, 4 * f, u)
+        self.dec3 = _DecoderBlock(12 * f, 8 * f, 2 * f, u)
         if resize == "down2":  # paper §4's G_D: no upsampling in the last block; skip from pooled conv1
             self.dec2 = nn.Sequential(_conv_relu(6 * f, 4 * f), _conv_relu(4 * f, f))
         else:
-            self.dec2 = _DecoderBlock(6 * f, 4 * f, f)
+            self.dec2 = _DecoderBlock(6 * f, 4 * f, f, u)
         self.dec1 = _conv_relu(3 * f, f)
         if resize == "up2":  # paper §4's G_O: one more transposed-conv stage doubles the output size
-            self.up = nn.Sequential(nn.ConvTranspose2d(f, f, 3, stride=2, padding=1, output_padding=1),
-                                    nn.ReLU(inplace=True))
+            self.up = _up(f, f, u)
         self.final = nn.Conv2d(f, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

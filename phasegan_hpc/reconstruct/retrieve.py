@@ -18,15 +18,13 @@ so frames the model does not explain stand out (0 for flatfield). Nothing here i
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.models.artifact import LoadedModel, load_model
+from phasegan_hpc.models.artifact import PhaseModel, load_model
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
 
 METHODS = ("phasegan", "paganin", "tie", "flatfield")
@@ -66,13 +64,13 @@ class Layout:
     pixel_size_m: float
 
 
-def output_layout(method: str, model: LoadedModel | None, frame_shape: tuple[int, int], physics: Physics,
+def output_layout(method: str, model: PhaseModel | None, frame_shape: tuple[int, int], physics: Physics,
                   tie: TieOptions | None = None) -> Layout:
     """The output of ``method`` for frames of ``frame_shape`` (pixel size ``physics.pixel_size_m``)."""
     h, w = frame_shape
     if method == "flatfield":
         return Layout(INTENSITY_OUTPUTS, frame_shape, physics.pixel_size_m)
-    if method == "phasegan" and model is not None and model.arch.get("resize") == "up2":
+    if method == "phasegan" and model is not None and model.scale == 2:
         return Layout(OBJECT_OUTPUTS, (2 * h, 2 * w), physics.pixel_size_m / 2)
     if method == "tie" and tie is not None and tie.resample_pixel_size_m:
         factor = physics.pixel_size_m / tie.resample_pixel_size_m
@@ -125,7 +123,7 @@ class Retriever:
             GPUs; one compilation per batch shape).
     """
 
-    def __init__(self, method: str, model: LoadedModel | None, physics: Physics, shape: tuple[int, int],
+    def __init__(self, method: str, model: PhaseModel | None, physics: Physics, shape: tuple[int, int],
                  device: torch.device, tie: TieOptions | None = None, compile: bool = False) -> None:
         if method not in METHODS:
             raise DataError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -137,28 +135,12 @@ class Retriever:
         self.tie = tie or TieOptions()
         self.layout = output_layout(method, model, shape, physics, self.tie)
         self.propagator = None
-        if method != "flatfield":
-            pixel = model.physics["pixel_size_m"] if method == "phasegan" else self.layout.pixel_size_m
-            self.propagator = FresnelPropagator(self.layout.shape, pixel_size_m=pixel,
+        if method in ("paganin", "tie"):
+            self.propagator = FresnelPropagator(self.layout.shape, pixel_size_m=self.layout.pixel_size_m,
                                                 distance_m=physics.distance_m, wavelength_m=physics.wavelength_m,
                                                 pad=physics.pad, pad_mode=physics.pad_mode)
-        self.cuda = device.type == "cuda"
-        self.g_o = self.g_d = None
         if model is not None:
-            if self.cuda:
-                model.generator.to(memory_format=torch.channels_last)
-                if model.detector is not None:
-                    model.detector.to(memory_format=torch.channels_last)
-            wrap = torch.compile if compile else (lambda net: net)
-            self.g_o = wrap(model.generator)
-            self.g_d = wrap(model.detector) if model.detector is not None else None
-
-    def _net(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
-        with ctx:
-            return net(x).float()
+            model.accelerate(compile)
 
     def _paganin(self, frames: torch.Tensor, pixel_size_m: float) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.physics
@@ -180,29 +162,16 @@ class Retriever:
                                                     t.tv_iterations)).float().to(frames.device)
             phase, att = self._paganin(prepared, self.layout.pixel_size_m)
             return self._with_score(phase, att, prepared)
-        m = self.model
-        norm = m.normalisation
-        obj = norm.denorm_object(self._net(self.g_o, norm.norm_intensity(frames[:, None])))
-        phase, att = obj[:, 0].contiguous(), obj[:, 1].contiguous()
-        predicted = self.propagator.intensity(object_wavefield(phase, att))  # |H G_O(I)|^2, eq. 5
-        if self.g_d is not None:  # G_D works in normalised units, as in training (models.cycle)
-            predicted = norm.denorm_intensity(self._net(self.g_d, norm.norm_intensity(predicted[:, None])))[:, 0]
-        return {"phase": phase, "attenuation": att}, relative_l1(_to_shape(predicted, frames.shape[-2:]), frames)
+        phase, att = self.model.retrieve(frames)
+        predicted = self.model.predict_intensity(phase, att, tuple(frames.shape[-2:]))
+        return {"phase": phase, "attenuation": att}, relative_l1(predicted, frames)
 
     def _with_score(self, phase: torch.Tensor, att: torch.Tensor, frames: torch.Tensor):
         predicted = self.propagator.intensity(object_wavefield(phase, att))
         return {"phase": phase, "attenuation": att}, relative_l1(predicted, frames)
 
 
-def _to_shape(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Average-pool (B, H, W) down to ``shape`` when it is an integer fraction of (H, W)."""
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x
-    k = x.shape[-2] // shape[0]
-    return F.avg_pool2d(x[:, None], k)[:, 0]
-
-
-def score_name(method: str, model: LoadedModel | None) -> str:
+def score_name(method: str, model: PhaseModel | None) -> str:
     """What the consistency score of ``method`` with ``model`` compares."""
     if method == "flatfield":
         return "none (0)"
@@ -213,9 +182,7 @@ def score_name(method: str, model: LoadedModel | None) -> str:
 
 def build_retriever(method: str, model_path: str | None, physics: Physics, shape: tuple[int, int],
                     device: torch.device, tie: TieOptions | None = None, compile: bool = False) -> Retriever:
-    """Load the model (if any) onto ``device`` and build the :class:`Retriever`; H uses the model's padding."""
+    """Load the model (if any) onto ``device`` and build the :class:`Retriever` (PhaseGAN's H uses the model's
+    geometry and padding)."""
     model = load_model(model_path, device) if model_path else None
-    if model is not None and model.detector is not None:
-        physics = Physics(physics.pixel_size_m, physics.wavelength_m, physics.distance_m, physics.delta_beta,
-                          model.pad, model.pad_mode)
     return Retriever(method, model, physics, shape, device, tie, compile)

@@ -31,8 +31,7 @@ from phasegan_hpc.data.frames import FrameStack, TrainingData, open_training_dat
 from phasegan_hpc.data.normalise import Normalisation, compute_normalisation
 from phasegan_hpc.errors import DataError, TrainingError
 from phasegan_hpc.losses.metrics import METRICS, wasserstein_1d
-from phasegan_hpc.models.artifact import detector_entry, save_model
-from phasegan_hpc.models.registry import generator_arch
+from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.models.unet import SIZE_MULTIPLE
 from phasegan_hpc.physics import FresnelPropagator
 from phasegan_hpc.train.session import CHECKPOINT_FILE, Session
@@ -136,7 +135,8 @@ class MetricsLog:
 def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_frames: int,
              device: torch.device, reference_objects: np.ndarray | None = None,
              batch_size: int = 16) -> dict[str, float]:
-    """Validation metrics of a generator pair on up to ``n_frames`` held-out frames.
+    """Validation metrics of a generator pair on up to ``n_frames`` held-out frames (G_O run as a
+    :class:`PhaseModel`, exactly as evaluate and reconstruct run it).
 
     Paired (the truth is used only here): mean L2, DSSIM and FRCM of G_O's phase and attenuation.
     Unpaired (no truth needed; what ``phasegan-hpc tune`` optimises), for the cycle methods:
@@ -150,12 +150,14 @@ def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_fr
     fakes = []
     was_training = gens.training
     gens.eval()
+    model = PhaseModel(gens.g_o, {}, norm, {}, "validation")
     with torch.no_grad():
         for start in range(0, n, batch_size):
             arr = torch.from_numpy(stack[np.arange(start, min(start + batch_size, n))]).to(device)
             inten = norm.norm_intensity(arr[:, :1])
-            fake = gens.g_o(inten).float()
-            pred = norm.denorm_object(fake).double()
+            phys = torch.stack(model.retrieve(arr[:, 0]), 1)
+            fake = norm.norm_object(phys)  # G_O's own channels (the encoding round-trips)
+            pred = phys.double()
             ref = arr[:, 1:].double()
             for c, name in enumerate(OBJECT_NAMES):
                 for metric, fn in METRICS.items():
@@ -177,10 +179,10 @@ def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_fr
 
 
 def _normalisation(cfg: Config, data: TrainingData) -> Normalisation:
-    t = cfg.train
+    t, enc = cfg.train, {"output": cfg.model.output, "scale": cfg.model.object_scale}
     if data.paired is not None:
-        return compute_normalisation(data.paired, 0, data.paired, (1, 2), t.norm_frames, t.seed)
-    return compute_normalisation(data.intensities, 0, data.objects, (0, 1), t.norm_frames, t.seed)
+        return compute_normalisation(data.paired, 0, data.paired, (1, 2), t.norm_frames, t.seed, **enc)
+    return compute_normalisation(data.intensities, 0, data.objects, (0, 1), t.norm_frames, t.seed, **enc)
 
 
 def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -487,14 +489,9 @@ def _write_figures(run_dir: Path, tr: Trainables, batch: tuple[np.ndarray, np.nd
 
 def _export(cfg: Config, run_dir: Path, tr: Trainables, norm: Normalisation, physics: dict[str, float],
             step: int, metrics: dict[str, Any]) -> Path:
-    gens = unwrap(tr.generators)
-    arch = generator_arch(cfg.model, "g_o")
     info = {"step": step, "epochs": cfg.train.epochs, "config": config_to_toml(cfg), "software": __version__,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-    detector = None
-    if cfg.train.method == "phasegan":  # G_D of the intensity cycle, for reconstruct's consistency score
-        detector = detector_entry(gens.g_d, generator_arch(cfg.model, "g_d"), cfg.physics.pad, cfg.physics.pad_mode)
-    path = save_model(run_dir / "model.pt", gens.g_o, arch, norm, physics, cfg.train.method, info, detector)
+    path = PhaseModel.for_run(cfg, unwrap(tr.generators), norm, physics, info).save(run_dir / "model.pt")
     link_latest(run_dir)
     return path
 

@@ -31,8 +31,7 @@ from phasegan_hpc.config import Config, config_from_dict, config_to_toml, with_o
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, ResourceError
-from phasegan_hpc.models.artifact import detector_entry, save_model
-from phasegan_hpc.models.registry import build_from_arch, generator_arch
+from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.train.fit import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.train.loop import link_latest, train_loop
 from phasegan_hpc.train.session import load_checkpoint
@@ -283,14 +282,7 @@ def _export_best(best: dict[str, Any], cfg: Config, physics: dict[str, float], p
         if not train_ckpts:
             raise DataError(f"best trial {best['trial']} left no checkpoint")
         state = load_checkpoint(train_ckpts[-1])
-    m = cfg.model
-    arch = generator_arch(m, "g_o")
-    g_o = build_from_arch(arch, m.init)
-    g_o.load_state_dict({k[len("g_o."):]: v for k, v in state["generators"].items() if k.startswith("g_o.")})
-    detector = None
-    if cfg.train.method == "phasegan":
-        g_d = {k[len("g_d."):]: v for k, v in state["generators"].items() if k.startswith("g_d.")}
-        detector = detector_entry(g_d, generator_arch(m, "g_d"), cfg.physics.pad, cfg.physics.pad_mode)
-    save_model(path, g_o, arch, Normalisation.from_dict(state["normalisation"]), physics, cfg.train.method,
-               {"step": int(state["step"]), "config": config_to_toml(cfg), "tuned_metric": cfg.tune.metric,
-                "trial": best["trial"]}, detector)
+    info = {"step": int(state["step"]), "config": config_to_toml(cfg), "tuned_metric": cfg.tune.metric,
+            "trial": best["trial"]}
+    PhaseModel.for_run(cfg, state["generators"], Normalisation.from_dict(state["normalisation"]), physics,
+                       info).save(path)
