@@ -368,11 +368,22 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
               help="reconstruct: torch.compile G_O and G_D (default: as `reconstruct`, on for CUDA).")
 @click.option("--detector/--no-detector", default=None,
               help="reconstruct: the model carries G_D, scored by G_D|H G_O(I)|^2 vs I (on).")
+@click.option("--seed", type=int, default=None, help="table1: seed of the data set (1).")
+@click.option("--seeds", type=int, default=None, help="table1: training runs per method, seeds 0..N-1 (1).")
+@click.option("--methods", default=None, help="table1: comma-separated subset of paired, pix2pix, cyclegan, phasegan.")
+@click.option("--weights", default=None, help="table1: CycleGAN's loss weights, 'paper' (20, 4, x2.5) or 'equal' "
+              "(PhaseGAN's).")
+@click.option("--photons", type=float, default=None, help="table1: photons per detector pixel (1007, the paper's).")
+@click.option("--val", type=int, default=None, help="table1: validation frames (200).")
+@click.option("--set", "settings", multiple=True, help="table1: [METHOD:]section.key=value config override "
+              "(repeatable), e.g. model.output=phase_attenuation or phasegan:loss.object_cycle_weight=1.5.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
 def bench(name: str, size: int | None, batch: int | None, repeats: int | None, device: str, frames: int | None,
           filters: int | None, threads: int | None, n_train: int | None, epochs: int | None, out_dir: Path | None,
           variants: str | None, backends: str | None, rss: bool | None, compile_model: bool | None,
-          detector: bool | None, workers: int | None, config_path: Path | None, json_path: Path | None) -> None:
+          detector: bool | None, workers: int | None, config_path: Path | None, seed: int | None,
+          seeds: int | None, methods: str | None, weights: str | None, photons: float | None, val: int | None,
+          settings: tuple[str, ...], json_path: Path | None) -> None:
     """Run benchmark NAME; print a table and (with --json) write the whole record.
 
     frc: vectorised FRC loss vs a per-ring loop. propagator: |H psi|^2 in torch vs float64 numpy.
@@ -381,8 +392,9 @@ def bench(name: str, size: int | None, batch: int | None, repeats: int | None, d
     end-to-end frames/s of each backend vs the model alone, and peak RSS for two archive sizes 4x apart.
     inference: G_O frames/s at 128 -> 128 and 128 -> 256 by batch size (1..256, or --batch) and variant
     (fp32, channels_last, bf16, torch.compile, CUDA graphs on GPUs). table1: paper Table 1 reproduced
-    (paired, pix2pix, CycleGAN, PhaseGAN and Paganin on the same data; --size, --train, --epochs, --out,
-    --config).
+    (paired, pix2pix, CycleGAN, PhaseGAN and Paganin on the same data, each method trained --seeds times;
+    --size, --train, --epochs, --out, --config, --seed, --methods, --weights, --photons, --set; resumable:
+    a rerun trains only the (method, seed) cells not yet scored).
     check: the device fast path (propagator, retriever, reconstruct, training steps) against CPU
     references; exits 1 when an error is over its tolerance.
     """
@@ -396,7 +408,9 @@ def bench(name: str, size: int | None, batch: int | None, repeats: int | None, d
              "out_dir": None if out_dir is None else str(out_dir), "rss": rss, "compile": compile_model,
              "detector": detector, "workers": workers, "config": None if config_path is None else str(config_path),
              "variants": None if variants is None else tuple(variants.split(",")),
-             "backends": None if backends is None else tuple(backends.split(","))}
+             "backends": None if backends is None else tuple(backends.split(",")),
+             "seed": seed, "seeds": seeds, "methods": None if methods is None else tuple(methods.split(",")),
+             "weights": weights, "photons": photons, "val": val, "settings": tuple(settings) or None}
     options = {"device": device} | {k: v for k, v in given.items() if v is not None}
     result = run_benchmark(name, **options)
     Console().print(bench_table(result))

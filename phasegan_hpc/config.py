@@ -90,15 +90,24 @@ class FlatfieldConfig:
     profile, stripes, blobs, drifting intensity). Otherwise it is read from an HDF5 file with datasets
     ``/mean`` (H, W), ``/components`` (K, H, W) and ``/std`` (K,), as written by
     :func:`phasegan_hpc.simulate.flatfields.save_basis`.
+
+    Difficulty knobs (the paper's defaults are 1 and 0): ``strength`` scales every frame's deviation from a
+    flat beam, F = 1 + strength (F - 1); ``field_of_view_m`` > 0 draws the synthetic flats as for a field of
+    view that wide [m], of which the frame is the centre, so that their features keep a physical size
+    whatever the frame size (0: the frame is the field, features scale with it).
     """
 
     n_components: int = 15
     n_flats: int = 200
     basis_file: str = ""
     enabled: bool = True
+    strength: float = 1.0
+    field_of_view_m: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.n_components >= 1, "flatfield.n_components", "must be >= 1")
+        _require(self.strength >= 0, "flatfield.strength", "must be >= 0")
+        _require(self.field_of_view_m >= 0, "flatfield.field_of_view_m", "must be >= 0")
         _require(self.n_flats >= self.n_components, "flatfield.n_flats", "must be >= n_components")
 
 

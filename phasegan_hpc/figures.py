@@ -159,6 +159,40 @@ def loss_curves(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def convergence_figure(path: str | Path, curves: dict[str, list[list[dict]]], keys: tuple[str, ...]) -> Path:
+    """Validation metrics per epoch of several methods, one panel per metric: a thin line per run (seed) and
+    a thick one for the mean over runs. ``curves[method]`` holds each run's validation records (with
+    "epoch" and the ``keys``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key in zip(axes[0], keys, strict=True):
+        for i, (method, runs) in enumerate(curves.items()):
+            colour = colours[i % len(colours)]
+            series = [([r["epoch"] for r in run if key in r], [r[key] for r in run if key in r]) for run in runs]
+            series = [s for s in series if s[0]]
+            for x, y in series:
+                ax.plot(x, y, color=colour, alpha=0.35, lw=0.8)
+            n = min((len(x) for x, _ in series), default=0)
+            if n:
+                ax.plot(series[0][0][:n], np.mean([y[:n] for _, y in series], axis=0), color=colour, lw=2,
+                        label=f"{method} ({len(series)})")
+        ax.set_title(key.replace("val_", "validation ").replace("_", " "), fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+    if axes[0][0].lines:
+        axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def search_figure(path: Path, rows: list[dict], metric: str) -> Path:
     """alpha_cyc vs alpha_frc of every trial (log axes), coloured by the tuned metric; best trial ringed."""
     import matplotlib

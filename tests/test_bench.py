@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
@@ -58,7 +59,7 @@ def test_bench_check_compares_the_device_path_with_references(tmp_path):
     assert all(c["relative_error"] <= c["tolerance"] == 1e-4 for c in r["checks"].values())
 
 
-def test_bench_table1_writes_the_table_figures_and_ranking(tmp_path):
+def test_bench_table1_seeds_resume_and_table(tmp_path):
     import h5py
     import hdf5plugin  # noqa: F401 - the simulator's compression filters
 
@@ -67,19 +68,35 @@ def test_bench_table1_writes_the_table_figures_and_ranking(tmp_path):
     tiny = load_config(Path(__file__).parents[1] / "configs" / "tiny.toml")
     base = with_overrides(tiny, {"flatfield.enabled": False})
     (tmp_path / "no-flatfield.toml").write_text(config_to_toml(base))
-    r = bench(tmp_path, "table1", "--size", 32, "--train", 16, "--epochs", 1, "--out", tmp_path / "t1",
-              "--config", tmp_path / "no-flatfield.toml")
-    assert r["flatfield"] is False
-    with h5py.File(tmp_path / "t1" / "data" / "validation.h5", "r") as f:
+    common = ("table1", "--size", 32, "--train", 16, "--epochs", 2, "--val", 8, "--out", tmp_path / "t1",
+              "--config", tmp_path / "no-flatfield.toml", "--methods", "paired,phasegan",
+              "--set", "phasegan:loss.object_cycle_weight=1.5")
+    r1 = bench(tmp_path, *common, "--seeds", 1)
+    assert r1["flatfield"] is False
+    with h5py.File(Path(r1["data_dir"]) / "validation.h5", "r") as f:
         assert (f["flatfield"][()] == 1.0).all()  # the base config was used; --size etc. still override it
-        assert f["intensity"].shape[1:] == (32, 32)
-    methods = {"paired", "pix2pix", "cyclegan", "phasegan", "paganin"}
-    assert set(r["table"]) == methods and all(row["n"] == 200 for row in r["table"].values())
-    assert all(set(order) == methods for order in r["ranking_best_first"].values())
+        assert f["intensity"].shape == (8, 32, 32)
+    first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "t1" / "cells").glob("*.json")}
+    assert len(first) == 2
+    r = bench(tmp_path, *common, "--seeds", 2)  # resumes: only the two new cells are trained
+    cells = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "t1" / "cells").glob("*.json")}
+    assert len(cells) == 4 and all(cells[k] == v for k, v in first.items())
+    assert set(r["table"]) == {"paired", "phasegan", "paganin"}
+    # between-seed spread recomputed from the cells' own records
+    means = [c["stats"]["phase_l2"]["mean"] for c in r["cells"]["phasegan"]]
+    assert [c["seed"] for c in r["cells"]["phasegan"]] == [0, 1] and means[0] != means[1]
+    assert r["table"]["phasegan"]["phase_l2"]["std_seeds"] == pytest.approx(float(np.std(means, ddof=1)))
+    assert r["table"]["phasegan"]["phase_l2"]["mean"] == pytest.approx(float(np.mean(means)))
+    assert "object ×1.5" in r["loss_weights"]["phasegan"] and r["loss_weights"]["paired"] == "L2"
+    assert set(r["targets"]) == {"phasegan_frcm_within_1.5x_paired", "paganin_last_phase_l2"}
     table = (tmp_path / "t1" / "table1.md").read_text().splitlines()
-    assert len(table) == 2 + len(methods) and table[0].startswith("| method | n | phase l2")
-    assert (tmp_path / "t1" / "table1_patch.png").stat().st_size > 0
-    assert (tmp_path / "t1" / "table1_ranked.png").stat().st_size > 0
+    assert table[0].startswith("| method | seeds | loss weights | phase l2") and len(table) >= 5
+    for name in ("table1_patch.png", "table1_ranked.png", "table1_convergence.png"):
+        assert (tmp_path / "t1" / name).stat().st_size > 0
+    proc = subprocess.run([EXE, "bench", "table1", "--set", "nonsense", "--out", str(tmp_path / "t2")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "expected [METHOD:]section.key=value" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "t2").exists()
 
 
 def test_bench_rejects_options_it_does_not_take(tmp_path):

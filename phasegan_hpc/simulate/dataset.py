@@ -34,7 +34,7 @@ from phasegan_hpc.data.h5io import atomic_h5, create_frames
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield, thickness_to_phase_attenuation
 from phasegan_hpc.simulate.detector import detect
-from phasegan_hpc.simulate.flatfields import FlatfieldBasis, load_basis, pca_basis, synthetic_flats
+from phasegan_hpc.simulate.flatfields import MIN_FLAT, FlatfieldBasis, load_basis, pca_basis, synthetic_flats
 from phasegan_hpc.simulate.phantoms import random_thickness
 
 STREAM_OBJECTS, STREAM_INTENSITIES, STREAM_VALIDATION, STREAM_BASIS, STREAM_PAIRED = 0, 1, 2, 3, 4
@@ -69,7 +69,10 @@ def flatfield_basis(cfg: Config) -> FlatfieldBasis | None:
     if ff.basis_file:
         return load_basis(ff.basis_file, size, ff.n_components)
     rng = chunk_rng(cfg.simulate.seed, STREAM_BASIS, 0)
-    return pca_basis(synthetic_flats(rng, ff.n_flats, size), ff.n_components)
+    fraction = 1.0
+    if ff.field_of_view_m > 0:  # features of a physical size: the frame is the centre of a wider field
+        fraction = min(1.0, size * cfg.physics.pixel_size_m / ff.field_of_view_m)
+    return pca_basis(synthetic_flats(rng, ff.n_flats, size, fraction), ff.n_components)
 
 
 class FrameSimulator:
@@ -98,6 +101,9 @@ class FrameSimulator:
         """Image objects: returns (noisy intensity float32, illumination F float64), each (n, H, W)."""
         n = len(phase)
         flats = self.basis.sample(rng, n) if self.basis is not None else np.ones_like(phase)
+        strength = self.cfg.flatfield.strength
+        if self.basis is not None and strength != 1.0:  # [flatfield] strength: F = 1 + s (F - 1)
+            flats = np.maximum(1.0 + strength * (flats - 1.0), MIN_FLAT)
         psi = object_wavefield(torch.from_numpy(phase), torch.from_numpy(attenuation))
         psi = psi * torch.from_numpy(np.sqrt(flats))  # variable illumination psi_i (paper §3)
         clean = self.prop.intensity(psi).numpy()

@@ -46,14 +46,18 @@ class FlatfieldBasis:
         return np.maximum(flats, MIN_FLAT)
 
 
-def synthetic_flats(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+def synthetic_flats(rng: np.random.Generator, n: int, size: int, frame_fraction: float = 1.0) -> np.ndarray:
     """Synthetic MHz-camera flat fields: beam profile, stripes, blobs and intensity drift.
+
+    Args:
+        frame_fraction: the frame's side as a fraction of the field of view the flats are drawn for (<= 1:
+            the frame is the centre of the field, its features larger in pixels).
 
     Returns:
         float64 (n, size, size), mean about 1.
     """
-    y = (np.arange(size)[:, None] + 0.5) / size - 0.5  # [-0.5, 0.5)
-    x = (np.arange(size)[None, :] + 0.5) / size - 0.5
+    y = ((np.arange(size)[:, None] + 0.5) / size - 0.5) * frame_fraction  # field coordinates in [-0.5, 0.5)
+    x = ((np.arange(size)[None, :] + 0.5) / size - 0.5) * frame_fraction
     flats = np.empty((n, size, size))
     for i in range(n):
         cy, cx = rng.normal(0.0, 0.08, 2)
