@@ -1,7 +1,9 @@
 """Score a trained G_O (and the Paganin baseline) on a paired validation set: paper §3, Table 1.
 
 For every frame: L2, DSSIM and FRCM of the retrieved phase and attenuation against the truth; the table
-holds their mean and standard deviation over the frames.
+holds their mean and standard deviation over the frames. And how far each per-frame trust score that
+``reconstruct`` writes (``consistency``, ``fresnel_residual``) can be trusted: its Spearman rank correlation
+with the true per-frame phase error (L2), on these frames.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from phasegan_hpc.data.frames import FrameStack
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.losses.metrics import METRICS
 from phasegan_hpc.models.artifact import load_model
-from phasegan_hpc.physics import paganin
+from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
+from phasegan_hpc.physics.consistency import fresnel_residual, relative_l1
 
 BASELINES = ("paganin",)
 CHANNELS = ("phase", "attenuation")
@@ -31,10 +34,13 @@ class EvalRow:
     n: int
     stats: dict[str, tuple[float, float]]
     per_frame: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    #: Spearman correlation of each trust score with the per-frame phase L2 (NaN when undefined)
+    score_spearman: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {"method": self.method, "n": self.n,
-                **{k: {"mean": m, "std": s} for k, (m, s) in self.stats.items()}}
+                **{k: {"mean": m, "std": s} for k, (m, s) in self.stats.items()},
+                **({"score_spearman": dict(self.score_spearman)} if self.score_spearman else {})}
 
 
 def check_compatible(physics: dict[str, float], attrs: dict, shape: tuple[int, int], where: str) -> None:
@@ -64,8 +70,21 @@ def _score(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, np.ndarray]:
 
 def _row(method: str, per_frame: dict[str, list[np.ndarray]]) -> EvalRow:
     values = {k: np.concatenate(parts) for k, parts in per_frame.items()}
+    scores = {k[len("score_"):]: values.pop(k) for k in list(values) if k.startswith("score_")}
     stats = {k: (float(v.mean()), float(v.std())) for k, v in values.items()}
-    return EvalRow(method, len(next(iter(values.values()))), stats, values)
+    spearman = {k: spearman_correlation(v, values["phase_l2"]) for k, v in scores.items()}
+    return EvalRow(method, len(values["phase_l2"]), stats, values | {f"score_{k}": v for k, v in scores.items()},
+                   spearman)
+
+
+def spearman_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two per-frame series (NaN with fewer than 3 finite pairs or a constant)."""
+    from scipy.stats import spearmanr
+
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return float("nan")
+    return float(spearmanr(a[ok], b[ok]).statistic)
 
 
 def evaluate(model_path: str | Path | None, validation_path: str | Path, baselines: tuple[str, ...] = (),
@@ -120,8 +139,12 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
         idx = np.arange(start, min(start + batch_size, n))
         inten, ref = torch.from_numpy(stack[idx]), torch.from_numpy(truth[idx])
         if model is not None:
-            pred = torch.stack(model.retrieve(inten[:, 0].to(dev)), 1).cpu()
-            for k, v in _score(pred, ref).items():
+            frames = inten[:, 0].to(dev)
+            phase, att = model.retrieve(frames)
+            pred = torch.stack([phase, att], 1).cpu()
+            scores = {"score_consistency": relative_l1(model.predict_intensity(phase, att, frames.shape[-2:]), frames),
+                      "score_fresnel_residual": model.fresnel_residual(frames, phase, att)}
+            for k, v in (_score(pred, ref) | {k: v.cpu().numpy() for k, v in scores.items()}).items():
                 rows.setdefault(model.method, {}).setdefault(k, []).append(v)
         if use_paganin:
             a = stack.attrs
@@ -129,11 +152,26 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
             if flats is not None:
                 corrected = corrected / torch.from_numpy(flats[idx][:, 0]).double().clamp_min(1e-6)
             phase, att = paganin(corrected, pixel_size_m=a["pixel_size_m"], distance_m=a["distance_m"],
-                                 wavelength_m=a["wavelength_m"], delta_beta=a["delta"] / a["beta"])
-            for k, v in _score(_onto(torch.stack([phase, att], 1), truth.shape), ref).items():
+                                 wavelength_m=a["wavelength_m"], delta_beta=a["delta"] / a["beta"],
+                                 pad=paganin_pad(a))
+            hologram = FresnelPropagator(tuple(phase.shape[-2:]), pixel_size_m=a["pixel_size_m"],
+                                         distance_m=a["distance_m"], wavelength_m=a["wavelength_m"]).intensity(
+                object_wavefield(phase, att))
+            frames = corrected  # the frames Paganin read, as reconstruct --method paganin scores them
+            scores = {"score_consistency": relative_l1(hologram, frames),
+                      "score_fresnel_residual": fresnel_residual(frames, hologram)}
+            for k, v in (_score(_onto(torch.stack([phase, att], 1), truth.shape), ref)
+                         | {k: v.cpu().numpy() for k, v in scores.items()}).items():
                 rows.setdefault("paganin", {}).setdefault(k, []).append(v)
     return [_row(method, per_frame) for method, per_frame in rows.items()]
 
+
+
+def paganin_pad(attrs: dict) -> bool:
+    """Paganin's padding for frames with these attributes: none for frames simulated periodic (``periodic``
+    = 1: an unpadded propagator, where padding would break the periodicity they were made with), else the
+    default edge padding against wrap-around (``physics.paganin``)."""
+    return not bool(int(attrs.get("periodic", 0)))
 
 
 def _flatfield_stack(path: Path, stack: FrameStack) -> FrameStack | None:

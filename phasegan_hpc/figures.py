@@ -325,6 +325,7 @@ def table1_figure(path: str | Path, models: dict[str, str | Path], validation: s
     """One validation patch per method (paper Table 1): phase and attenuation of each model, Paganin, truth."""
     import torch
 
+    from phasegan_hpc.evaluate import paganin_pad
     from phasegan_hpc.models.artifact import load_model
     from phasegan_hpc.physics import paganin
 
@@ -338,7 +339,8 @@ def table1_figure(path: str | Path, models: dict[str, str | Path], validation: s
         phase, att = load_model(model_path).retrieve(torch.from_numpy(inten)[None])
         rows.append([(f"{method} phase", phase[0].numpy()), (f"{method} attenuation", att[0].numpy())])
     ph, at = paganin(inten.astype(np.float64) / np.maximum(flat, 1e-6), pixel_size_m=a["pixel_size_m"],
-                     distance_m=a["distance_m"], wavelength_m=a["wavelength_m"], delta_beta=a["delta"] / a["beta"])
+                     distance_m=a["distance_m"], wavelength_m=a["wavelength_m"], delta_beta=a["delta"] / a["beta"],
+                     pad=paganin_pad(a))
     rows.append([("paganin phase", ph), ("paganin attenuation", at)])
     path = Path(path)
     _grid(path, rows, f"validation frame {frame}")

@@ -57,6 +57,9 @@ def metrics_table(rows: list, title: str) -> Table:
         table.add_column(f"{r.method} (n={r.n})", justify="right")
     for k in (rows[0].stats if rows else {}):
         table.add_row(k.replace("_", " "), *(f"{r.stats[k][0]:.3g} ± {r.stats[k][1]:.2g}" for r in rows))
+    for k in sorted({k for r in rows for k in r.score_spearman}):
+        table.add_row(f"Spearman({k.replace('_', ' ')}, phase L2)",
+                      *(f"{r.score_spearman[k]:.3f}" if k in r.score_spearman else "" for r in rows))
     return table
 
 
@@ -132,7 +135,7 @@ def reconstruction_table(summary) -> Table:
     if summary.pipeline_seconds > 0:
         table.add_row("after start-up", f"{summary.pipeline_frames_per_s:,.1f} frames/s "
                                         f"(worker start-up {summary.setup_seconds:.1f} s)")
-    table.add_row("flag threshold", f"consistency > {summary.threshold:.3g}")
+    table.add_row("flag threshold", f"{summary.flag_by} > {summary.threshold:.3g}")
     shown = ", ".join(f"{i} ({s:.3g})" for i, s in summary.flagged[:10])
     more = f" and {len(summary.flagged) - 10} more" if len(summary.flagged) > 10 else ""
     table.add_row("flagged frames", f"{len(summary.flagged)}" + (f": {shown}{more}" if shown else ""))

@@ -52,7 +52,8 @@ def test_bench_inference_variants_subset_and_unknown_variant(tmp_path):
 def test_bench_check_compares_the_device_path_with_references(tmp_path):
     r = bench(tmp_path, "check", "--size", 32, "--frames", 32, "--batch", 8, "--filters", 4)
     assert r["ok"] is True and r["device"] == "cpu"
-    assert set(r["checks"]) == {"propagator", "retriever.phase", "retriever.attenuation", "retriever.score",
+    assert set(r["checks"]) == {"propagator", "paganin", "retriever.phase", "retriever.attenuation", "retriever.score",
+                                "retriever.fresnel_residual",
                                 "reconstruct.phase", "reconstruct.attenuation", "reconstruct.consistency",
                                 "train.losses"}
     assert r["checks"]["propagator"]["relative_error"] < 1e-5  # complex64 vs float64 numpy

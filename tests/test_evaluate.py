@@ -33,12 +33,21 @@ def test_model_and_paganin_rows_match_direct_computation(model_path, tiny_data):
     # Recompute the Paganin phase DSSIM by hand from the file.
     val = FrameStack(tiny_data / "validation.h5", ("intensity", "phase", "flatfield"))[np.arange(8)]
     a = FrameStack(tiny_data / "validation.h5", ("intensity",)).attrs
+    assert a["periodic"] == 1  # simulated with an unpadded propagator: Paganin must not pad either
     phase, _ = paganin(val[:, 0].astype(np.float64) / val[:, 2], pixel_size_m=a["pixel_size_m"],
                        distance_m=a["distance_m"], wavelength_m=a["wavelength_m"],
-                       delta_beta=a["delta"] / a["beta"])
+                       delta_beta=a["delta"] / a["beta"], pad=False)
     per_frame = dssim(torch.from_numpy(phase), torch.from_numpy(val[:, 1].astype(np.float64))).numpy()
     mean, std = rows[1].stats["phase_dssim"]
     assert mean == pytest.approx(per_frame.mean(), rel=1e-5) and std == pytest.approx(per_frame.std(), rel=1e-4)
+    # each trust score's Spearman correlation with the per-frame phase L2, recomputed with scipy
+    from scipy.stats import spearmanr
+
+    for r in rows:
+        assert set(r.score_spearman) == {"consistency", "fresnel_residual"}
+        for k, rho in r.score_spearman.items():
+            ref = spearmanr(r.per_frame[f"score_{k}"], r.per_frame["phase_l2"]).statistic
+            assert rho == pytest.approx(ref) and -1 <= rho <= 1
 
 
 def test_frame_limit_and_errors(model_path, tiny_data, tmp_path):

@@ -57,3 +57,21 @@ def test_per_channel_z_scores_make_attenuation_inert(tiny_data):
     """The measurement the test above guards against: the old encoding fails it by orders of magnitude."""
     ratio = channel_gradient_ratio(tiny_data, "phase_attenuation", "channel")
     assert ratio > 100, ratio
+
+
+def test_real_imag_refuses_phases_it_would_wrap(tmp_path):
+    import h5py
+
+    from phasegan_hpc.errors import DataError
+
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "o.h5", "w") as f:
+        f["phase"] = rng.uniform(-4.0, 0.0, (4, 32, 32)).astype(np.float32)  # beyond -pi: arg psi wraps
+        f["attenuation"] = np.zeros((4, 32, 32), np.float32)
+        f["intensity"] = np.ones((4, 32, 32), np.float32)
+    objects = FrameStack(tmp_path / "o.h5", ("phase", "attenuation"))
+    inten = FrameStack(tmp_path / "o.h5", ("intensity",))
+    with pytest.raises(DataError, match="phase_attenuation"):
+        compute_normalisation(inten, 0, objects, (0, 1), 4, 0, "real_imag", "shared")
+    norm = compute_normalisation(inten, 0, objects, (0, 1), 4, 0, "phase_attenuation", "shared")
+    assert norm.output == "phase_attenuation" and norm.object_std[0] == norm.object_std[1]

@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 EXE = shutil.which("phasegan-hpc", path=str(BIN))
 MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = ("phase", "attenuation", "consistency", "nonfinite_pixels")
+DATASETS = ("phase", "attenuation", "consistency", "fresnel_residual", "nonfinite_pixels")
 pytestmark = pytest.mark.slow
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from phasegan_hpc.data.frames import FrameStack
+from phasegan_hpc.errors import DataError
 
 #: Object encodings of G_O's two output channels (``[model] output``).
 OBJECT_OUTPUTS = ("real_imag", "phase_attenuation")
@@ -143,9 +144,15 @@ def compute_normalisation(intensity: FrameStack, intensity_channel: int, objects
         intensity, intensity_channel: the detector frames and their channel in ``intensity``'s rows.
         objects, object_channels: the objects and the (phase, attenuation) channels in ``objects``' rows.
         output, scale: the object encoding and scaling (:data:`OBJECT_OUTPUTS`, :data:`OBJECT_SCALES`).
+
+    Raises:
+        DataError: "real_imag" for objects whose phase leaves (-pi, pi] (arg psi would wrap it).
     """
     rng = np.random.default_rng(seed)
     inten = _sample(intensity, n_frames, rng)[:, intensity_channel]
     obj = _sample(objects, n_frames, rng)[:, list(object_channels)]
+    if output == "real_imag" and np.abs(obj[:, 0]).max() > np.pi:
+        raise DataError(f"{objects.path}: object phases reach {np.abs(obj[:, 0]).max():.3g} rad; (Re, Im psi) "
+                        "would wrap them: set [model] output = \"phase_attenuation\"")
     means, stds = object_statistics(obj, output, scale)
     return Normalisation(float(inten.mean()), max(float(inten.std()), 1e-12), means, stds, output)

@@ -33,6 +33,7 @@ from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.registry import GENERATORS, build_from_arch, generator_arch
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
+from phasegan_hpc.physics.consistency import SIGMA_PX, fresnel_residual
 
 if TYPE_CHECKING:
     from phasegan_hpc.config import Config
@@ -270,10 +271,30 @@ class PhaseModel:
         if self.detector is not None:  # G_D works in normalised units, as in training (models.cycle)
             norm = self.normalisation
             return norm.denorm_intensity(self._run("g_d", norm.norm_intensity(hologram[:, None])))[:, 0]
-        target = frame_shape or (shape[0] // self.scale, shape[1] // self.scale)
-        if tuple(target) == shape:
-            return hologram
-        return F.avg_pool2d(hologram[:, None], shape[0] // target[0])[:, 0]
+        return _onto_frames(hologram, frame_shape or (shape[0] // self.scale, shape[1] // self.scale))
+
+    @torch.no_grad()
+    def fresnel_residual(self, frames: torch.Tensor, phase: torch.Tensor, attenuation: torch.Tensor,
+                         sigma_px: float = SIGMA_PX) -> torch.Tensor:
+        """The trust score that does not rest on G_D (``physics.consistency``): how well |H psi|^2 alone, times
+        a smooth illumination fitted per frame, explains each frame.
+
+        Args:
+            frames: (B, H, W) the frames the object was retrieved from; phase, attenuation: (B, h, w) objects.
+
+        Returns:
+            (B,) float32.
+        """
+        hologram = self.propagator(tuple(phase.shape[-2:]), phase.device).intensity(object_wavefield(phase,
+                                                                                                    attenuation))
+        return fresnel_residual(frames, _onto_frames(hologram, tuple(frames.shape[-2:])), sigma_px)
+
+
+def _onto_frames(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) average-pooled onto the frame grid ``shape`` (an integer fraction of (h, w)), else as it is."""
+    if tuple(x.shape[-2:]) == tuple(shape):
+        return x
+    return F.avg_pool2d(x[:, None], x.shape[-2] // shape[0])[:, 0]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> PhaseModel:

@@ -145,7 +145,7 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
     return output
 
 
-def read_scores(output: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Flat per-frame (consistency, nonfinite_pixels) of a finished output."""
+def read_scores(output: Path, score: str = "consistency") -> tuple[np.ndarray, np.ndarray]:
+    """Flat per-frame (``score``, nonfinite_pixels) of a finished output."""
     with h5py.File(output, "r") as f:
-        return f["consistency"][()].reshape(-1), f["nonfinite_pixels"][()].reshape(-1)
+        return f[score][()].reshape(-1), f["nonfinite_pixels"][()].reshape(-1)

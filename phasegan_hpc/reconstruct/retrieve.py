@@ -7,13 +7,16 @@
                variation denoising (scikit-image, Chambolle), then Paganin
     flatfield  only the flat/dark-corrected frames (``/intensity``): a detector domain for training
 
-Each also gives a physics-consistency score per frame: the relative L1 distance between a frame I and the
-intensity its reconstruction predicts,
+Each also gives two trust scores per frame (:data:`SCORES`; 0 for flatfield), so that frames the model
+does not explain stand out:
 
-    score = mean |I_pred - I| / mean |I|,   I_pred = G_D |H G_O(I)|^2   (PhaseGAN's intensity cycle, eq. 3)
-                                             I_pred = |H psi|^2         (no G_D in the model; Paganin, TIE)
+    consistency       mean |I_pred - I| / mean |I|,  I_pred = G_D |H G_O(I)|^2  (PhaseGAN's intensity cycle,
+                      eq. 3), or |H psi|^2 (no G_D in the model; Paganin, TIE)
+    fresnel_residual  the same against F |H psi|^2 with a smooth illumination F fitted per frame and no
+                      network (``physics.consistency``): a G_O that invents structure cannot hide it behind
+                      a G_D that learnt to decode it
 
-so frames the model does not explain stand out (0 for flatfield). Nothing here imports Ray.
+Nothing here imports Ray.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import torch
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import PhaseModel, load_model
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
+from phasegan_hpc.physics.consistency import fresnel_residual, relative_l1
 
 METHODS = ("phasegan", "paganin", "tie", "flatfield")
+#: The per-frame trust scores every method writes (see the module docstring).
+SCORES = ("consistency", "fresnel_residual")
 OBJECT_OUTPUTS = {"phase": ("rad", "object phase phi = -k delta T"),
                   "attenuation": ("1", "attenuation mu T = -ln |psi|^2")}
 INTENSITY_OUTPUTS = {"intensity": ("1", "flat/dark-corrected detector frame")}
@@ -78,12 +84,6 @@ def output_layout(method: str, model: PhaseModel | None, frame_shape: tuple[int,
     return Layout(OBJECT_OUTPUTS, frame_shape, physics.pixel_size_m)
 
 
-def relative_l1(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """mean |pred - ref| / mean |ref| per frame: (B, H, W) -> (B,), float32."""
-    num = (pred.float() - ref.float()).abs().mean(dim=(-2, -1))
-    return num / ref.float().abs().mean(dim=(-2, -1)).clamp_min(1e-12)
-
-
 def tie_prepare(frames: np.ndarray, factor: float, out_shape: tuple[int, int], tv_weight: float,
                 tv_iterations: int) -> np.ndarray:
     """Resample (linear interpolation) by ``factor`` to ``out_shape`` and TV-denoise each frame.
@@ -109,7 +109,7 @@ def tie_prepare(frames: np.ndarray, factor: float, out_shape: tuple[int, int], t
 
 
 class Retriever:
-    """Maps corrected frames (B, H, W) float32 on ``device`` to ({output name: (B, h, w)}, score (B,)).
+    """Maps corrected frames (B, H, W) float32 on ``device`` to ({output name: (B, h, w)}, {score: (B,)}).
 
     Args:
         method: one of :data:`METHODS` ("phasegan" needs ``model``; "paganin" and "tie" need
@@ -148,10 +148,10 @@ class Retriever:
                        delta_beta=p.delta_beta)
 
     @torch.inference_mode()
-    def __call__(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """frames (B, H, W) float32 -> ({name: (B, h, w) float32}, score (B,) float32)."""
+    def __call__(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """frames (B, H, W) float32 -> ({name: (B, h, w) float32}, {score name: (B,) float32} of :data:`SCORES`)."""
         if self.method == "flatfield":
-            return {"intensity": frames}, torch.zeros(len(frames), device=frames.device)
+            return {"intensity": frames}, {k: torch.zeros(len(frames), device=frames.device) for k in SCORES}
         if self.method == "paganin":
             phase, att = self._paganin(frames, self.physics.pixel_size_m)
             return self._with_score(phase, att, frames)
@@ -164,11 +164,14 @@ class Retriever:
             return self._with_score(phase, att, prepared)
         phase, att = self.model.retrieve(frames)
         predicted = self.model.predict_intensity(phase, att, tuple(frames.shape[-2:]))
-        return {"phase": phase, "attenuation": att}, relative_l1(predicted, frames)
+        return {"phase": phase, "attenuation": att}, {
+            "consistency": relative_l1(predicted, frames),
+            "fresnel_residual": self.model.fresnel_residual(frames, phase, att)}
 
     def _with_score(self, phase: torch.Tensor, att: torch.Tensor, frames: torch.Tensor):
-        predicted = self.propagator.intensity(object_wavefield(phase, att))
-        return {"phase": phase, "attenuation": att}, relative_l1(predicted, frames)
+        hologram = self.propagator.intensity(object_wavefield(phase, att))
+        return {"phase": phase, "attenuation": att}, {"consistency": relative_l1(hologram, frames),
+                                                      "fresnel_residual": fresnel_residual(frames, hologram)}
 
 
 def score_name(method: str, model: PhaseModel | None) -> str:

@@ -30,14 +30,17 @@ from phasegan_hpc.reconstruct.output import (
     read_scores,
 )
 from phasegan_hpc.reconstruct.plan import make_plan
-from phasegan_hpc.reconstruct.retrieve import METHODS, Physics, TieOptions, output_layout, score_name
+from phasegan_hpc.reconstruct.retrieve import METHODS, SCORES, Physics, TieOptions, output_layout, score_name
 from phasegan_hpc.reconstruct.worker import FAULT_ENV, Job
 
 BACKENDS = ("ray", "mpi", "local")
 MODEL_ENV = "PHASEGAN_HPC_MODEL"
 DEFAULT_MODEL = Path("runs/latest/model.pt")
-#: A frame is flagged when its consistency score exceeds median + FLAG_MADS x (1.4826 MAD) of all frames.
+#: A frame is flagged when its score (``flag_by``) exceeds median + FLAG_MADS x (1.4826 MAD) of all frames.
 FLAG_MADS = 5.0
+#: The score that flags frames by default: the one whose per-frame values follow the true phase error more
+#: closely on paired validation data (Spearman, ``evaluate``; docs/benchmarks.md).
+DEFAULT_FLAG_BY = "fresnel_residual"
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Summary:
     workers: int | None
     threshold: float
     flagged: list[tuple[int, float]] = field(default_factory=list)
+    flag_by: str = DEFAULT_FLAG_BY
     nonfinite: list[tuple[int, int]] = field(default_factory=list)
     preview: Path | None = None
     setup_seconds: float = 0.0  # the slowest worker's start-up (model load, compilation)
@@ -77,7 +81,7 @@ class Summary:
                 "workers": self.workers, "seconds": self.seconds, "setup_seconds": self.setup_seconds,
                 "pipeline_seconds": self.pipeline_seconds, "frames_per_s": self.frames_per_s,
                 "pipeline_frames_per_s": self.pipeline_frames_per_s, "threshold": self.threshold,
-                "flagged": self.flagged, "nonfinite": self.nonfinite,
+                "flagged": self.flagged, "flag_by": self.flag_by, "nonfinite": self.nonfinite,
                 "preview": str(self.preview) if self.preview else None}
 
 
@@ -148,7 +152,8 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
                 method: str = "phasegan", overwrite: bool = False, shard_frames: int | None = None,
                 device: str | None = None, physics: dict[str, float | None] | None = None,
                 preview: bool = True, progress: Callable[[int, int], Callable[[int], None]] | None = None,
-                comm=None, tie: TieOptions | None = None, compile: bool | None = None) -> Summary | None:
+                comm=None, tie: TieOptions | None = None, compile: bool | None = None,
+                flag_by: str = DEFAULT_FLAG_BY) -> Summary | None:
     """Reconstruct phase and attenuation of every frame of a movie archive.
 
     Args:
@@ -174,6 +179,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
         tie: options of the "tie" method.
         compile: ``torch.compile`` the networks (None: on CUDA devices, the fastest variant of
             ``bench inference``; off on CPUs, where compiling costs more than it saves on short runs).
+        flag_by: the per-frame score that flags frames, one of ``retrieve.SCORES`` (both are written).
 
     Returns:
         A :class:`Summary` (None on MPI ranks other than 0).
@@ -185,6 +191,8 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
         raise DataError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if method not in METHODS:
         raise DataError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if flag_by not in SCORES:
+        raise DataError(f"unknown score {flag_by!r} for --flag-by; choose from {', '.join(SCORES)}")
     if backend == "mpi":
         if comm is None:
             from mpi4py import MPI
@@ -230,7 +238,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
     if missing:  # a worker returned without its file: never assemble a partial volume
         raise DataError(f"shards {sorted(missing)[:5]} did not finish; rerun the same command to resume")
     assemble(out, Path(job.shards_dir), job.archive, plan, setup["layout"], setup["attrs"])
-    return _summarise(out, job, plan, pending, rows, seconds, backend, workers, preview)
+    return _summarise(out, job, plan, pending, rows, seconds, backend, workers, preview, flag_by)
 
 
 def _with_device(job: Job, device: str) -> Job:
@@ -281,8 +289,9 @@ def _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpu
             "attrs": attrs, "layout": layout}
 
 
-def _summarise(out: Path, job: Job, plan, pending, rows, seconds, backend, workers, preview: bool) -> Summary:
-    scores, nonfinite = read_scores(out)
+def _summarise(out: Path, job: Job, plan, pending, rows, seconds, backend, workers, preview: bool,
+               flag_by: str) -> Summary:
+    scores, nonfinite = read_scores(out, flag_by)
     finite = scores[np.isfinite(scores)]
     threshold = float("nan")
     flagged: list[tuple[int, float]] = []
@@ -297,7 +306,7 @@ def _summarise(out: Path, job: Job, plan, pending, rows, seconds, backend, worke
         if "seconds" in r:
             busy[r["worker"]] = busy.get(r["worker"], 0.0) + r["seconds"]
     summary = Summary(out, job.archive.n_frames, sum(s.frames for s in pending), len(plan) - len(pending), len(plan),
-                      seconds, backend, workers, threshold, flagged,
+                      seconds, backend, workers, threshold, flagged, flag_by,
                       [(int(i), int(nonfinite[i])) for i in np.flatnonzero(nonfinite > 0)],
                       setup_seconds=max((r.get("setup_seconds", 0.0) for r in rows), default=0.0),
                       pipeline_seconds=max(busy.values(), default=0.0))

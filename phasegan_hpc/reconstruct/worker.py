@@ -33,6 +33,8 @@ FAULT_ENV = "PHASEGAN_HPC_RECONSTRUCT_FAULT"
 #: Per-frame scalar datasets of every shard (besides the method's frames: see ``retrieve.output_layout``).
 SCALAR_DATASETS = {
     "consistency": ("1", "physics-consistency score per frame (see attribute score)"),
+    "fresnel_residual": ("1", "Fresnel residual per frame: |H psi|^2 times a fitted smooth illumination vs "
+                              "the frame, no network (see attribute score)"),
     "nonfinite_pixels": ("1", "non-finite input pixels per frame (replaced by the frame's median)"),
 }
 
@@ -165,7 +167,7 @@ class ShardRunner:
                                          self.device, job.tie, job.compile)
         self.frames_done = 0  # frames of the current shard, for progress polling
         self._pinned: dict[int, torch.Tensor] = {}
-        self._compiled = job.compile and self.retriever.g_o is not None  # the networks run compiled
+        self._compiled = job.compile and self.retriever.model is not None  # the networks run compiled
         if self._compiled:  # compile now, for the one batch shape every call will have (see _padded)
             self.retriever(torch.ones(job.batch_size, *job.archive.frame_shape, device=self.device))
             if self.device.type == "cuda":
@@ -205,9 +207,9 @@ class ShardRunner:
             pending = None  # the previous batch, its results on their way back while this one computes
             for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size))):
                 clean, counts, empty = sanitise(batch)
-                frames, score = self.retriever(self._to_device(self._padded(clean), i % 2))
+                frames, scores = self.retriever(self._to_device(self._padded(clean), i % 2))
                 n = len(clean)  # views without the padding's results
-                launched = (self._to_host({**{k: v[:n] for k, v in frames.items()}, "consistency": score[:n]}),
+                launched = (self._to_host({k: v[:n] for k, v in {**frames, **scores}.items()}),
                             counts, empty)
                 if pending is not None:
                     offset = self._write(writer, shard, offset, *pending, nonfinite, progress)

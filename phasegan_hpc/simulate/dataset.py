@@ -158,6 +158,7 @@ def file_attrs(cfg: Config, kind: str) -> dict[str, object]:
         "delta": cfg.phantom.delta,
         "beta": cfg.phantom.beta,
         "photons_per_frame": cfg.detector.photons_per_frame,
+        "periodic": int(p.pad == 0),  # frames made with an unpadded (periodic) propagator
         "seed": cfg.simulate.seed,
         "generator": "phasegan_hpc.simulate (paper §3)",
         "config": config_to_toml(cfg),
