@@ -415,6 +415,8 @@ def bench(name: str, size: int | None, batch: int | None, repeats: int | None, d
              "seed": seed, "seeds": seeds, "methods": None if methods is None else tuple(methods.split(",")),
              "weights": weights, "photons": photons, "val": val, "settings": tuple(settings) or None}
     options = {"device": device} | {k: v for k, v in given.items() if v is not None}
+    if name == "table1":  # hours of training: say which cell is running
+        options["progress"] = lambda message: Console(stderr=True, soft_wrap=True).print(message, style="dim")
     result = run_benchmark(name, **options)
     Console().print(bench_table(result))
     if json_path is not None:

@@ -104,3 +104,16 @@ def test_bench_rejects_options_it_does_not_take(tmp_path):
     proc = subprocess.run([EXE, "bench", "propagator", "--frames", "3"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "bench propagator takes no --frames" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_table1_runs_sharing_one_out_dir_make_each_cell_once(tmp_path):
+    """Two concurrent `bench table1` processes on one --out: the data set and each cell are made once."""
+    args = [EXE, "bench", "table1", "--size", "32", "--train", "16", "--epochs", "1", "--val", "8", "--filters", "2",
+            "--methods", "paired", "--seeds", "2", "--out", str(tmp_path / "t")]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    logs = "".join(e for _, e in outs)
+    assert logs.count("simulating the data set") == 1
+    assert logs.count(": training paired") == 2 and logs.count("scored before, reused") == 2
+    assert len(list((tmp_path / "t" / "cells").glob("*.json"))) == 2

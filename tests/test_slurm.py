@@ -114,3 +114,23 @@ def test_scripts_are_bash_n_and_shellcheck_clean(script):
     proc = subprocess.run(["shellcheck", "-x", "-P", str(REPO), str(script)], capture_output=True, text=True,
                           cwd=REPO)
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.slow
+def test_sbatch_table1_smoke_and_resume(slurm, tmp_path):
+    """`sbatch slurm/table1.sh` with the paper-sized defaults overridden to smoke size; a second job resumes
+    (reuses the scored cell)."""
+    import json
+
+    env = _job_env(slurm, tmp_path, tmp_path, "unused", PHASEGAN_TABLE1_DEVICE="cpu", PHASEGAN_TABLE1_SEEDS="1",
+                   PHASEGAN_TABLE1_CONFIG=str(REPO / "configs" / "tiny.toml"),
+                   PHASEGAN_TABLE1_ARGS="--size 32 --train 16 --epochs 1 --val 8 --batch 8 --filters 2 "
+                                        "--methods paired")
+    out = tmp_path / "t1"
+    for _ in range(2):
+        proc, job_id, log, info = _sbatch(slurm, env, tmp_path, out, script="table1.sh")
+        assert proc.returncode == 0, f"{proc.stderr}\n{log}\n{info}"
+        assert "JobState=COMPLETED" in info
+    assert "scored before, reused" in log  # the second job trained nothing
+    result = json.loads((out / "table1-result.json").read_text())
+    assert set(result["table"]) == {"paired", "paganin"} and result["size"] == 32 and result["seeds"] == 1

@@ -10,7 +10,9 @@ CycleGAN by more than the two spreads, at most 1.5x the paired FRCM, Paganin las
 
 Resumable: every (method, seed) cell is a training run named by its configuration's digest and writes
 ``cells/<cell>.json`` when scored; a rerun (same arguments) trains only what is missing, and an interrupted
-run resumes from its last checkpoint. Writes into ``out_dir``: ``table1.md``, ``table1.json`` (rewritten
+run resumes from its last checkpoint. Several runs may share one ``out_dir`` at once (e.g. one per
+``--methods`` subset, to use more cores): the data set and each cell are made under a file lock, so each is
+made once and the others wait for it and reuse it. Writes into ``out_dir``: ``table1.md``, ``table1.json`` (rewritten
 after every cell), ``table1_convergence.png`` (validation metrics per epoch of every run),
 ``table1_patch.png`` (one validation patch per method, seed 0) and ``table1_ranked.png`` (ranked per-frame
 distributions, Supplement Fig. S4).
@@ -21,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ import torch
 
 from phasegan_hpc.bench import machine
 from phasegan_hpc.config import Config, config_to_toml, load_config, with_overrides
+from phasegan_hpc.data.h5io import atomic_write_text
 from phasegan_hpc.errors import DataError
 
 METHODS = ("paired", "pix2pix", "cyclegan", "phasegan")
@@ -118,6 +123,19 @@ def _markdown(summary: dict[str, dict[str, dict[str, float]]], weights: dict[str
     return ("\n".join(lines) + "\n\nmean ± std between seeds (mean per-frame std in parentheses)\n")
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``path`` (created; never through a symlink)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _validation_curves(run_dir: Path) -> list[dict[str, float]]:
     """The per-epoch validation records of a run's ``metrics.jsonl``."""
     path = run_dir / "metrics.jsonl"
@@ -178,13 +196,14 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
                                             sort_keys=True).encode()).hexdigest()[:10]
     data_dir = out / f"data-{data_digest}"
     t0 = time.perf_counter()
-    if not (data_dir / "validation.h5").is_file():
-        say(f"simulating the data set ({', '.join(data_keys)}) into {data_dir}")
-        simulate_dataset(data_dir, base, overwrite=True)
-    validation = data_dir / "validation.h5"
-    timings: dict[str, float] = {"simulate_s": time.perf_counter() - t0}
     cells_dir = out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(out / ".data.lock"):  # another run on this out_dir may be simulating the same data
+        if not (data_dir / "validation.h5").is_file():
+            say(f"simulating the data set ({', '.join(data_keys)}) into {data_dir}")
+            simulate_dataset(data_dir, base, overwrite=True)
+    validation = data_dir / "validation.h5"
+    timings: dict[str, float] = {"simulate_s": time.perf_counter() - t0}
     cells: dict[str, list[dict[str, Any]]] = {}
     weight_text: dict[str, str] = {}
     models: dict[str, str] = {}
@@ -206,8 +225,8 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
                   "targets": _targets(summary),
                   "files": [str(out / n) for n in ("table1.md", "table1_convergence.png", "table1_patch.png",
                                                    "table1_ranked.png")]}
-        (out / "table1.md").write_text(_markdown(summary, weight_text))
-        (out / "table1.json").write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out / "table1.md", _markdown(summary, weight_text))
+        atomic_write_text(out / "table1.json", json.dumps(result, indent=2) + "\n")
         return result
 
     for method in methods:
@@ -219,20 +238,20 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
             cfg = with_overrides(cfg, {"train.name": cell, "train.runs_dir": str(out / "runs")})
             weight_text[method] = _weights(cfg, method)
             cell_file = cells_dir / f"{cell}.json"
-            if cell_file.is_file():
-                say(f"{cell}: scored before, reused")
-                record = json.loads(cell_file.read_text())
-            else:
-                say(f"{cell}: training {method}, seed {k}")
-                t1 = time.perf_counter()
-                model_path = train_local(cfg, device=device)["model_path"]
-                (row,) = evaluate(model_path, validation, device=device)
-                record = {"method": method, "seed": k, "cell": cell, "model": str(model_path),
-                          "train_s": time.perf_counter() - t1,
-                          "stats": {key: {"mean": m, "std": s} for key, (m, s) in row.stats.items()}}
-                tmp = cell_file.with_name(f".{cell_file.name}.partial")
-                tmp.write_text(json.dumps(record, indent=2) + "\n")
-                tmp.replace(cell_file)
+            with _locked(cells_dir / f".{cell}.lock"):  # a concurrent run training this cell finishes first
+                if cell_file.is_file():
+                    say(f"{cell}: scored before, reused")
+                    record = json.loads(cell_file.read_text())
+                else:
+                    say(f"{cell}: training {method}, seed {k}")
+                    t1 = time.perf_counter()
+                    model_path = train_local(cfg, device=device)["model_path"]
+                    (row,) = evaluate(model_path, validation, device=device)
+                    record = {"method": method, "seed": k, "cell": cell, "model": str(model_path),
+                              "train_s": time.perf_counter() - t1,
+                              "stats": {key: {"mean": m, "std": s} for key, (m, s) in row.stats.items()},
+                              "score_spearman": row.score_spearman}
+                    atomic_write_text(cell_file, json.dumps(record, indent=2) + "\n")
             cells.setdefault(method, []).append(record)
             models.setdefault(method, record["model"])
             curves.setdefault(method, []).append(_validation_curves(out / "runs" / cell))

@@ -57,3 +57,20 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
         raise
     f.close()
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a small text file (JSON, Markdown) atomically: a temporary file of a unique name beside it
+    (created exclusively, so a planted symlink is never followed), then renamed over ``path``."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
