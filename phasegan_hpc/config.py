@@ -196,7 +196,10 @@ class LossConfig:
     """Loss weights, paper eq. 1 and 6 (synthetic PhaseGAN: alpha_cyc 20, alpha_frc 10; pix2pix alpha_mse 100).
 
     ``object_cycle_weight`` multiplies the first (object-cycle) terms of eq. 3 and 4: 2.5 for the paper's
-    CycleGAN baseline, 1 for PhaseGAN.
+    CycleGAN baseline, 1 for PhaseGAN. ``illumination_sigma_px`` > 0 closes the intensity cycle (the second
+    terms of eq. 3 and 4) up to a smooth illumination fitted per frame, F = blur(I) / blur(G_D(...)) with a
+    Gaussian of that many pixels (``physics.consistency``; not in the paper): a frame's own flat field is
+    not a function of the object, and without the fit G_O can close the cycle only by encoding it in psi.
     """
 
     adversarial: str = "bce"
@@ -204,10 +207,11 @@ class LossConfig:
     alpha_frc: float = 10.0
     alpha_mse: float = 100.0
     object_cycle_weight: float = 1.0
+    illumination_sigma_px: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.adversarial in ("bce", "lsgan"), "loss.adversarial", "must be 'bce' or 'lsgan'")
-        for key in ("alpha_cyc", "alpha_frc", "alpha_mse", "object_cycle_weight"):
+        for key in ("alpha_cyc", "alpha_frc", "alpha_mse", "object_cycle_weight", "illumination_sigma_px"):
             _require(getattr(self, key) >= 0, f"loss.{key}", "must be >= 0")
 
 

@@ -106,3 +106,25 @@ def test_fresnel_residual_follows_the_error_of_a_perturbed_object(validation):
 
     a, b = np.random.default_rng(2).random((2, 20))
     assert spearman_correlation(a, b) == pytest.approx(spearmanr(a, b).statistic)
+
+
+def test_illumination_matched_absorbs_a_smooth_flat_field_and_passes_no_gradient_through_it():
+    from phasegan_hpc.physics.consistency import illumination_matched
+
+    g = torch.Generator().manual_seed(4)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64, dtype=torch.float64),
+                            torch.linspace(-1, 1, 64, dtype=torch.float64), indexing="ij")
+    flat = (1.0 + 0.3 * torch.exp(-((yy - 0.2) ** 2 + (xx + 0.1) ** 2) / 0.5))[None]
+    detail = 1.0 + 0.05 * gaussian_blur(torch.randn(1, 64, 64, generator=g, dtype=torch.float64), 1.0)
+    measured = flat * detail
+    predicted = detail.clone().requires_grad_(True)  # right object, no flat field
+    matched = illumination_matched(predicted, measured, 4.0)
+    before = float((detail - measured).abs().mean())
+    after = float((matched.detach() - measured).abs().mean())
+    assert after < 0.1 * before, (before, after)
+    # the fit is held constant: d(matched)/d(predicted) is the fitted illumination itself, pixel by pixel
+    matched.sum().backward()
+    from phasegan_hpc.physics.consistency import fitted_illumination
+
+    np.testing.assert_allclose(predicted.grad.numpy(), fitted_illumination(measured, detail, 4.0).numpy(),
+                               rtol=1e-12)

@@ -69,6 +69,22 @@ def fitted_illumination(measured: torch.Tensor, hologram: torch.Tensor, sigma_px
     return gaussian_blur(measured, sigma_px) / gaussian_blur(hologram, sigma_px).clamp_min(1e-12)
 
 
+def illumination_matched(predicted: torch.Tensor, measured: torch.Tensor, sigma_px: float = SIGMA_PX) -> torch.Tensor:
+    """``predicted`` times the smooth illumination that best matches it to ``measured`` (the fit of
+    :func:`fitted_illumination`, held constant: no gradient flows through it), so that a loss between the
+    result and ``measured`` sees only what is finer than the illumination.
+
+    Args:
+        predicted, measured: (B, H, W) intensities in the same physical units (free beam ~ 1).
+
+    Returns:
+        (B, H, W), differentiable in ``predicted``.
+    """
+    with torch.no_grad():
+        illumination = fitted_illumination(measured, predicted, sigma_px)
+    return illumination * predicted
+
+
 def fresnel_residual(measured: torch.Tensor, hologram: torch.Tensor, sigma_px: float = SIGMA_PX) -> torch.Tensor:
     """The Fresnel residual per frame: mean |I - F |H psi|^2| / mean |I| with F from :func:`fitted_illumination`.
 

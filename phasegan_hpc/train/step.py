@@ -30,6 +30,7 @@ from phasegan_hpc.models.registry import (
     load_encoder_weights,
 )
 from phasegan_hpc.physics import FresnelPropagator
+from phasegan_hpc.physics.consistency import illumination_matched
 
 PAIRED_METHODS = ("pix2pix", "paired")
 
@@ -63,6 +64,7 @@ class Trainables:
     device_type: str = "cpu"
     scaler_g: torch.amp.GradScaler | None = None
     scaler_d: torch.amp.GradScaler | None = None
+    norm: Normalisation | None = None  # the run's normalisation (the intensity cycle's illumination fit)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32,
@@ -111,7 +113,7 @@ def build_trainables(cfg: Config, method: str, propagator: FresnelPropagator, no
     fp16 = amp_dtype is torch.float16
     return Trainables(gens, discs, opt_g, opt_d, amp_dtype, device_type,
                       torch.amp.GradScaler(device_type) if fp16 else None,
-                      torch.amp.GradScaler(device_type) if fp16 and opt_d is not None else None)
+                      torch.amp.GradScaler(device_type) if fp16 and opt_d is not None else None, norm)
 
 
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -159,10 +161,15 @@ def step_cycle(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) 
     with t.autocast():
         adv_o = adversarial_loss(discs.d_o(out.fake_object), True, loss.adversarial)
         adv_d = adversarial_loss(discs.d_d(out.fake_intensity), True, loss.adversarial)
+    rec_i = out.reconstructed_intensity.float()
+    if loss.illumination_sigma_px > 0:  # close the intensity cycle up to a smooth per-frame illumination
+        n = t.norm
+        rec_i = n.norm_intensity(illumination_matched(n.denorm_intensity(rec_i[:, 0]), n.denorm_intensity(
+            real_i[:, 0]), loss.illumination_sigma_px))[:, None]
     cyc_o = cycle_l1(out.reconstructed_object.float(), real_o)
-    cyc_i = cycle_l1(out.reconstructed_intensity.float(), real_i)
+    cyc_i = cycle_l1(rec_i, real_i)
     frc_o = frc_loss(out.reconstructed_object.float(), real_o)
-    frc_i = frc_loss(out.reconstructed_intensity.float(), real_i)
+    frc_i = frc_loss(rec_i, real_i)
     w = loss.object_cycle_weight
     total = adv_o + adv_d + loss.alpha_cyc * (w * cyc_o + cyc_i) + loss.alpha_frc * (w * frc_o + frc_i)
     g_grad = _apply(t.opt_g, t.generators, total, grad_clip, t.scaler_g)
