@@ -180,6 +180,8 @@ def test_checkpoint_of_another_configuration_is_refused(tiny_train_config):
     train_local(cfg)
     with pytest.raises(TrainingError, match="another configuration"):
         train_local(with_overrides(cfg, {"train.method": "cyclegan", "train.max_steps": 0}))
+    with pytest.raises(TrainingError, match="another configuration"):  # the object encoding is part of it
+        train_local(with_overrides(cfg, {"model.output": "phase_attenuation", "train.max_steps": 0}))
 
 
 def test_divergence_is_a_clear_error(tiny_train_config):

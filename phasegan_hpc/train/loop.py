@@ -85,10 +85,11 @@ def _lr_scale(cfg: Config, epoch: int) -> float:
 
 
 def _identity(cfg: Config) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the method and every network's shape."""
+    """What a checkpoint must match to be resumed: the method, every network's shape, the object encoding."""
     m = cfg.model
     return {"method": cfg.train.method, "generator": m.generator, "base_filters": m.base_filters,
             "discriminator": m.discriminator, "disc_filters": m.disc_filters, "disc_norm": m.disc_norm,
+            "output": m.output, "object_scale": m.object_scale, "upsampling": m.upsampling,
             **({"upsample": m.upsample} if m.upsample != 1 else {})}
 
 
