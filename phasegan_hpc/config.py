@@ -200,6 +200,9 @@ class LossConfig:
     terms of eq. 3 and 4) up to a smooth illumination fitted per frame, F = blur(I) / blur(G_D(...)) with a
     Gaussian of that many pixels (``physics.consistency``; not in the paper): a frame's own flat field is
     not a function of the object, and without the fit G_O can close the cycle only by encoding it in psi.
+    ``alpha_fresnel`` > 0 (PhaseGAN only; not in the paper) adds that weight times the Fresnel residual of
+    G_O's own output, mean |F |H G_O(I)|^2 - I| with the fitted illumination F (sigma
+    ``illumination_sigma_px``, else 4 px), in normalised units: H alone, without G_D, must explain the frame.
     """
 
     adversarial: str = "bce"
@@ -208,10 +211,12 @@ class LossConfig:
     alpha_mse: float = 100.0
     object_cycle_weight: float = 1.0
     illumination_sigma_px: float = 0.0
+    alpha_fresnel: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.adversarial in ("bce", "lsgan"), "loss.adversarial", "must be 'bce' or 'lsgan'")
-        for key in ("alpha_cyc", "alpha_frc", "alpha_mse", "object_cycle_weight", "illumination_sigma_px"):
+        for key in ("alpha_cyc", "alpha_frc", "alpha_mse", "object_cycle_weight", "illumination_sigma_px",
+                    "alpha_fresnel"):
             _require(getattr(self, key) >= 0, f"loss.{key}", "must be >= 0")
 
 

@@ -30,7 +30,7 @@ from phasegan_hpc.models.registry import (
     load_encoder_weights,
 )
 from phasegan_hpc.physics import FresnelPropagator
-from phasegan_hpc.physics.consistency import illumination_matched
+from phasegan_hpc.physics.consistency import SIGMA_PX, illumination_matched
 
 PAIRED_METHODS = ("pix2pix", "paired")
 
@@ -172,11 +172,20 @@ def step_cycle(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) 
     frc_i = frc_loss(rec_i, real_i)
     w = loss.object_cycle_weight
     total = adv_o + adv_d + loss.alpha_cyc * (w * cyc_o + cyc_i) + loss.alpha_frc * (w * frc_o + frc_i)
+    extra = {}
+    detector_model = unwrap(t.generators).detector_model
+    if loss.alpha_fresnel > 0 and detector_model is not None:  # H alone must explain the frame (no G_D)
+        n = t.norm
+        hologram = n.denorm_intensity(detector_model(out.fake_object)[:, 0])
+        matched = illumination_matched(hologram, n.denorm_intensity(real_i[:, 0]), loss.illumination_sigma_px or
+                                       SIGMA_PX)
+        extra["fresnel"] = cycle_l1(n.norm_intensity(matched)[:, None], real_i)
+        total = total + loss.alpha_fresnel * extra["fresnel"]
     g_grad = _apply(t.opt_g, t.generators, total, grad_clip, t.scaler_g)
     _set_requires_grad(discs, True)
     terms = {"loss_g": total, "loss_d": d_o + d_d, "adv_o": adv_o, "adv_d": adv_d, "cyc_o": cyc_o,
              "cyc_i": cyc_i, "frc_o": frc_o, "frc_i": frc_i, "d_o": d_o, "d_d": d_d,
-             "grad_g": g_grad, "grad_d": d_grad}
+             "grad_g": g_grad, "grad_d": d_grad, **extra}
     return {k: v.detach() for k, v in terms.items()}
 
 
