@@ -158,6 +158,8 @@ def bench_table(result: dict) -> Table:
                 rows(f"{prefix}.{k}" if prefix else str(k), v)
         elif isinstance(value, float):
             table.add_row(prefix, f"{value:.4g}")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            table.add_row(prefix, f"{len(value)} records (in the JSON)")
         else:
             table.add_row(prefix, str(value))
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from phasegan_hpc.bench import machine
-from phasegan_hpc.config import Config, config_to_toml, load_config, with_overrides
+from phasegan_hpc.config import Config, load_config, with_overrides
 from phasegan_hpc.data.h5io import atomic_write_text
 from phasegan_hpc.errors import DataError
 
@@ -74,7 +74,13 @@ def parse_settings(settings: tuple[str, ...] | list[str]) -> dict[str | None, di
 
 
 def _digest(cfg: Config) -> str:
-    return hashlib.sha256(config_to_toml(cfg).encode()).hexdigest()[:10]
+    """A cell's name: a digest of the configuration's values that differ from the built-in defaults, so that
+    a newer version of this software which adds a config key (with a default) still finds the cells an older
+    one trained."""
+    default = Config()
+    changed = {s: {k: v for k, v in dataclasses.asdict(getattr(cfg, s)).items()
+                   if v != getattr(getattr(default, s), k)} for s in (f.name for f in dataclasses.fields(cfg))}
+    return hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _weights(cfg: Config, method: str) -> str:
@@ -124,14 +130,20 @@ def _markdown(summary: dict[str, dict[str, dict[str, float]]], weights: dict[str
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock (``fcntl.flock``) on ``path`` (created; never through a symlink)."""
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``path`` (created; never through a symlink).
+
+    Yields True once held; with ``wait`` False, yields False at once when another process holds it."""
     import fcntl
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)  # releases the lock
 
@@ -229,33 +241,59 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
         atomic_write_text(out / "table1.json", json.dumps(result, indent=2) + "\n")
         return result
 
+    plan = []
     for method in methods:
         for k in range(seeds):
             cfg = with_overrides(base, {"train.method": method, "train.seed": k, "train.data_dir": str(data_dir),
                                         **(CYCLEGAN_LOSS if method == "cyclegan" and weights == "paper" else {}),
                                         **per_method.get(method, {})})
             cell = f"{method}-s{k}-{_digest(cfg)}"
-            cfg = with_overrides(cfg, {"train.name": cell, "train.runs_dir": str(out / "runs")})
+            plan.append((method, k, cell, with_overrides(cfg, {"train.name": cell,
+                                                               "train.runs_dir": str(out / "runs")})))
             weight_text[method] = _weights(cfg, method)
-            cell_file = cells_dir / f"{cell}.json"
-            with _locked(cells_dir / f".{cell}.lock"):  # a concurrent run training this cell finishes first
-                if cell_file.is_file():
-                    say(f"{cell}: scored before, reused")
-                    record = json.loads(cell_file.read_text())
-                else:
-                    say(f"{cell}: training {method}, seed {k}")
-                    t1 = time.perf_counter()
-                    model_path = train_local(cfg, device=device)["model_path"]
-                    (row,) = evaluate(model_path, validation, device=device)
-                    record = {"method": method, "seed": k, "cell": cell, "model": str(model_path),
-                              "train_s": time.perf_counter() - t1,
-                              "stats": {key: {"mean": m, "std": s} for key, (m, s) in row.stats.items()},
-                              "score_spearman": row.score_spearman}
-                    atomic_write_text(cell_file, json.dumps(record, indent=2) + "\n")
-            cells.setdefault(method, []).append(record)
-            models.setdefault(method, record["model"])
-            curves.setdefault(method, []).append(_validation_curves(out / "runs" / cell))
-            write()
+    records: dict[str, dict[str, Any]] = {}
+
+    def run_cell(method: str, k: int, cell: str, cfg: Config) -> dict[str, Any]:
+        cell_file = cells_dir / f"{cell}.json"
+        if cell_file.is_file():
+            say(f"{cell}: scored before, reused")
+            return json.loads(cell_file.read_text())
+        say(f"{cell}: training {method}, seed {k}")
+        t1 = time.perf_counter()
+        model_path = train_local(cfg, device=device)["model_path"]
+        (row,) = evaluate(model_path, validation, device=device)
+        record = {"method": method, "seed": k, "cell": cell, "model": str(model_path),
+                  "train_s": time.perf_counter() - t1,
+                  "stats": {key: {"mean": m, "std": s} for key, (m, s) in row.stats.items()},
+                  "score_spearman": row.score_spearman}
+        atomic_write_text(cell_file, json.dumps(record, indent=2) + "\n")
+        return record
+
+    def collect() -> None:
+        cells.clear(), models.clear(), curves.clear()
+        for method, _k, cell, _cfg in plan:  # in plan order, whatever order the cells finished in
+            if cell in records:
+                cells.setdefault(method, []).append(records[cell])
+                models.setdefault(method, records[cell]["model"])
+                curves.setdefault(method, []).append(_validation_curves(out / "runs" / cell))
+
+    # Cells another run on this out_dir is training are left for last (and then waited for), so that
+    # concurrent runs spread over the cells instead of queueing behind one.
+    deferred = []
+    for item in plan:
+        with _locked(cells_dir / f".{item[2]}.lock", wait=False) as got:
+            if not got:
+                say(f"{item[2]}: being trained by another run, left for later")
+                deferred.append(item)
+                continue
+            records[item[2]] = run_cell(*item)
+        collect()
+        write()
+    for item in deferred:
+        with _locked(cells_dir / f".{item[2]}.lock"):
+            records[item[2]] = run_cell(*item)
+        collect()
+        write()
     paganin = evaluate(None, validation, ("paganin",), device=device)[0]
     result = write()
     rows = [evaluate(models[m], validation, device=device)[0] for m in models] + [paganin]
