@@ -44,7 +44,7 @@ lint: install
 	$(VENV)/bin/ruff check phasegan_hpc tests
 
 test: install system-deps lint
-	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 $(PY) -m pytest
+	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 $(PY) -m pytest --durations=25
 
 # Simulate a small data set, train PhaseGAN briefly on it, score it next to Paganin, write figures,
 # run a 4-trial search of the loss weights, and reconstruct a simulated raw-detector movie archive.
