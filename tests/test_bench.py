@@ -98,6 +98,11 @@ def test_bench_table1_seeds_resume_and_table(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "expected [METHOD:]section.key=value" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "t2").exists()
+    for bad in ("foo.bar=1", "phasegan:loss.nope=1"):  # unknown sections and keys: one line, nothing written
+        proc = subprocess.run([EXE, "bench", "table1", "--set", bad, "--out", str(tmp_path / "t3")],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.startswith("error: --set") and "Traceback" not in proc.stderr
+        assert not (tmp_path / "t3").exists()
 
 
 def test_bench_rejects_options_it_does_not_take(tmp_path):

@@ -201,7 +201,10 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
         "train.checkpoint_every": 500, "train.log_every": 50, "train.norm_frames": min(train, 1000)})
     try:
         base = with_overrides(base, per_method.get(None, {}))
-    except (TypeError, ValueError) as exc:
+        for method, overrides in per_method.items():
+            if method is not None:
+                with_overrides(base, overrides)  # a bad key or value fails here, before anything is written
+    except (AttributeError, TypeError, ValueError) as exc:
         raise DataError(f"--set: {exc}") from None
     data_keys = ("physics", "phantom", "flatfield", "detector", "simulate")
     data_digest = hashlib.sha256(json.dumps({s: dataclasses.asdict(getattr(base, s)) for s in data_keys},
