@@ -19,7 +19,7 @@ from phasegan_hpc.errors import DataError
 from phasegan_hpc.losses.metrics import METRICS
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
-from phasegan_hpc.physics.consistency import fresnel_residual, relative_l1
+from phasegan_hpc.physics.consistency import hologram_scores
 
 BASELINES = ("paganin",)
 CHANNELS = ("phase", "attenuation")
@@ -134,6 +134,9 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
             if key not in stack.attrs:
                 raise DataError(f"{validation_path} lacks attribute {key!r} needed by the Paganin baseline")
         flats = _flatfield_stack(Path(validation_path), stack)
+        a = stack.attrs
+        paganin_h = FresnelPropagator(stack.shape, pixel_size_m=a["pixel_size_m"], distance_m=a["distance_m"],
+                                      wavelength_m=a["wavelength_m"])  # for the scores of Paganin's objects
     rows: dict[str, dict[str, list[np.ndarray]]] = {}
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
@@ -142,24 +145,19 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
             frames = inten[:, 0].to(dev)
             phase, att = model.retrieve(frames)
             pred = torch.stack([phase, att], 1).cpu()
-            scores = {"score_consistency": relative_l1(model.predict_intensity(phase, att, frames.shape[-2:]), frames),
-                      "score_fresnel_residual": model.fresnel_residual(frames, phase, att)}
+            scores = {f"score_{k}": v for k, v in model.scores(frames, phase, att).items()}
             for k, v in (_score(pred, ref) | {k: v.cpu().numpy() for k, v in scores.items()}).items():
                 rows.setdefault(model.method, {}).setdefault(k, []).append(v)
         if use_paganin:
-            a = stack.attrs
             corrected = inten[:, 0].double()
             if flats is not None:
                 corrected = corrected / torch.from_numpy(flats[idx][:, 0]).double().clamp_min(1e-6)
             phase, att = paganin(corrected, pixel_size_m=a["pixel_size_m"], distance_m=a["distance_m"],
                                  wavelength_m=a["wavelength_m"], delta_beta=a["delta"] / a["beta"],
                                  pad=paganin_pad(a))
-            hologram = FresnelPropagator(tuple(phase.shape[-2:]), pixel_size_m=a["pixel_size_m"],
-                                         distance_m=a["distance_m"], wavelength_m=a["wavelength_m"]).intensity(
-                object_wavefield(phase, att))
-            frames = corrected  # the frames Paganin read, as reconstruct --method paganin scores them
-            scores = {"score_consistency": relative_l1(hologram, frames),
-                      "score_fresnel_residual": fresnel_residual(frames, hologram)}
+            # scored against the frames Paganin read, as reconstruct --method paganin scores them
+            scores = {f"score_{k}": v for k, v in hologram_scores(
+                corrected, paganin_h.intensity(object_wavefield(phase, att))).items()}
             for k, v in (_score(_onto(torch.stack([phase, att], 1), truth.shape), ref)
                          | {k: v.cpu().numpy() for k, v in scores.items()}).items():
                 rows.setdefault("paganin", {}).setdefault(k, []).append(v)

@@ -33,7 +33,7 @@ from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.registry import GENERATORS, build_from_arch, generator_arch
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
-from phasegan_hpc.physics.consistency import SIGMA_PX, fresnel_residual
+from phasegan_hpc.physics.consistency import SIGMA_PX, fresnel_residual, relative_l1
 
 if TYPE_CHECKING:
     from phasegan_hpc.config import Config
@@ -254,20 +254,27 @@ class PhaseModel:
         return obj[:, 0].contiguous(), obj[:, 1].contiguous()
 
     @torch.no_grad()
+    def hologram(self, phase: torch.Tensor, attenuation: torch.Tensor) -> torch.Tensor:
+        """|H psi|^2 of objects (B, h, w) on the object grid, with the model's geometry and padding."""
+        return self.propagator(tuple(phase.shape[-2:]), phase.device).intensity(object_wavefield(phase, attenuation))
+
+    @torch.no_grad()
     def predict_intensity(self, phase: torch.Tensor, attenuation: torch.Tensor,
-                          frame_shape: tuple[int, int] | None = None) -> torch.Tensor:
+                          frame_shape: tuple[int, int] | None = None,
+                          hologram: torch.Tensor | None = None) -> torch.Tensor:
         """The detector frame the model predicts for an object: G_D|H psi|^2 (eq. 3's intensity cycle) when
         the model has G_D, else |H psi|^2 average-pooled onto the frame grid.
 
         Args:
             phase, attenuation: (B, h, w) float32 on the model's device, the object grid.
             frame_shape: (H, W) of the frames (default (h, w) / :attr:`scale`).
+            hologram: :meth:`hologram` of the same objects, if already computed.
 
         Returns:
             (B, H, W) float32 in the frames' units.
         """
         shape = tuple(phase.shape[-2:])
-        hologram = self.propagator(shape, phase.device).intensity(object_wavefield(phase, attenuation))
+        hologram = self.hologram(phase, attenuation) if hologram is None else hologram
         if self.detector is not None:  # G_D works in normalised units, as in training (models.cycle)
             norm = self.normalisation
             return norm.denorm_intensity(self._run("g_d", norm.norm_intensity(hologram[:, None])))[:, 0]
@@ -275,19 +282,28 @@ class PhaseModel:
 
     @torch.no_grad()
     def fresnel_residual(self, frames: torch.Tensor, phase: torch.Tensor, attenuation: torch.Tensor,
-                         sigma_px: float = SIGMA_PX) -> torch.Tensor:
+                         sigma_px: float = SIGMA_PX, hologram: torch.Tensor | None = None) -> torch.Tensor:
         """The trust score that does not rest on G_D (``physics.consistency``): how well |H psi|^2 alone, times
         a smooth illumination fitted per frame, explains each frame.
 
         Args:
             frames: (B, H, W) the frames the object was retrieved from; phase, attenuation: (B, h, w) objects.
+            hologram: :meth:`hologram` of the same objects, if already computed.
 
         Returns:
             (B,) float32.
         """
-        hologram = self.propagator(tuple(phase.shape[-2:]), phase.device).intensity(object_wavefield(phase,
-                                                                                                    attenuation))
+        hologram = self.hologram(phase, attenuation) if hologram is None else hologram
         return fresnel_residual(frames, _onto_frames(hologram, tuple(frames.shape[-2:])), sigma_px)
+
+    @torch.no_grad()
+    def scores(self, frames: torch.Tensor, phase: torch.Tensor, attenuation: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both per-frame trust scores of retrieved objects, from one propagation: ``consistency`` (relative L1
+        of :meth:`predict_intensity` against the frames) and ``fresnel_residual``; each (B,) float32."""
+        hologram = self.hologram(phase, attenuation)
+        predicted = self.predict_intensity(phase, attenuation, tuple(frames.shape[-2:]), hologram)
+        return {"consistency": relative_l1(predicted, frames),
+                "fresnel_residual": self.fresnel_residual(frames, phase, attenuation, hologram=hologram)}
 
 
 def _onto_frames(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

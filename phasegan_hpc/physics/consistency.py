@@ -99,3 +99,11 @@ def fresnel_residual(measured: torch.Tensor, hologram: torch.Tensor, sigma_px: f
     predicted = fitted_illumination(m, hol, sigma_px) * hol
     num = (m - predicted).abs().mean(dim=(-2, -1))
     return (num / m.abs().mean(dim=(-2, -1)).clamp_min(1e-12)).float()
+
+
+def hologram_scores(measured: torch.Tensor, hologram: torch.Tensor,
+                    sigma_px: float = SIGMA_PX) -> dict[str, torch.Tensor]:
+    """Both trust scores of an object with no detector model (Paganin, TIE): ``consistency`` = relative L1 of
+    |H psi|^2 against the frames, ``fresnel_residual`` = :func:`fresnel_residual`; each (B,) float32."""
+    return {"consistency": relative_l1(hologram, measured),
+            "fresnel_residual": fresnel_residual(measured, hologram, sigma_px)}

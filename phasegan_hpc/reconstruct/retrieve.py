@@ -29,7 +29,7 @@ import torch
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import PhaseModel, load_model
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
-from phasegan_hpc.physics.consistency import fresnel_residual, relative_l1
+from phasegan_hpc.physics.consistency import hologram_scores
 
 METHODS = ("phasegan", "paganin", "tie", "flatfield")
 #: The per-frame trust scores every method writes (see the module docstring).
@@ -163,15 +163,11 @@ class Retriever:
             phase, att = self._paganin(prepared, self.layout.pixel_size_m)
             return self._with_score(phase, att, prepared)
         phase, att = self.model.retrieve(frames)
-        predicted = self.model.predict_intensity(phase, att, tuple(frames.shape[-2:]))
-        return {"phase": phase, "attenuation": att}, {
-            "consistency": relative_l1(predicted, frames),
-            "fresnel_residual": self.model.fresnel_residual(frames, phase, att)}
+        return {"phase": phase, "attenuation": att}, self.model.scores(frames, phase, att)
 
     def _with_score(self, phase: torch.Tensor, att: torch.Tensor, frames: torch.Tensor):
         hologram = self.propagator.intensity(object_wavefield(phase, att))
-        return {"phase": phase, "attenuation": att}, {"consistency": relative_l1(hologram, frames),
-                                                      "fresnel_residual": fresnel_residual(frames, hologram)}
+        return {"phase": phase, "attenuation": att}, hologram_scores(frames, hologram)
 
 
 def score_name(method: str, model: PhaseModel | None) -> str:
