@@ -158,7 +158,8 @@ class ModelConfig:
     pixel size (G_O gets an extra transposed-conv stage, G_D a plain conv in place of its last one).
     ``output``: what G_O's two channels are, "real_imag" (Re psi, Im psi; the authors' code) or
     "phase_attenuation"; ``object_scale``: "shared" (one scale for both channels, so neither is inert inside
-    H) or "channel" (each z-scored; older models) (see ``phasegan_hpc.data.normalise``). ``disc_norm``:
+    H), "ctf" (scales balanced by the geometry's contrast transfer function: strong phase objects such as
+    the foam) or "channel" (each z-scored; older models) (see ``phasegan_hpc.data.normalise``). ``disc_norm``:
     "batch" (train-mode BatchNorm), "frozen" (BatchNorm on its initial running statistics: an affine map, as
     the reference code's BN effectively is), "instance" or "none". ``upsampling``: the decoder's
     "transpose" (3x3 stride-2 transposed convs, Supplement 1) or "resize" (nearest x2 + 3x3 conv, free of
@@ -187,7 +188,8 @@ class ModelConfig:
                  "must be 'batch', 'frozen', 'instance' or 'none'")
         _require(self.output in ("real_imag", "phase_attenuation"), "model.output",
                  "must be 'real_imag' or 'phase_attenuation'")
-        _require(self.object_scale in ("shared", "channel"), "model.object_scale", "must be 'shared' or 'channel'")
+        _require(self.object_scale in ("shared", "ctf", "channel"), "model.object_scale",
+                 "must be 'shared', 'ctf' or 'channel'")
         _require(self.upsampling in ("transpose", "resize"), "model.upsampling", "must be 'transpose' or 'resize'")
 
 

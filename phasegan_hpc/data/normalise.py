@@ -7,10 +7,17 @@ two channels in one of two encodings (``[model] output``; paper §2: "real/imag 
                          outputs), and phase = arg psi, attenuation = -ln |psi|^2 are derived
     "phase_attenuation"  (phi [rad], A = mu T), psi = exp(-A / 2 + i phi) (DESIGN.md §3)
 
-and one of two scalings (``[model] object_scale``):
+and one of three scalings (``[model] object_scale``):
 
     "shared"   both channels divided by one scale (the rms of their deviations), so each channel keeps its
                physical weight: one normalised unit of either channel changes psi by about as much
+    "ctf"      the phase-like channel (phase, Im psi) z-scored; the other (attenuation, Re psi) given the
+               scale at which one normalised unit moves the detector intensity as much as one unit of the
+               phase-like channel does, by the contrast transfer function of the geometry
+               (:func:`phasegan_hpc.physics.propagator.contrast_transfer_gains`). For strong phase objects
+               seen at short distance (the foam of paper §4: phase std 7 rad, chi <= 0.07), where "shared"
+               gives attenuation a 5-neper scale (exp overflows at initialisation) and "channel" leaves it
+               inert (34x less gradient)
     "channel"  each channel z-scored on its own (files written before the encodings existed). With
                (phase, attenuation) of a weak absorber (std 3e-4 against phase's 0.1) this makes the
                attenuation channel inert inside H: its intensity-cycle gradient is ~1000x smaller.
@@ -32,7 +39,9 @@ from phasegan_hpc.errors import DataError
 #: Object encodings of G_O's two output channels (``[model] output``).
 OBJECT_OUTPUTS = ("real_imag", "phase_attenuation")
 #: Scalings of the two object channels (``[model] object_scale``).
-OBJECT_SCALES = ("shared", "channel")
+OBJECT_SCALES = ("shared", "ctf", "channel")
+#: Largest attenuation scale [neper] "shared" may give (exp(-A) of a few units already overflows the cycle).
+MAX_SHARED_ATTENUATION_STD = 1.0
 
 
 @dataclass(frozen=True)
@@ -118,18 +127,37 @@ def _sample(stack: FrameStack, n: int, rng: np.random.Generator) -> np.ndarray:
     return stack[idx].astype(np.float64)
 
 
-def object_statistics(objects: np.ndarray, output: str, scale: str) -> tuple[tuple[float, float],
-                                                                           tuple[float, float]]:
+def object_statistics(objects: np.ndarray, output: str, scale: str,
+                      ctf_gains: tuple[float, float] | None = None) -> tuple[tuple[float, float],
+                                                                             tuple[float, float]]:
     """(means, stds) of the two channels of ``output`` over physical objects (N, 2, H, W) float64.
 
     ``scale`` "shared" gives both channels one std, sqrt of the mean of the two variances; "channel" each
-    its own. Stds are floored at 1e-12.
+    its own; "ctf" the phase-like channel its own std s and the other s * g_phase / g_att, with ``ctf_gains``
+    = (g_att, g_phase) of :func:`~phasegan_hpc.physics.propagator.contrast_transfer_gains` (Re psi moves I
+    twice as much as attenuation does: dI = 2 cos(chi) dRe). Stds are floored at 1e-12.
+
+    Raises:
+        DataError: "shared" (phase, attenuation) whose scale would exceed
+            :data:`MAX_SHARED_ATTENUATION_STD` nepers (a strong phase object: use "ctf").
+        ValueError: an unknown scale, or "ctf" without gains.
     """
     enc = encode_object(objects, output)
     means = tuple(float(enc[:, c].mean()) for c in range(2))
     stds = [max(float(enc[:, c].std()), 1e-12) for c in range(2)]
     if scale == "shared":
         stds = [max(float(np.sqrt((stds[0] ** 2 + stds[1] ** 2) / 2)), 1e-12)] * 2
+        if output == "phase_attenuation" and stds[1] > MAX_SHARED_ATTENUATION_STD:
+            raise DataError(f"object_scale \"shared\" would scale attenuation by {stds[1]:.3g} nepers (phase "
+                            f"std {float(enc[:, 0].std()):.3g} rad): set [model] object_scale = \"ctf\"")
+    elif scale == "ctf":
+        if ctf_gains is None:
+            raise ValueError('object scale "ctf" needs the contrast transfer gains of the geometry')
+        g_att, g_phase = ctf_gains
+        if output == "phase_attenuation":  # (phase, attenuation): dI = 2 sin(chi) dphi - cos(chi) dA
+            stds[1] = max(stds[0] * g_phase / max(g_att, 1e-12), 1e-12)
+        else:  # (Re, Im): dI = 2 cos(chi) dRe + 2 sin(chi) dIm at |psi| ~ 1
+            stds[0] = max(stds[1] * g_phase / max(2 * g_att, 1e-12), 1e-12)
     elif scale != "channel":
         raise ValueError(f"object scale must be one of {OBJECT_SCALES}, got {scale!r}")
     return means, (stds[0], stds[1])
@@ -137,16 +165,19 @@ def object_statistics(objects: np.ndarray, output: str, scale: str) -> tuple[tup
 
 def compute_normalisation(intensity: FrameStack, intensity_channel: int, objects: FrameStack,
                           object_channels: tuple[int, int], n_frames: int, seed: int,
-                          output: str = "phase_attenuation", scale: str = "channel") -> Normalisation:
+                          output: str = "phase_attenuation", scale: str = "channel",
+                          ctf_gains: tuple[float, float] | None = None) -> Normalisation:
     """Statistics from up to ``n_frames`` random frames of the training sets (deterministic in ``seed``).
 
     Args:
         intensity, intensity_channel: the detector frames and their channel in ``intensity``'s rows.
         objects, object_channels: the objects and the (phase, attenuation) channels in ``objects``' rows.
         output, scale: the object encoding and scaling (:data:`OBJECT_OUTPUTS`, :data:`OBJECT_SCALES`).
+        ctf_gains: (attenuation, phase) gains of the geometry, for ``scale`` "ctf".
 
     Raises:
-        DataError: "real_imag" for objects whose phase leaves (-pi, pi] (arg psi would wrap it).
+        DataError: "real_imag" for objects whose phase leaves (-pi, pi] (arg psi would wrap it); "shared"
+            (phase, attenuation) of a strong phase object (:func:`object_statistics`).
     """
     rng = np.random.default_rng(seed)
     inten = _sample(intensity, n_frames, rng)[:, intensity_channel]
@@ -154,5 +185,5 @@ def compute_normalisation(intensity: FrameStack, intensity_channel: int, objects
     if output == "real_imag" and np.abs(obj[:, 0]).max() > np.pi:
         raise DataError(f"{objects.path}: object phases reach {np.abs(obj[:, 0]).max():.3g} rad; (Re, Im psi) "
                         "would wrap them: set [model] output = \"phase_attenuation\"")
-    means, stds = object_statistics(obj, output, scale)
+    means, stds = object_statistics(obj, output, scale, ctf_gains)
     return Normalisation(float(inten.mean()), max(float(inten.std()), 1e-12), means, stds, output)

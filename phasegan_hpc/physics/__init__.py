@@ -5,12 +5,13 @@ phase retrieval and flat-field correction. Pure functions with documented shapes
 from phasegan_hpc.physics.flatfield import FlatfieldCorrector, flatfield_correct
 from phasegan_hpc.physics.optics import energy_kev, fresnel_number, wavelength_m, wavenumber
 from phasegan_hpc.physics.paganin import paganin
-from phasegan_hpc.physics.propagator import FresnelPropagator, fresnel_kernel
+from phasegan_hpc.physics.propagator import FresnelPropagator, contrast_transfer_gains, fresnel_kernel
 from phasegan_hpc.physics.wavefield import object_wavefield, phase_attenuation, thickness_to_phase_attenuation
 
 __all__ = [
     "FlatfieldCorrector",
     "FresnelPropagator",
+    "contrast_transfer_gains",
     "energy_kev",
     "flatfield_correct",
     "fresnel_kernel",

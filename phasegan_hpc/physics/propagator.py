@@ -62,6 +62,34 @@ def fresnel_kernel(
     return torch.polar(torch.ones_like(phase), phase).to(dtype=dtype, device=device)
 
 
+def contrast_transfer_gains(
+    shape: tuple[int, int], *, pixel_size_m: float, distance_m: float, wavelength_m: float
+) -> tuple[float, float]:
+    """rms linear responses of the detector intensity to the object's attenuation and phase, over a grid.
+
+    For a weak object psi = exp(-A / 2 + i phi), the intensity after H is, to first order (the contrast
+    transfer function of propagation-based imaging, Guigay 1977)
+
+        FFT(I)(f) = delta(f) - cos(chi) FFT(A)(f) + 2 sin(chi) FFT(phi)(f),   chi = pi lambda z |f|^2
+
+    with f the ``fftfreq`` grid of :func:`fresnel_kernel`. Returns (rms |cos chi|, rms |2 sin chi|) over the
+    grid: how much one unit of attenuation [neper] and of phase [rad] of white spectrum move the intensity.
+    Phase is nearly invisible where chi << 1 (low frequencies, short distances).
+
+    Args:
+        shape: (H, W) of the object grid.
+        pixel_size_m, distance_m, wavelength_m: geometry [m].
+
+    Returns:
+        (attenuation gain, phase gain), dimensionless floats.
+    """
+    h, w = optics.check_shape(shape)
+    fy = torch.fft.fftfreq(h, d=pixel_size_m, dtype=torch.float64)
+    fx = torch.fft.fftfreq(w, d=pixel_size_m, dtype=torch.float64)
+    chi = math.pi * wavelength_m * distance_m * (fy[:, None] ** 2 + fx[None, :] ** 2)
+    return float(torch.cos(chi).square().mean().sqrt()), float((2 * torch.sin(chi)).square().mean().sqrt())
+
+
 def pad_field(psi: torch.Tensor, pad: int, mode: str = "edge", value: complex = 1.0) -> torch.Tensor:
     """Pad the last two axes of ``psi`` by ``pad`` pixels on every side.
 

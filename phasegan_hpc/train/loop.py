@@ -33,7 +33,7 @@ from phasegan_hpc.errors import DataError, TrainingError
 from phasegan_hpc.losses.metrics import METRICS, wasserstein_1d
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.models.unet import SIZE_MULTIPLE
-from phasegan_hpc.physics import FresnelPropagator
+from phasegan_hpc.physics import FresnelPropagator, contrast_transfer_gains
 from phasegan_hpc.train.session import CHECKPOINT_FILE, Session
 from phasegan_hpc.train.step import PAIRED_METHODS, STEPS, Batch, Trainables, build_trainables, unwrap
 
@@ -179,8 +179,11 @@ def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_fr
     return out
 
 
-def _normalisation(cfg: Config, data: TrainingData) -> Normalisation:
-    t, enc = cfg.train, {"output": cfg.model.output, "scale": cfg.model.object_scale}
+def _normalisation(cfg: Config, data: TrainingData, object_shape: tuple[int, int]) -> Normalisation:
+    gains = contrast_transfer_gains(object_shape, pixel_size_m=data.physics["pixel_size_m"],
+                                    distance_m=data.physics["distance_m"], wavelength_m=data.physics["wavelength_m"])
+    t = cfg.train
+    enc = {"output": cfg.model.output, "scale": cfg.model.object_scale, "ctf_gains": gains}
     if data.paired is not None:
         return compute_normalisation(data.paired, 0, data.paired, (1, 2), t.norm_frames, t.seed, **enc)
     return compute_normalisation(data.intensities, 0, data.objects, (0, 1), t.norm_frames, t.seed, **enc)
@@ -208,7 +211,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
     if state is not None and state.get("identity") != identity:
         raise TrainingError(f"run {run_dir} holds a checkpoint of another configuration "
                             f"({state.get('identity')}); choose another --name")
-    norm = Normalisation.from_dict(state["normalisation"]) if state else _normalisation(cfg, data)
+    norm = Normalisation.from_dict(state["normalisation"]) if state else _normalisation(cfg, data, (oh, ow))
     prop = FresnelPropagator((oh, ow), pixel_size_m=data.physics["pixel_size_m"],
                              distance_m=data.physics["distance_m"], wavelength_m=data.physics["wavelength_m"],
                              pad=cfg.physics.pad, pad_mode=cfg.physics.pad_mode)
