@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from phasegan_hpc import __version__
@@ -33,7 +32,7 @@ from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.registry import GENERATORS, build_from_arch, generator_arch
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
-from phasegan_hpc.physics.consistency import SIGMA_PX, fresnel_residual, relative_l1
+from phasegan_hpc.physics.consistency import SIGMA_PX, fresnel_residual, onto_frames, relative_l1
 
 if TYPE_CHECKING:
     from phasegan_hpc.config import Config
@@ -278,7 +277,7 @@ class PhaseModel:
         if self.detector is not None:  # G_D works in normalised units, as in training (models.cycle)
             norm = self.normalisation
             return norm.denorm_intensity(self._run("g_d", norm.norm_intensity(hologram[:, None])))[:, 0]
-        return _onto_frames(hologram, frame_shape or (shape[0] // self.scale, shape[1] // self.scale))
+        return onto_frames(hologram, frame_shape or (shape[0] // self.scale, shape[1] // self.scale))
 
     @torch.no_grad()
     def fresnel_residual(self, frames: torch.Tensor, phase: torch.Tensor, attenuation: torch.Tensor,
@@ -294,7 +293,7 @@ class PhaseModel:
             (B,) float32.
         """
         hologram = self.hologram(phase, attenuation) if hologram is None else hologram
-        return fresnel_residual(frames, _onto_frames(hologram, tuple(frames.shape[-2:])), sigma_px)
+        return fresnel_residual(frames, onto_frames(hologram, tuple(frames.shape[-2:])), sigma_px)
 
     @torch.no_grad()
     def scores(self, frames: torch.Tensor, phase: torch.Tensor, attenuation: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -304,13 +303,6 @@ class PhaseModel:
         predicted = self.predict_intensity(phase, attenuation, tuple(frames.shape[-2:]), hologram)
         return {"consistency": relative_l1(predicted, frames),
                 "fresnel_residual": self.fresnel_residual(frames, phase, attenuation, hologram=hologram)}
-
-
-def _onto_frames(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) average-pooled onto the frame grid ``shape`` (an integer fraction of (h, w)), else as it is."""
-    if tuple(x.shape[-2:]) == tuple(shape):
-        return x
-    return F.avg_pool2d(x[:, None], x.shape[-2] // shape[0])[:, 0]
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> PhaseModel:

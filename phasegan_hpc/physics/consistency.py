@@ -26,6 +26,22 @@ import torch.nn.functional as F
 SIGMA_PX = 4.0
 
 
+def onto_frames(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Object-grid images (B, h, w) onto the detector grid ``shape`` (B, H, W): each detector pixel the mean
+    of the s x s object pixels it covers (s = h / H, an integer: 2 for paper §4's models), else unchanged.
+
+    Raises:
+        ValueError: ``shape`` not an integer fraction of (h, w).
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(shape):
+        return x
+    s = h // shape[0]
+    if s < 1 or (h, w) != (s * shape[0], s * shape[1]):
+        raise ValueError(f"{h} x {w} images do not bin onto {shape[0]} x {shape[1]} frames")
+    return F.avg_pool2d(x[:, None], s)[:, 0]
+
+
 def relative_l1(predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
     """mean |predicted - measured| / mean |measured| per frame: (B, H, W) -> (B,), float32. The score of
     an intensity cycle (eq. 3's second term, relative) with no illumination fitted."""

@@ -30,7 +30,7 @@ from phasegan_hpc.models.registry import (
     load_encoder_weights,
 )
 from phasegan_hpc.physics import FresnelPropagator
-from phasegan_hpc.physics.consistency import SIGMA_PX, illumination_matched
+from phasegan_hpc.physics.consistency import SIGMA_PX, illumination_matched, onto_frames
 
 PAIRED_METHODS = ("pix2pix", "paired")
 
@@ -176,7 +176,8 @@ def step_cycle(t: Trainables, batch: Batch, loss: LossConfig, grad_clip: float) 
     detector_model = unwrap(t.generators).detector_model
     if loss.alpha_fresnel > 0 and detector_model is not None:  # H alone must explain the frame (no G_D)
         n = t.norm
-        hologram = n.denorm_intensity(detector_model(out.fake_object)[:, 0])
+        # |H psi|^2 on the object grid, binned onto the frames' (paper §4's models: 2 x 2 object pixels each)
+        hologram = onto_frames(n.denorm_intensity(detector_model(out.fake_object)[:, 0]), real_i.shape[-2:])
         matched = illumination_matched(hologram, n.denorm_intensity(real_i[:, 0]), loss.illumination_sigma_px or
                                        SIGMA_PX)
         extra["fresnel"] = cycle_l1(n.norm_intensity(matched)[:, None], real_i)
