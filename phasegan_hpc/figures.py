@@ -228,9 +228,9 @@ def reconstruction_preview(output: str | Path, archive, out_png: str | Path, n: 
 
     Args:
         output: the reconstruction (``/phase``, ``/attenuation``, ``/consistency``).
-        archive: its :class:`phasegan_hpc.reconstruct.archive.Archive` (read-only).
+        archive: its :class:`phasegan_hpc.data.archive.Archive` (read-only).
     """
-    from phasegan_hpc.reconstruct.archive import FrameReader
+    from phasegan_hpc.data.archive import FrameReader
 
     output = Path(output)
     total = archive.n_frames
@@ -270,7 +270,7 @@ def movie_figure(archive: str | Path, reconstruction: str | Path, out_gif: str |
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation, PillowWriter
 
-    from phasegan_hpc.reconstruct.archive import FrameReader, open_archive
+    from phasegan_hpc.data.archive import FrameReader, open_archive
 
     arc = open_archive(archive, dataset)
     reader = FrameReader(arc)

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from phasegan_hpc.data.archive import Archive, open_archive
 from phasegan_hpc.errors import DataError, PhaseganError
 from phasegan_hpc.reconstruct import backends
-from phasegan_hpc.reconstruct.archive import Archive, open_archive
 from phasegan_hpc.reconstruct.output import (
     assemble,
     check_output,
