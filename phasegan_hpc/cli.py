@@ -193,7 +193,7 @@ def movie_figure(archive: Path, reconstruction: Path, truth: Path | None, out_gi
 @click.option("-n", "n", type=int, default=4, show_default=True, help="Frames to show.")
 def preview(data_dir: Path, out_png: Path | None, n: int) -> None:
     """Write a figure of a few objects and their holograms from a simulated data set."""
-    from phasegan_hpc.figures import preview_dataset
+    from phasegan_hpc.simulate.preview import preview_dataset
 
     path = preview_dataset(data_dir, out_png or data_dir / "preview.png", n=n)
     _err.print(f"wrote {path}")
