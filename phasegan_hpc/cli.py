@@ -180,7 +180,7 @@ def _pipeline(run, archive: Path, report: Path | None = None, **options) -> None
 def movie_figure(archive: Path, reconstruction: Path, truth: Path | None, out_gif: Path | None,
                  dataset: str | None) -> None:
     """Side-by-side movie (paper Fig. 3, Visualization 1-3): frame, phase, attenuation, truth; GIF + PNG."""
-    from phasegan_hpc.figures import movie_figure as make
+    from phasegan_hpc.reconstruct.figures import movie_figure as make
 
     paths = make(archive, reconstruction, out_gif or reconstruction.with_suffix(".gif"), truth, dataset)
     _err.print(f"wrote {', '.join(str(p) for p in paths)}")
