@@ -180,7 +180,7 @@ def _pipeline(run, archive: Path, report: Path | None = None, **options) -> None
 def movie_figure(archive: Path, reconstruction: Path, truth: Path | None, out_gif: Path | None,
                  dataset: str | None) -> None:
     """Side-by-side movie (paper Fig. 3, Visualization 1-3): frame, phase, attenuation, truth; GIF + PNG."""
-    from phasegan_hpc.figures import movie_figure as make
+    from phasegan_hpc.reconstruct.figures import movie_figure as make
 
     paths = make(archive, reconstruction, out_gif or reconstruction.with_suffix(".gif"), truth, dataset)
     _err.print(f"wrote {', '.join(str(p) for p in paths)}")
@@ -193,7 +193,7 @@ def movie_figure(archive: Path, reconstruction: Path, truth: Path | None, out_gi
 @click.option("-n", "n", type=int, default=4, show_default=True, help="Frames to show.")
 def preview(data_dir: Path, out_png: Path | None, n: int) -> None:
     """Write a figure of a few objects and their holograms from a simulated data set."""
-    from phasegan_hpc.figures import preview_dataset
+    from phasegan_hpc.simulate.preview import preview_dataset
 
     path = preview_dataset(data_dir, out_png or data_dir / "preview.png", n=n)
     _err.print(f"wrote {path}")

@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from phasegan_hpc.config import load_config, with_overrides
+from phasegan_hpc.data.archive import open_archive
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.physics import paganin
 from phasegan_hpc.reconstruct import reconstruct
-from phasegan_hpc.reconstruct.archive import open_archive
 from phasegan_hpc.reconstruct.plan import make_plan
 from phasegan_hpc.reconstruct.worker import FAULT_ENV
 from phasegan_hpc.train.local import train_local
@@ -349,7 +349,7 @@ def test_output_moves_with_its_shards(model_path, movie, tmp_path):
 
 
 def test_simulated_movie_is_a_dxchange_archive_of_raw_counts(tmp_path):
-    from phasegan_hpc.reconstruct.archive import FrameReader
+    from phasegan_hpc.data.archive import FrameReader
     from phasegan_hpc.simulate.movie import DARK_LEVEL, simulate_movie
 
     cfg = with_overrides(load_config(REPO / "configs" / "tiny.toml"), {"flatfield.n_flats": 20,

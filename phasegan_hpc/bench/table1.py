@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from phasegan_hpc.bench import machine
+from phasegan_hpc.bench.figures import convergence_figure, ranked_distributions, table1_figure
 from phasegan_hpc.config import Config, load_config, with_overrides
 from phasegan_hpc.data.h5io import atomic_write_text
 from phasegan_hpc.errors import DataError
@@ -179,7 +180,6 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
         DataError: unknown methods or weights, malformed settings.
     """
     from phasegan_hpc.evaluate import evaluate
-    from phasegan_hpc.figures import convergence_figure, ranked_distributions, table1_figure
     from phasegan_hpc.simulate import simulate_dataset
     from phasegan_hpc.train.local import train_local
 
@@ -301,6 +301,36 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
     result = write()
     rows = [evaluate(models[m], validation, device=device)[0] for m in models] + [paganin]
     convergence_figure(out / "table1_convergence.png", curves, ("val_phase_l2", "val_phase_dssim", "val_phase_frcm"))
-    table1_figure(out / "table1_patch.png", models, validation, frame=0)
+    table1_figure(out / "table1_patch.png", *table1_patch(models, validation, frame=0), frame=0)
     ranked_distributions(out / "table1_ranked.png", rows)
     return result
+
+
+def table1_patch(models: dict[str, str | Path], validation: str | Path, frame: int = 0
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """One validation frame retrieved by each model (:class:`~phasegan_hpc.models.artifact.PhaseModel`, on the
+    CPU) and by Paganin (the file's flat field, geometry and delta/beta), for :func:`table1_figure`.
+
+    Returns:
+        (the frame, its true (phase, attenuation), {method: (phase, attenuation)}: the models, then "paganin").
+    """
+    import h5py
+    import hdf5plugin  # noqa: F401  (registers the compression filters the data sets use)
+
+    from phasegan_hpc.evaluate import paganin_pad
+    from phasegan_hpc.models.artifact import load_model
+    from phasegan_hpc.physics import paganin
+
+    with h5py.File(validation, "r") as f:
+        inten = f["intensity"][frame].astype(np.float32)
+        truth = (f["phase"][frame], f["attenuation"][frame])
+        a = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        flat = f["flatfield"][frame] if "flatfield" in f else np.ones_like(inten)
+    retrieved = {}
+    for method, model_path in models.items():
+        phase, att = load_model(model_path).retrieve(torch.from_numpy(inten)[None])
+        retrieved[method] = (phase[0].numpy(), att[0].numpy())
+    retrieved["paganin"] = paganin(inten.astype(np.float64) / np.maximum(flat, 1e-6), pixel_size_m=a["pixel_size_m"],
+                                   distance_m=a["distance_m"], wavelength_m=a["wavelength_m"],
+                                   delta_beta=a["delta"] / a["beta"], pad=paganin_pad(a))
+    return inten, truth, retrieved

@@ -1,1 +1,1 @@
-"""HDF5 readers and writers, training data sets (DESIGN.md §4)."""
+"""HDF5 readers and writers, training data sets, movie archives (DESIGN.md §4)."""

@@ -6,7 +6,7 @@ of the training data, and for PhaseGAN G_D (``detector``: |H psi|^2 -> detector 
 propagator's padding, so that ``reconstruct`` can score how well the intensity cycle G_D|H G_O(I)|^2
 explains each frame (eq. 3). :class:`PhaseModel` is the only writer and the only reader of the file, and
 the one place where "normalise I, run G_O, denormalise the object" is written: training's export, tune's
-best model, the benchmarks' models, evaluate, reconstruct and the figures all go through it.
+best model, the benchmarks' models (and Table 1's patch figure), evaluate and reconstruct all go through it.
 
 One ``torch.save`` of plain dicts, lists, numbers, strings and tensors, so ``torch.load(weights_only=True)``
 reads it: loading a model never runs code. A file of another kind, or one whose architecture does not

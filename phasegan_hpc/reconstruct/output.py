@@ -23,9 +23,9 @@ import h5py
 import numpy as np
 
 from phasegan_hpc import __version__
+from phasegan_hpc.data.archive import Archive
 from phasegan_hpc.data.h5io import atomic_h5, partial_path
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.reconstruct.archive import Archive
 from phasegan_hpc.reconstruct.plan import Shard
 from phasegan_hpc.reconstruct.retrieve import Layout
 from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS

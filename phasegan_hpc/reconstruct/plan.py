@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from phasegan_hpc.data.archive import Archive
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.reconstruct.archive import Archive
 
 #: Default shard size: this many bytes of float32 input frames (4096 frames of 128 x 128).
 SHARD_BYTES = 256 << 20
@@ -44,7 +44,7 @@ def make_plan(archive: Archive, batch_size: int, shard_frames: int | None = None
     """Cut the archive's frames into shards of about ``shard_frames`` frames.
 
     Args:
-        archive: from :func:`phasegan_hpc.reconstruct.archive.open_archive`.
+        archive: from :func:`phasegan_hpc.data.archive.open_archive`.
         batch_size: frames per forward pass (a shard holds at least one batch unless the archive is smaller).
         shard_frames: target frames per shard; None: :data:`SHARD_BYTES` of float32 input. Rounded to whole
             chunk rows of the archive.

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from phasegan_hpc.data.archive import Archive, open_archive
 from phasegan_hpc.errors import DataError, PhaseganError
 from phasegan_hpc.reconstruct import backends
-from phasegan_hpc.reconstruct.archive import Archive, open_archive
+from phasegan_hpc.reconstruct.figures import reconstruction_preview
 from phasegan_hpc.reconstruct.output import (
     assemble,
     check_output,
@@ -311,7 +312,5 @@ def _summarise(out: Path, job: Job, plan, pending, rows, seconds, backend, worke
                       setup_seconds=max((r.get("setup_seconds", 0.0) for r in rows), default=0.0),
                       pipeline_seconds=max(busy.values(), default=0.0))
     if preview:
-        from phasegan_hpc.figures import reconstruction_preview
-
         summary.preview = reconstruction_preview(out, job.archive, out.with_suffix(".png"))
     return summary

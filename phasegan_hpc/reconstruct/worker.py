@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from phasegan_hpc.data.archive import Archive, FrameReader
 from phasegan_hpc.data.h5io import atomic_h5, compression
-from phasegan_hpc.reconstruct.archive import Archive, FrameReader
 from phasegan_hpc.reconstruct.plan import Shard
 from phasegan_hpc.reconstruct.retrieve import Physics, TieOptions, build_retriever
 

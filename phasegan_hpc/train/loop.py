@@ -32,8 +32,10 @@ from phasegan_hpc.data.normalise import Normalisation, compute_normalisation
 from phasegan_hpc.errors import DataError, TrainingError
 from phasegan_hpc.losses.metrics import METRICS, wasserstein_1d
 from phasegan_hpc.models.artifact import PhaseModel
+from phasegan_hpc.models.cycle import GeneratorPair
 from phasegan_hpc.models.unet import SIZE_MULTIPLE
-from phasegan_hpc.physics import FresnelPropagator, contrast_transfer_gains
+from phasegan_hpc.physics import FresnelPropagator, contrast_transfer_gains, object_wavefield
+from phasegan_hpc.train.figures import CycleImages, cycle_figure, loss_curves
 from phasegan_hpc.train.session import CHECKPOINT_FILE, Session
 from phasegan_hpc.train.step import PAIRED_METHODS, STEPS, Batch, Trainables, build_trainables, unwrap
 
@@ -478,17 +480,41 @@ def _figure_batch(data: TrainingData, paired: bool, t) -> tuple[np.ndarray, np.n
 
 def _write_figures(run_dir: Path, tr: Trainables, batch: tuple[np.ndarray, np.ndarray], norm: Normalisation,
                    prop: FresnelPropagator, device: torch.device, records: list[dict[str, Any]], epoch: int) -> None:
-    from phasegan_hpc.figures import cycle_figure, loss_curves
-
-    gens = unwrap(tr.generators)
     inten = torch.from_numpy(batch[0]).to(device)
     obj = torch.from_numpy(batch[1]).to(device)
-    with torch.no_grad():
-        out = gens(norm.norm_intensity(inten), norm.norm_object(obj))
+    images = cycle_images(unwrap(tr.generators), inten, obj, norm, prop)
     figures = run_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    cycle_figure(figures / f"cycles_epoch{epoch:03d}.png", inten, obj, out, norm, prop)
+    cycle_figure(figures / f"cycles_epoch{epoch:03d}.png", images)
     loss_curves(figures / "losses.png", records)
+
+
+@torch.no_grad()
+def cycle_images(generators: GeneratorPair, intensity: torch.Tensor, obj: torch.Tensor, norm: Normalisation,
+                 prop: FresnelPropagator) -> CycleImages:
+    """Both cycles of the generator pair on a batch, as the first frame's images for :func:`cycle_figure`.
+
+    Args:
+        intensity: (B, 1, H, W) physical detector frames; obj: (B, 2, H, W) physical (phase, attenuation).
+        norm: the run's normalisation; prop: the Fresnel propagator H.
+    """
+    out = generators(norm.norm_intensity(intensity), norm.norm_object(obj))
+
+    def holo(o: torch.Tensor) -> torch.Tensor:  # |H psi|^2 of a physical object (B, 2, H, W)
+        return prop.intensity(object_wavefield(o[:, 0].float(), o[:, 1].float()))
+
+    def np0(t: torch.Tensor) -> np.ndarray:
+        return t[0].detach().float().cpu().numpy().squeeze()
+
+    fake_o = norm.denorm_object(out.fake_object)
+    common = {"intensity": np0(intensity), "fake_phase": np0(fake_o[:, 0]), "fake_attenuation": np0(fake_o[:, 1]),
+              "fake_hologram": np0(holo(fake_o)), "true_phase": np0(obj[:, 0]), "true_attenuation": np0(obj[:, 1])}
+    if out.reconstructed_intensity is None:
+        return CycleImages(**common)
+    return CycleImages(**common, true_hologram=np0(holo(obj)),
+                       reconstructed_intensity=np0(norm.denorm_intensity(out.reconstructed_intensity)),
+                       fake_intensity=np0(norm.denorm_intensity(out.fake_intensity)),
+                       reconstructed_phase=np0(norm.denorm_object(out.reconstructed_object)[:, 0]))
 
 
 def _export(cfg: Config, run_dir: Path, tr: Trainables, norm: Normalisation, physics: dict[str, float],

@@ -36,6 +36,7 @@ from phasegan_hpc.train.fit import check_resources, check_storage, connect_ray, 
 from phasegan_hpc.train.loop import link_latest, train_loop
 from phasegan_hpc.train.session import load_checkpoint
 from phasegan_hpc.train.step import PAIRED_METHODS
+from phasegan_hpc.tune.figures import search_figure
 
 TRIALS_DIR = "trials"
 
@@ -210,8 +211,6 @@ def _fit(base: Config, directory: Path, trials: int, epochs: int, workers: int, 
 
 
 def _write_outputs(base: Config, directory: Path, results, physics: dict[str, float], epochs: int) -> SearchResult:
-    from phasegan_hpc.figures import search_figure
-
     metric = base.tune.metric
     rows = []
     for r in results:
