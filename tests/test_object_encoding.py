@@ -7,8 +7,14 @@ import torch
 
 from phasegan_hpc.config import load_config, with_overrides
 from phasegan_hpc.data.frames import FrameStack
-from phasegan_hpc.data.normalise import (OBJECT_OUTPUTS, Normalisation, compute_normalisation, decode_object,
-                                         encode_object, object_statistics)
+from phasegan_hpc.data.normalise import (
+    OBJECT_OUTPUTS,
+    Normalisation,
+    compute_normalisation,
+    decode_object,
+    encode_object,
+    object_statistics,
+)
 from phasegan_hpc.losses import cycle_l1, frc_loss
 from phasegan_hpc.physics import FresnelPropagator, contrast_transfer_gains, object_wavefield
 from phasegan_hpc.train.step import build_trainables
