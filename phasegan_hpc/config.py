@@ -19,6 +19,7 @@ import tomllib
 
 from phasegan_hpc.errors import ConfigError, PhysicsError
 from phasegan_hpc.physics import optics
+from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.physics.propagator import PAD_MODES
 
 
@@ -55,6 +56,14 @@ class PhysicsConfig:
     def wavelength(self) -> float:
         """The wavelength [m], from ``wavelength_m`` or ``energy_kev``."""
         return optics.resolve_wavelength_m(self.wavelength_m, self.energy_kev)
+
+    def geometry(self) -> Geometry:
+        """This section as a :class:`Geometry` (what ``simulate`` images with; detector pixel = object pixel)."""
+        return Geometry(self.wavelength, self.pixel_size_m, self.distance_m, pad=self.pad, pad_mode=self.pad_mode)
+
+    def padding(self, geometry: Geometry) -> Geometry:
+        """``geometry`` (e.g. a data set's) with this section's padding of H: what training propagates with."""
+        return geometry.with_padding(self.pad, self.pad_mode)
 
 
 @dataclass(frozen=True)

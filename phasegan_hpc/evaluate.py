@@ -18,8 +18,9 @@ from phasegan_hpc.data.frames import FrameStack
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.losses.metrics import METRICS
 from phasegan_hpc.models.artifact import load_model
-from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
+from phasegan_hpc.physics import object_wavefield, paganin
 from phasegan_hpc.physics.consistency import hologram_scores
+from phasegan_hpc.physics.geometry import Geometry
 
 BASELINES = ("paganin",)
 CHANNELS = ("phase", "attenuation")
@@ -43,8 +44,9 @@ class EvalRow:
                 **({"score_spearman": dict(self.score_spearman)} if self.score_spearman else {})}
 
 
-def check_compatible(physics: dict[str, float], attrs: dict, shape: tuple[int, int], where: str) -> None:
-    """Refuse data a model cannot reconstruct: another geometry, or frame sides that are not multiples of 32.
+def check_compatible(geometry: Geometry, attrs: dict, shape: tuple[int, int], where: str) -> None:
+    """Refuse data a model cannot reconstruct: another geometry (:meth:`Geometry.check_against`), or frame
+    sides that are not multiples of 32.
 
     Raises:
         DataError: naming the first mismatch.
@@ -53,11 +55,7 @@ def check_compatible(physics: dict[str, float], attrs: dict, shape: tuple[int, i
 
     if shape[0] % SIZE_MULTIPLE or shape[1] % SIZE_MULTIPLE:
         raise DataError(f"{where}: frames are {shape[0]} x {shape[1]}; the model needs multiples of {SIZE_MULTIPLE}")
-    for key in ("pixel_size_m", "wavelength_m", "distance_m"):
-        # the frames' pixel is the model's detector pixel (twice its object pixel for paper §4's models)
-        value = physics.get("detector_pixel_size_m", physics[key]) if key == "pixel_size_m" else physics.get(key)
-        if value is not None and key in attrs and not np.isclose(float(attrs[key]), value, rtol=1e-6, atol=0):
-            raise DataError(f"{where}: {key} = {float(attrs[key]):g}, but the model was trained for {value:g}")
+    geometry.check_against(attrs, where)
 
 
 def _score(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, np.ndarray]:
@@ -121,7 +119,7 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(model_path, dev) if model_path is not None else None
     if model is not None:
-        check_compatible(model.physics, stack.attrs, stack.shape, str(validation_path))
+        check_compatible(model.geometry, stack.attrs, stack.shape, str(validation_path))
         scale = model.scale
         if (stack.shape[0] * scale, stack.shape[1] * scale) != truth.shape:
             raise DataError(f"{validation_path}: the model maps {stack.shape[0]} x {stack.shape[1]} frames to "
@@ -135,8 +133,7 @@ def evaluate(model_path: str | Path | None, validation_path: str | Path, baselin
                 raise DataError(f"{validation_path} lacks attribute {key!r} needed by the Paganin baseline")
         flats = _flatfield_stack(Path(validation_path), stack)
         a = stack.attrs
-        paganin_h = FresnelPropagator(stack.shape, pixel_size_m=a["pixel_size_m"], distance_m=a["distance_m"],
-                                      wavelength_m=a["wavelength_m"])  # for the scores of Paganin's objects
+        paganin_h = Geometry.from_attrs(a, str(validation_path)).propagator(stack.shape)  # scores Paganin's objects
     rows: dict[str, dict[str, list[np.ndarray]]] = {}
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))

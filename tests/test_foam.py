@@ -113,14 +113,14 @@ def test_foam_chain_through_ray_train_reconstruct_and_evaluate(foam_data, ray_cl
 
     data = open_training_data(foam_data / "data", paired=False, upsample=2)
     assert data.object_shape == (50, 100) and data.shape == (32, 32)
-    assert data.physics["pixel_size_m"] == pytest.approx(1.6e-6)
-    assert data.physics["detector_pixel_size_m"] == pytest.approx(3.2e-6)
+    assert data.geometry.pixel_size_m == pytest.approx(1.6e-6)
+    assert data.geometry.detector_pixel_size_m == pytest.approx(3.2e-6)
     cfg = with_overrides(load_config(TINY), {"train.data_dir": str(foam_data / "data"),
                                              "train.runs_dir": str(tmp_path / "runs"), "train.epochs": 1})
     result = fit(cfg, workers=1)
     model = load_model(result["model_path"])
     assert model.arch["resize"] == "up2" and model.detector is not None
-    assert model.physics["detector_pixel_size_m"] == pytest.approx(3.2e-6)
+    assert model.geometry.detector_pixel_size_m == pytest.approx(3.2e-6)
 
     raw = foam_data / "raw"
     out = tmp_path / "movie_phasegan.h5"

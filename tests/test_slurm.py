@@ -105,7 +105,7 @@ def test_sbatch_train_foam_on_the_foam_chain(slurm, foam_data, tmp_path):
     assert proc.returncode == 0, f"{proc.stderr}\n{log}\n{info}"
     assert "JobState=COMPLETED" in info
     model = load_model(tmp_path / "runs" / "foam" / "model.pt")
-    assert model.arch["resize"] == "up2" and model.physics["detector_pixel_size_m"] == pytest.approx(3.2e-6)
+    assert model.arch["resize"] == "up2" and model.geometry.detector_pixel_size_m == pytest.approx(3.2e-6)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

@@ -12,6 +12,7 @@ from phasegan_hpc.evaluate import spearman_correlation
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
 from phasegan_hpc.physics.consistency import fresnel_residual, gaussian_blur, relative_l1
+from phasegan_hpc.physics.geometry import Geometry
 
 GEOMETRY = {"pixel_size_m": 1e-6, "wavelength_m": 1e-10, "distance_m": 0.1}
 
@@ -76,8 +77,9 @@ def test_invented_structure_is_seen_by_the_fresnel_residual_not_by_the_decoded_c
     invented = norm.norm_object(invented_truth).float() - norm.norm_object(truth).float()
     g_o_invent = TableLookup(frames.float(), norm.norm_object(truth).float(), invented.mean(0, keepdim=True))
     arch = {"name": "unet", "in_channels": 1, "out_channels": 2, "base_filters": 1}
-    correct = PhaseModel(g_o_true, arch, norm, GEOMETRY, "phasegan", detector=nn.Identity(), detector_arch=arch)
-    inventing = PhaseModel(g_o_invent, arch, norm, GEOMETRY, "phasegan", detector=Decoder(offset.float()),
+    geometry = Geometry(**GEOMETRY)
+    correct = PhaseModel(g_o_true, arch, norm, geometry, "phasegan", detector=nn.Identity(), detector_arch=arch)
+    inventing = PhaseModel(g_o_invent, arch, norm, geometry, "phasegan", detector=Decoder(offset.float()),
                            detector_arch=arch)
     x = frames.float()
     scores = {}

@@ -66,13 +66,14 @@ def _paganin(size: int, dev: torch.device) -> float:
 
 
 def _retriever(model: Path, size: int, batch: int, dev: torch.device) -> dict[str, float]:
-    from phasegan_hpc.reconstruct.retrieve import Physics, build_retriever
+    from phasegan_hpc.physics.geometry import Geometry
+    from phasegan_hpc.reconstruct.retrieve import build_retriever
 
     g = torch.Generator().manual_seed(2)
     frames = 1.0 + 0.05 * torch.randn(batch, size, size, generator=g)
-    physics = Physics(1e-6, 1e-10, 0.1)
-    ref_out, ref_scores = build_retriever("phasegan", str(model), physics, (size, size), torch.device("cpu"))(frames)
-    fast = build_retriever("phasegan", str(model), physics, (size, size), dev, compile=dev.type == "cuda")
+    geometry = Geometry(wavelength_m=1e-10, pixel_size_m=1e-6, distance_m=0.1)
+    ref_out, ref_scores = build_retriever("phasegan", str(model), geometry, (size, size), torch.device("cpu"))(frames)
+    fast = build_retriever("phasegan", str(model), geometry, (size, size), dev, compile=dev.type == "cuda")
     out, scores = fast(frames.to(dev))
     errs = {k: _rel(out[k].cpu().numpy(), ref_out[k].numpy()) for k in ref_out}
     errs["score"] = _rel(scores["consistency"].cpu().numpy(), ref_scores["consistency"].numpy())

@@ -38,8 +38,12 @@ from phasegan_hpc.config import ModelConfig
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.models.registry import build_from_arch, generator_arch
+from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct.run import BACKENDS
 from phasegan_hpc.train.fit import connect_ray, disconnect_ray
+
+#: The geometry of the bench archives and models (the paper's: 1 A, 1 um, 10 cm).
+BENCH_GEOMETRY = Geometry(wavelength_m=1e-10, pixel_size_m=1e-6, distance_m=0.1)
 
 
 def make_archive(path: Path, frames: int, size: int, seed: int = 0, chunk: int = 64) -> Path:
@@ -57,7 +61,7 @@ def make_archive(path: Path, frames: int, size: int, seed: int = 0, chunk: int =
             ds[start:start + n] = rng.poisson(1000.0 * (1.0 - 0.2 * disc)).astype(np.uint16)
         f.create_dataset("exchange/data_white", data=rng.poisson(1000.0, (8, size, size)).astype(np.uint16), **comp)
         f.create_dataset("exchange/data_dark", data=np.zeros((4, size, size), np.uint16), **comp)
-        f.attrs.update(pixel_size_m=1e-6, wavelength_m=1e-10, distance_m=0.1)
+        f.attrs.update(BENCH_GEOMETRY.to_attrs())
     return path
 
 
@@ -69,18 +73,16 @@ def make_model(path: Path, filters: int, detector: bool = True) -> Path:
     g_o = build_from_arch(arch, model.init)
     g_d = build_from_arch(d_arch, model.init) if detector else None
     norm = Normalisation(1.0, 0.05, (0.98, -0.2), (0.1, 0.1), model.output)
-    physics = {"pixel_size_m": 1e-6, "wavelength_m": 1e-10, "distance_m": 0.1}
-    return PhaseModel(g_o, arch, norm, physics, "phasegan", {}, g_d, d_arch if detector else None).save(path)
+    return PhaseModel(g_o, arch, norm, BENCH_GEOMETRY, "phasegan", {}, g_d, d_arch if detector else None).save(path)
 
 
 def _model_only(model: Path, size: int, batch: int, frames: int, device: str, threads: int, compile: bool) -> float:
     """Frames/s of the retriever on in-memory batches (the same work per frame as end to end)."""
-    from phasegan_hpc.reconstruct.retrieve import Physics, build_retriever
+    from phasegan_hpc.reconstruct.retrieve import build_retriever
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    retriever = build_retriever("phasegan", str(model), Physics(1e-6, 1e-10, 0.1), (size, size), dev,
-                                compile=compile)
+    retriever = build_retriever("phasegan", str(model), BENCH_GEOMETRY, (size, size), dev, compile=compile)
     x = (1.0 + 0.01 * torch.randn(batch, size, size)).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(2):  # warm-up: compilation, autotuning, the allocator

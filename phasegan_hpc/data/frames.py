@@ -15,10 +15,10 @@ import hdf5plugin  # noqa: F401  (registers the Blosc / LZ4 / Zstd filters)
 import numpy as np
 
 from phasegan_hpc.errors import DataError
+from phasegan_hpc.physics.geometry import Geometry
 
 #: Files up to this size are held in memory during training.
 IN_MEMORY_BYTES = 2 << 30
-PHYSICS_ATTRS = ("pixel_size_m", "wavelength_m", "distance_m")
 
 
 class FrameStack:
@@ -102,15 +102,15 @@ class TrainingData:
         intensities: (intensity,) stack, unpaired methods.
         paired: (intensity, phase, attenuation) stack, paired methods.
         validation: (intensity, phase, attenuation) stack, if ``validation.h5`` exists and is non-empty.
-        physics: pixel_size_m (of the objects), wavelength_m, distance_m from the files' attributes, and
-            detector_pixel_size_m (of the detector frames).
+        geometry: from the files' attributes: the objects' pixel, the detector frames' pixel, wavelength and
+            distance (no padding: that is the training's choice, ``[physics] pad``).
     """
 
     objects: FrameStack | None
     intensities: FrameStack | None
     paired: FrameStack | None
     validation: FrameStack | None
-    physics: dict[str, float]
+    geometry: Geometry
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -171,14 +171,13 @@ def open_training_data(data_dir: str | Path, paired: bool, upsample: int = 1) ->
         if len(s) == 0 and s is not validation:
             raise DataError(f"{s.path} holds no frames")
     attrs = stacks[0].attrs
-    absent = [k for k in PHYSICS_ATTRS if k not in attrs]
-    if absent:
-        raise DataError(f"{stacks[0].path} lacks the physics attribute(s) {', '.join(absent)}")
-    physics = {k: float(attrs[k]) for k in PHYSICS_ATTRS}
-    det_attrs = (intensities or pairs).attrs
-    physics["detector_pixel_size_m"] = float(det_attrs.get("pixel_size_m", physics["pixel_size_m"] * upsample))
-    ratio = physics["detector_pixel_size_m"] / physics["pixel_size_m"]
-    if abs(ratio - upsample) > 1e-6 * upsample:
-        raise DataError(f"{d}: detector pixels of {physics['detector_pixel_size_m']:g} m and object pixels of "
-                        f"{physics['pixel_size_m']:g} m (ratio {ratio:g}) do not fit [model] upsample = {upsample}")
-    return TrainingData(objects, intensities, pairs, validation, physics)
+    detector_pixel = (intensities or pairs).attrs.get("pixel_size_m")  # the frames' own file, else upsample x
+    if detector_pixel is None and "pixel_size_m" in attrs:
+        detector_pixel = float(attrs["pixel_size_m"]) * upsample
+    geometry = Geometry.from_attrs(attrs, str(stacks[0].path),
+                                   detector_pixel_size_m=None if detector_pixel is None else float(detector_pixel))
+    if abs(geometry.upsample - upsample) > 1e-6 * upsample:
+        raise DataError(f"{d}: detector pixels of {geometry.detector_pixel_size_m:g} m and object pixels of "
+                        f"{geometry.pixel_size_m:g} m (ratio {geometry.upsample:g}) do not fit [model] upsample = "
+                        f"{upsample}")
+    return TrainingData(objects, intensities, pairs, validation, geometry)

@@ -29,10 +29,11 @@ from torch import nn
 
 from phasegan_hpc import __version__
 from phasegan_hpc.data.normalise import Normalisation
-from phasegan_hpc.errors import DataError
+from phasegan_hpc.errors import DataError, PhysicsError
 from phasegan_hpc.models.registry import GENERATORS, build_from_arch, generator_arch
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
 from phasegan_hpc.physics.consistency import SIGMA_PX, fresnel_residual, onto_frames, relative_l1
+from phasegan_hpc.physics.geometry import Geometry
 
 if TYPE_CHECKING:
     from phasegan_hpc.config import Config
@@ -69,25 +70,23 @@ class PhaseModel:
         generator: G_O, detector frame (B, 1, H, W) -> object channels (B, 2, sH, sW), s = 1 or 2.
         arch: G_O's architecture dict (``models.registry.generator_arch``).
         normalisation: the training data's statistics and the object encoding.
-        physics: geometry of the training data: ``pixel_size_m`` (the object grid, what H uses),
-            ``wavelength_m``, ``distance_m`` [m], and ``detector_pixel_size_m`` for paper §4's models.
+        geometry: of the training data, with H's padding during training.
         method: the training method (phasegan, cyclegan, pix2pix, paired).
         info: plain data (step, epochs, metrics, the config as TOML text...).
         detector, detector_arch: G_D and its architecture (PhaseGAN), or None.
-        pad, pad_mode: the propagator's padding during training.
         sha256: of the file it was loaded from ("" for a model not yet saved).
     """
 
     def __init__(self, generator: nn.Module, arch: dict[str, Any], normalisation: Normalisation,
-                 physics: dict[str, float], method: str, info: dict[str, Any] | None = None,
-                 detector: nn.Module | None = None, detector_arch: dict[str, Any] | None = None, pad: int = 0,
-                 pad_mode: str = "edge", sha256: str = "") -> None:
+                 geometry: Geometry, method: str, info: dict[str, Any] | None = None,
+                 detector: nn.Module | None = None, detector_arch: dict[str, Any] | None = None,
+                 sha256: str = "") -> None:
         if (detector is None) != (detector_arch is None):
             raise ValueError("detector and detector_arch go together")
         self.generator, self.arch, self.normalisation = generator, dict(arch), normalisation
-        self.physics, self.method, self.info = dict(physics), str(method), dict(info or {})
+        self.geometry, self.method, self.info = geometry, str(method), dict(info or {})
         self.detector, self.detector_arch = detector, (dict(detector_arch) if detector_arch else None)
-        self.pad, self.pad_mode, self.sha256 = int(pad), str(pad_mode), sha256
+        self.sha256 = sha256
         self._nets: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._cuda_fast = False
         self._propagators: dict[tuple[tuple[int, int], str], FresnelPropagator] = {}
@@ -96,7 +95,7 @@ class PhaseModel:
 
     @classmethod
     def for_run(cls, cfg: Config, generators: nn.Module | Mapping[str, torch.Tensor], normalisation: Normalisation,
-                physics: dict[str, float], info: dict[str, Any] | None = None) -> PhaseModel:
+                geometry: Geometry, info: dict[str, Any] | None = None) -> PhaseModel:
         """The model of a training run of ``cfg``: from its ``models.cycle.GeneratorPair``.
 
         A module is used as it is (its live G_O and G_D, no copy: what validation and the export see); a
@@ -113,8 +112,7 @@ class PhaseModel:
             g_d = None
             if d_arch is not None:
                 g_d = _build(d_arch, {k[4:]: v for k, v in full.items() if k.startswith("g_d.")}).eval()
-        return cls(g_o, arch, normalisation, physics, cfg.train.method, info, g_d, d_arch, cfg.physics.pad,
-                   cfg.physics.pad_mode)
+        return cls(g_o, arch, normalisation, cfg.physics.padding(geometry), cfg.train.method, info, g_d, d_arch)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> PhaseModel:
@@ -149,10 +147,14 @@ class PhaseModel:
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"{p}: architecture does not match the stored weights ({first})") from None
-        model = cls(generator, arch, norm, dict(payload["physics"]), str(payload["method"]),
-                    dict(payload.get("info", {})), g_d, dict(detector["arch"]) if detector else None,
-                    int(detector.get("pad", 0)) if detector else 0,
-                    str(detector.get("pad_mode", "edge")) if detector else "edge", file_sha256(p))
+        try:
+            geometry = Geometry.from_attrs(payload["physics"], str(p)).with_padding(
+                int(detector.get("pad", 0)) if detector else 0, str(detector.get("pad_mode", "edge")) if detector
+                else "edge")
+        except (PhysicsError, ValueError) as exc:
+            raise DataError(f"{p}: unusable geometry ({exc})") from None
+        model = cls(generator, arch, norm, geometry, str(payload["method"]), dict(payload.get("info", {})), g_d,
+                    dict(detector["arch"]) if detector else None, file_sha256(p))
         return model.to(device)
 
     def save(self, path: str | Path) -> Path:
@@ -166,12 +168,12 @@ class PhaseModel:
             "arch": dict(self.arch),
             "state_dict": _cpu_state(self.generator),
             "normalisation": self.normalisation.to_dict(),
-            "physics": dict(self.physics),
+            "physics": self.geometry.to_attrs(),
             "info": dict(self.info),
         }
         if self.detector is not None:
             payload["detector"] = {"arch": dict(self.detector_arch), "state_dict": _cpu_state(self.detector),
-                                   "pad": self.pad, "pad_mode": self.pad_mode}
+                                   "pad": self.geometry.pad, "pad_mode": self.geometry.pad_mode}
         tmp = path.with_name(f".{path.name}.partial")
         torch.save(payload, tmp)
         os.replace(tmp, path)
@@ -219,19 +221,11 @@ class PhaseModel:
         """Object grid / frame grid: 2 for paper §4's cross-resolution models, else 1."""
         return 2 if self.arch.get("resize") == "up2" else 1
 
-    @property
-    def detector_pixel_size_m(self) -> float:
-        """The pixel of the frames the model reads [m]."""
-        return float(self.physics.get("detector_pixel_size_m", self.physics["pixel_size_m"]))
-
     def propagator(self, shape: tuple[int, int], device: torch.device) -> FresnelPropagator:
         """H on the object grid ``shape`` with the model's geometry and padding (cached per shape, device)."""
         key = (tuple(shape), str(device))
         if key not in self._propagators:
-            p = self.physics
-            self._propagators[key] = FresnelPropagator(
-                tuple(shape), pixel_size_m=p["pixel_size_m"], distance_m=p["distance_m"],
-                wavelength_m=p["wavelength_m"], pad=self.pad, pad_mode=self.pad_mode).to(device)
+            self._propagators[key] = self.geometry.propagator(tuple(shape), device)
         return self._propagators[key]
 
     # ---- inference -----------------------------------------------------------------------------------------

@@ -21,15 +21,16 @@ Nothing here imports Ray.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import PhaseModel, load_model
-from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
+from phasegan_hpc.physics import object_wavefield, paganin
 from phasegan_hpc.physics.consistency import hologram_scores
+from phasegan_hpc.physics.geometry import Geometry
 
 METHODS = ("phasegan", "paganin", "tie", "flatfield")
 #: The per-frame trust scores every method writes (see the module docstring).
@@ -37,18 +38,6 @@ SCORES = ("consistency", "fresnel_residual")
 OBJECT_OUTPUTS = {"phase": ("rad", "object phase phi = -k delta T"),
                   "attenuation": ("1", "attenuation mu T = -ln |psi|^2")}
 INTENSITY_OUTPUTS = {"intensity": ("1", "flat/dark-corrected detector frame")}
-
-
-@dataclass(frozen=True)
-class Physics:
-    """Geometry of the data (SI units); ``delta_beta`` is used by Paganin and TIE only."""
-
-    pixel_size_m: float
-    wavelength_m: float
-    distance_m: float
-    delta_beta: float | None = None
-    pad: int = 0
-    pad_mode: str = "edge"
 
 
 @dataclass(frozen=True)
@@ -70,18 +59,19 @@ class Layout:
     pixel_size_m: float
 
 
-def output_layout(method: str, model: PhaseModel | None, frame_shape: tuple[int, int], physics: Physics,
+def output_layout(method: str, model: PhaseModel | None, frame_shape: tuple[int, int], geometry: Geometry,
                   tie: TieOptions | None = None) -> Layout:
-    """The output of ``method`` for frames of ``frame_shape`` (pixel size ``physics.pixel_size_m``)."""
+    """The output of ``method`` for frames of ``frame_shape`` (their pixel: ``geometry.detector_pixel_size_m``)."""
     h, w = frame_shape
+    pixel = geometry.detector_pixel_size_m
     if method == "flatfield":
-        return Layout(INTENSITY_OUTPUTS, frame_shape, physics.pixel_size_m)
+        return Layout(INTENSITY_OUTPUTS, frame_shape, pixel)
     if method == "phasegan" and model is not None and model.scale == 2:
-        return Layout(OBJECT_OUTPUTS, (2 * h, 2 * w), physics.pixel_size_m / 2)
+        return Layout(OBJECT_OUTPUTS, (2 * h, 2 * w), pixel / 2)
     if method == "tie" and tie is not None and tie.resample_pixel_size_m:
-        factor = physics.pixel_size_m / tie.resample_pixel_size_m
+        factor = pixel / tie.resample_pixel_size_m
         return Layout(OBJECT_OUTPUTS, (round(h * factor), round(w * factor)), tie.resample_pixel_size_m)
-    return Layout(OBJECT_OUTPUTS, frame_shape, physics.pixel_size_m)
+    return Layout(OBJECT_OUTPUTS, frame_shape, pixel)
 
 
 def tie_prepare(frames: np.ndarray, factor: float, out_shape: tuple[int, int], tv_weight: float,
@@ -112,40 +102,40 @@ class Retriever:
     """Maps corrected frames (B, H, W) float32 on ``device`` to ({output name: (B, h, w)}, {score: (B,)}).
 
     Args:
-        method: one of :data:`METHODS` ("phasegan" needs ``model``; "paganin" and "tie" need
-            ``physics.delta_beta``).
+        method: one of :data:`METHODS` ("phasegan" needs ``model``; "paganin" and "tie" need ``delta_beta``).
         model: a loaded ``model.pt``, already on ``device``.
-        physics: the geometry of the frames (for PhaseGAN: the model's object grid; see ``build_retriever``).
+        geometry: of the frames (their pixel is ``detector_pixel_size_m``; for PhaseGAN the model's geometry).
         shape: (H, W) of the frames.
         device: torch device; on CUDA, G_O and G_D run in bf16 autocast with channels_last.
         tie: options of the "tie" method.
         compile: run G_O and G_D through ``torch.compile`` (the fastest variant of ``bench inference`` on
             GPUs; one compilation per batch shape).
+        delta_beta: the material's delta / beta, for Paganin and TIE.
     """
 
-    def __init__(self, method: str, model: PhaseModel | None, physics: Physics, shape: tuple[int, int],
-                 device: torch.device, tie: TieOptions | None = None, compile: bool = False) -> None:
+    def __init__(self, method: str, model: PhaseModel | None, geometry: Geometry, shape: tuple[int, int],
+                 device: torch.device, tie: TieOptions | None = None, compile: bool = False,
+                 delta_beta: float | None = None) -> None:
         if method not in METHODS:
             raise DataError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if method == "phasegan" and model is None:
             raise DataError("method phasegan needs a model")
-        if method in ("paganin", "tie") and physics.delta_beta is None:
+        if method in ("paganin", "tie") and delta_beta is None:
             raise DataError(f"method {method} needs delta/beta (--delta-beta)")
-        self.method, self.model, self.physics, self.device = method, model, physics, device
+        self.method, self.model, self.geometry, self.device = method, model, geometry, device
+        self.delta_beta = delta_beta
         self.tie = tie or TieOptions()
-        self.layout = output_layout(method, model, shape, physics, self.tie)
+        self.layout = output_layout(method, model, shape, geometry, self.tie)
         self.propagator = None
-        if method in ("paganin", "tie"):
-            self.propagator = FresnelPropagator(self.layout.shape, pixel_size_m=self.layout.pixel_size_m,
-                                                distance_m=physics.distance_m, wavelength_m=physics.wavelength_m,
-                                                pad=physics.pad, pad_mode=physics.pad_mode)
+        if method in ("paganin", "tie"):  # H on the output grid, for the scores
+            self.propagator = replace(geometry, pixel_size_m=self.layout.pixel_size_m).propagator(self.layout.shape)
         if model is not None:
             model.accelerate(compile)
 
     def _paganin(self, frames: torch.Tensor, pixel_size_m: float) -> tuple[torch.Tensor, torch.Tensor]:
-        p = self.physics
-        return paganin(frames, pixel_size_m=pixel_size_m, distance_m=p.distance_m, wavelength_m=p.wavelength_m,
-                       delta_beta=p.delta_beta)
+        g = self.geometry
+        return paganin(frames, pixel_size_m=pixel_size_m, distance_m=g.distance_m, wavelength_m=g.wavelength_m,
+                       delta_beta=self.delta_beta)
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -153,11 +143,11 @@ class Retriever:
         if self.method == "flatfield":
             return {"intensity": frames}, {k: torch.zeros(len(frames), device=frames.device) for k in SCORES}
         if self.method == "paganin":
-            phase, att = self._paganin(frames, self.physics.pixel_size_m)
+            phase, att = self._paganin(frames, self.geometry.detector_pixel_size_m)
             return self._with_score(phase, att, frames)
         if self.method == "tie":
             t = self.tie
-            factor = self.physics.pixel_size_m / self.layout.pixel_size_m
+            factor = self.geometry.detector_pixel_size_m / self.layout.pixel_size_m
             prepared = torch.from_numpy(tie_prepare(frames.cpu().numpy(), factor, self.layout.shape, t.tv_weight,
                                                     t.tv_iterations)).float().to(frames.device)
             phase, att = self._paganin(prepared, self.layout.pixel_size_m)
@@ -179,9 +169,10 @@ def score_name(method: str, model: PhaseModel | None) -> str:
     return "relative L1 of |H psi|^2 vs I"
 
 
-def build_retriever(method: str, model_path: str | None, physics: Physics, shape: tuple[int, int],
-                    device: torch.device, tie: TieOptions | None = None, compile: bool = False) -> Retriever:
+def build_retriever(method: str, model_path: str | None, geometry: Geometry, shape: tuple[int, int],
+                    device: torch.device, tie: TieOptions | None = None, compile: bool = False,
+                    delta_beta: float | None = None) -> Retriever:
     """Load the model (if any) onto ``device`` and build the :class:`Retriever` (PhaseGAN's H uses the model's
     geometry and padding)."""
     model = load_model(model_path, device) if model_path else None
-    return Retriever(method, model, physics, shape, device, tie, compile)
+    return Retriever(method, model, geometry, shape, device, tie, compile, delta_beta)

@@ -19,6 +19,8 @@ import numpy as np
 
 from phasegan_hpc.data.archive import Archive, open_archive
 from phasegan_hpc.errors import DataError, PhaseganError
+from phasegan_hpc.physics.geometry import Geometry
+from phasegan_hpc.physics.optics import resolve_wavelength_m
 from phasegan_hpc.reconstruct import backends
 from phasegan_hpc.reconstruct.figures import reconstruction_preview
 from phasegan_hpc.reconstruct.output import (
@@ -31,7 +33,7 @@ from phasegan_hpc.reconstruct.output import (
     read_scores,
 )
 from phasegan_hpc.reconstruct.plan import make_plan
-from phasegan_hpc.reconstruct.retrieve import METHODS, SCORES, Physics, TieOptions, output_layout, score_name
+from phasegan_hpc.reconstruct.retrieve import METHODS, SCORES, TieOptions, output_layout, score_name
 from phasegan_hpc.reconstruct.worker import FAULT_ENV, Job
 
 BACKENDS = ("ray", "mpi", "local")
@@ -105,10 +107,10 @@ def resolve_model(model: str | Path | None, required: bool) -> Path | None:
     return None
 
 
-def _physics(method: str, model, archive: Archive, overrides: dict[str, float | None]) -> Physics:
-    """Geometry: flags, else the model's (PhaseGAN: the model's always), else the archive's attributes."""
-    from phasegan_hpc.physics.optics import resolve_wavelength_m
-
+def _geometry(method: str, model, archive: Archive,
+              overrides: dict[str, float | None]) -> tuple[Geometry, float | None]:
+    """(geometry of the frames, delta/beta): flags, else the model's (PhaseGAN: the model's always), else the
+    archive's attributes. The frames' pixel is the geometry's detector pixel."""
     attrs = archive.attrs
     given = {k: v for k, v in overrides.items() if v is not None}
     if "energy_kev" in given:
@@ -118,21 +120,27 @@ def _physics(method: str, model, archive: Archive, overrides: dict[str, float | 
         delta_beta = float(attrs["delta"]) / float(attrs["beta"])
     if method in ("paganin", "tie") and delta_beta is None:
         raise DataError(f"--method {method} needs --delta-beta (the archive has no delta/beta attributes)")
+    if model is not None and method == "phasegan":  # the geometry it was trained for
+        return model.geometry, delta_beta
+    known = model.geometry.to_attrs() if model is not None else {}
     values: dict[str, float] = {}
     for key in ("pixel_size_m", "wavelength_m", "distance_m"):
-        if model is not None and method == "phasegan":  # the geometry it was trained for; frames' pixel size
-            values[key] = float(model.physics.get("detector_pixel_size_m" if key == "pixel_size_m" else key,
-                                                  model.physics[key]))
-        elif key in given:
+        if key in given:
             values[key] = float(given[key])
-        elif model is not None and key in model.physics:
-            values[key] = float(model.physics[key])
+        elif key in known:
+            values[key] = float(known[key])
         elif key in attrs:
             values[key] = float(attrs[key])
         else:
             flag = "--" + key.replace("_", "-")
             raise DataError(f"{archive.path} has no attribute {key!r}: give {flag}")
-    return Physics(values["pixel_size_m"], values["wavelength_m"], values["distance_m"], delta_beta)
+    return Geometry(values["wavelength_m"], values["pixel_size_m"], values["distance_m"]), delta_beta
+
+
+def _identity_physics(geometry: Geometry, delta_beta: float | None) -> dict[str, Any]:
+    """The geometry in a shard manifest, with the keys manifests have always had (so old shards resume)."""
+    return {"pixel_size_m": geometry.detector_pixel_size_m, "wavelength_m": geometry.wavelength_m,
+            "distance_m": geometry.distance_m, "delta_beta": delta_beta, "pad": 0, "pad_mode": "edge"}
 
 
 def _device(backend: str, gpus_per_worker: float, device: str | None) -> str:
@@ -258,8 +266,8 @@ def _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpu
     model_path = resolve_model(model, required=method == "phasegan")
     loaded = load_model(model_path) if model_path is not None else None
     if loaded is not None and method == "phasegan":
-        check_compatible(loaded.physics, archive.attrs, archive.frame_shape, str(archive.path))
-    phys = _physics(method, loaded, archive, physics)
+        check_compatible(loaded.geometry, archive.attrs, archive.frame_shape, str(archive.path))
+    geometry, delta_beta = _geometry(method, loaded, archive, physics)
     out = Path(output).expanduser().absolute() if output else default_output(archive.path, method)
     check_output(out, archive.path, overwrite)
     plan = make_plan(archive, batch_size, shard_frames)
@@ -267,21 +275,22 @@ def _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpu
     if method == "tie" and tie is not None and tie.resample_pixel_size_m is not None \
             and tie.resample_pixel_size_m <= 0:
         raise DataError("--resample-pixel-size-m must be > 0")
-    layout = output_layout(method, loaded, archive.frame_shape, phys, tie)
+    layout = output_layout(method, loaded, archive.frame_shape, geometry, tie)
     identity = {"method": method, "model_sha256": loaded.sha256 if loaded else None, "batch_size": batch_size,
-                "physics": dict(vars(phys)), "tie": dict(vars(tie)) if tie and method == "tie" else None}
+                "physics": _identity_physics(geometry, delta_beta),
+                "tie": dict(vars(tie)) if tie and method == "tie" else None}
     shards_dir, _resumed = prepare_shards_dir(out, manifest(archive, identity, plan), overwrite)
     done = finished(shards_dir, plan)
-    job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, phys,
-              batch_size, dev, max(1, int(cpus_per_worker)), os.environ.get(FAULT_ENV, ""),
+    job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
+              delta_beta, batch_size, dev, max(1, int(cpus_per_worker)), os.environ.get(FAULT_ENV, ""),
               archive.lead_shape[1:], tie if method == "tie" else None,
               dev.startswith("cuda") if compile is None else compile)
     attrs = {
         "method": method, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),
-        "pixel_size_m": layout.pixel_size_m, "detector_pixel_size_m": phys.pixel_size_m,
-        "wavelength_m": phys.wavelength_m, "distance_m": phys.distance_m,
-        "delta_beta": phys.delta_beta, "batch_size": batch_size,
+        "pixel_size_m": layout.pixel_size_m, "detector_pixel_size_m": geometry.detector_pixel_size_m,
+        "wavelength_m": geometry.wavelength_m, "distance_m": geometry.distance_m,
+        "delta_beta": delta_beta, "batch_size": batch_size,
         "score": score_name(method, loaded),
         "reconstruct_options": json.dumps({"backend": backend, "batch_size": batch_size, "method": method,
                                            "dataset": archive.dataset, "shard_frames": shard_frames}),

@@ -23,8 +23,9 @@ import torch
 
 from phasegan_hpc.data.archive import Archive, FrameReader
 from phasegan_hpc.data.h5io import atomic_h5, compression
+from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.retrieve import Physics, TieOptions, build_retriever
+from phasegan_hpc.reconstruct.retrieve import TieOptions, build_retriever
 
 #: Test-only fault hook: "SHARD:die" exits the worker abruptly once after the first batch of that shard;
 #: "SHARD:hang" makes it stop there (until killed).
@@ -47,7 +48,8 @@ class Job:
     shards_dir: str
     method: str
     model_path: str | None
-    physics: Physics
+    geometry: Geometry
+    delta_beta: float | None
     batch_size: int
     device: str = "cpu"
     threads: int = 1
@@ -163,8 +165,8 @@ class ShardRunner:
         self.job = job
         self.device = torch.device(job.device)
         self.reader = FrameReader(job.archive)
-        self.retriever = build_retriever(job.method, job.model_path, job.physics, job.archive.frame_shape,
-                                         self.device, job.tie, job.compile)
+        self.retriever = build_retriever(job.method, job.model_path, job.geometry, job.archive.frame_shape,
+                                         self.device, job.tie, job.compile, job.delta_beta)
         self.frames_done = 0  # frames of the current shard, for progress polling
         self._pinned: dict[int, torch.Tensor] = {}
         self._compiled = job.compile and self.retriever.model is not None  # the networks run compiled

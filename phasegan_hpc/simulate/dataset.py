@@ -32,7 +32,7 @@ from phasegan_hpc import __version__
 from phasegan_hpc.config import Config, config_to_toml
 from phasegan_hpc.data.h5io import atomic_h5, create_frames
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.physics import FresnelPropagator, object_wavefield, thickness_to_phase_attenuation
+from phasegan_hpc.physics import object_wavefield, thickness_to_phase_attenuation
 from phasegan_hpc.simulate.detector import detect
 from phasegan_hpc.simulate.flatfields import MIN_FLAT, FlatfieldBasis, load_basis, pca_basis, synthetic_flats
 from phasegan_hpc.simulate.phantoms import random_thickness
@@ -81,11 +81,7 @@ class FrameSimulator:
     def __init__(self, cfg: Config, basis: FlatfieldBasis | None) -> None:
         self.cfg = cfg
         self.basis = basis
-        p = cfg.physics
-        self.prop = FresnelPropagator(
-            (cfg.simulate.size,) * 2, pixel_size_m=p.pixel_size_m, distance_m=p.distance_m,
-            wavelength_m=p.wavelength, pad=p.pad, pad_mode=p.pad_mode,
-        )
+        self.prop = cfg.physics.geometry().propagator((cfg.simulate.size,) * 2)
 
     def objects(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` random objects: (phase [rad], attenuation), float64 (n, H, W) each."""

@@ -34,7 +34,8 @@ from phasegan_hpc.losses.metrics import METRICS, wasserstein_1d
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.models.cycle import GeneratorPair
 from phasegan_hpc.models.unet import SIZE_MULTIPLE
-from phasegan_hpc.physics import FresnelPropagator, contrast_transfer_gains, object_wavefield
+from phasegan_hpc.physics import FresnelPropagator, object_wavefield
+from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.train.figures import CycleImages, cycle_figure, loss_curves
 from phasegan_hpc.train.session import CHECKPOINT_FILE, Session
 from phasegan_hpc.train.step import PAIRED_METHODS, STEPS, Batch, Trainables, build_trainables, unwrap
@@ -135,7 +136,7 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_frames: int,
+def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, geometry: Geometry, n_frames: int,
              device: torch.device, reference_objects: np.ndarray | None = None,
              batch_size: int = 16) -> dict[str, float]:
     """Validation metrics of a generator pair on up to ``n_frames`` held-out frames (G_O run as a
@@ -153,7 +154,7 @@ def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_fr
     fakes = []
     was_training = gens.training
     gens.eval()
-    model = PhaseModel(gens.g_o, {}, norm, {}, "validation")
+    model = PhaseModel(gens.g_o, {}, norm, geometry, "validation")
     with torch.no_grad():
         for start in range(0, n, batch_size):
             arr = torch.from_numpy(stack[np.arange(start, min(start + batch_size, n))]).to(device)
@@ -182,10 +183,9 @@ def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, n_fr
 
 
 def _normalisation(cfg: Config, data: TrainingData, object_shape: tuple[int, int]) -> Normalisation:
-    gains = contrast_transfer_gains(object_shape, pixel_size_m=data.physics["pixel_size_m"],
-                                    distance_m=data.physics["distance_m"], wavelength_m=data.physics["wavelength_m"])
     t = cfg.train
-    enc = {"output": cfg.model.output, "scale": cfg.model.object_scale, "ctf_gains": gains}
+    enc = {"output": cfg.model.output, "scale": cfg.model.object_scale,
+           "ctf_gains": data.geometry.ctf_gains(object_shape)}
     if data.paired is not None:
         return compute_normalisation(data.paired, 0, data.paired, (1, 2), t.norm_frames, t.seed, **enc)
     return compute_normalisation(data.intensities, 0, data.objects, (0, 1), t.norm_frames, t.seed, **enc)
@@ -214,9 +214,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         raise TrainingError(f"run {run_dir} holds a checkpoint of another configuration "
                             f"({state.get('identity')}); choose another --name")
     norm = Normalisation.from_dict(state["normalisation"]) if state else _normalisation(cfg, data, (oh, ow))
-    prop = FresnelPropagator((oh, ow), pixel_size_m=data.physics["pixel_size_m"],
-                             distance_m=data.physics["distance_m"], wavelength_m=data.physics["wavelength_m"],
-                             pad=cfg.physics.pad, pad_mode=cfg.physics.pad_mode)
+    prop = cfg.physics.padding(data.geometry).propagator((oh, ow))
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     if t.amp == "fp16" and device.type != "cuda":
         raise TrainingError("train.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPUs")
@@ -316,7 +314,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         if epoch_end:
             extra = {}
             if rank0 and data.validation is not None and t.val_frames > 0:
-                extra = validate(unwrap(tr.generators), data.validation, norm, t.val_frames, device,
+                extra = validate(unwrap(tr.generators), data.validation, norm, data.geometry, t.val_frames, device,
                                  reference_objects)
                 log.write({"step": step, "epoch": step / spe, **extra})
                 for k, v in extra.items():
@@ -335,7 +333,7 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         raise TrainingError(f"ranks ended with different G_O weights: {digests}")
     log.write({"event": "end", "step": step, "g_o_sha256_by_rank": digests})
     if rank0:
-        model_path = _export(cfg, run_dir, tr, norm, data.physics, step, metrics)
+        model_path = _export(cfg, run_dir, tr, norm, data.geometry, step, metrics)
         metrics = {**metrics, "model_path": str(model_path)}
     return metrics
 
@@ -517,11 +515,11 @@ def cycle_images(generators: GeneratorPair, intensity: torch.Tensor, obj: torch.
                        reconstructed_phase=np0(norm.denorm_object(out.reconstructed_object)[:, 0]))
 
 
-def _export(cfg: Config, run_dir: Path, tr: Trainables, norm: Normalisation, physics: dict[str, float],
+def _export(cfg: Config, run_dir: Path, tr: Trainables, norm: Normalisation, geometry: Geometry,
             step: int, metrics: dict[str, Any]) -> Path:
     info = {"step": step, "epochs": cfg.train.epochs, "config": config_to_toml(cfg), "software": __version__,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-    path = PhaseModel.for_run(cfg, unwrap(tr.generators), norm, physics, info).save(run_dir / "model.pt")
+    path = PhaseModel.for_run(cfg, unwrap(tr.generators), norm, geometry, info).save(run_dir / "model.pt")
     link_latest(run_dir)
     return path
 

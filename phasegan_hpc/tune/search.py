@@ -32,6 +32,7 @@ from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, ResourceError
 from phasegan_hpc.models.artifact import PhaseModel
+from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.train.fit import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.train.loop import link_latest, train_loop
 from phasegan_hpc.train.session import load_checkpoint
@@ -166,7 +167,7 @@ def run_search(cfg: Config, *, trials: int, name: str, workers_per_trial: int = 
         check_resources(workers_per_trial, per_worker_cpu, per_worker_gpu)
         results = _fit(base, directory, trials, epochs, workers_per_trial, per_worker_cpu, per_worker_gpu,
                        cpus_per_trial, gpus_per_trial, resume)
-        return _write_outputs(base, directory, results, data.physics, epochs)
+        return _write_outputs(base, directory, results, data.geometry, epochs)
     finally:
         disconnect_ray(started)
 
@@ -210,7 +211,7 @@ def _fit(base: Config, directory: Path, trials: int, epochs: int, workers: int, 
     return tuner.fit()
 
 
-def _write_outputs(base: Config, directory: Path, results, physics: dict[str, float], epochs: int) -> SearchResult:
+def _write_outputs(base: Config, directory: Path, results, geometry: Geometry, epochs: int) -> SearchResult:
     metric = base.tune.metric
     rows = []
     for r in results:
@@ -246,7 +247,7 @@ def _write_outputs(base: Config, directory: Path, results, physics: dict[str, fl
                                              "train.lr_d": base.train.lr_d * best["lr_scale"]})
     files["best.toml"].write_text(f"# best trial {best['trial']} of {directory.name}: {metric} = "
                                   f"{best[metric]:.6g}\n" + config_to_toml(best_cfg))
-    _export_best(best, best_cfg, physics, files["model.pt"], directory / TRIALS_DIR / best["trial"])
+    _export_best(best, best_cfg, geometry, files["model.pt"], directory / TRIALS_DIR / best["trial"])
     link_latest(directory)
     search_figure(files["search.png"], rows, metric)
     for r in rows:
@@ -267,7 +268,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             w.writerow({k: r.get(k, "") for k in keys})
 
 
-def _export_best(best: dict[str, Any], cfg: Config, physics: dict[str, float], path: Path, run_dir: Path) -> None:
+def _export_best(best: dict[str, Any], cfg: Config, geometry: Geometry, path: Path, run_dir: Path) -> None:
     """G_O of the best trial's last checkpoint as ``model.pt`` (early-stopped trials have no model.pt).
 
     Single-device trials checkpoint through Tune; multi-worker trials through their own Ray Train run in
@@ -283,5 +284,5 @@ def _export_best(best: dict[str, Any], cfg: Config, physics: dict[str, float], p
         state = load_checkpoint(train_ckpts[-1])
     info = {"step": int(state["step"]), "config": config_to_toml(cfg), "tuned_metric": cfg.tune.metric,
             "trial": best["trial"]}
-    PhaseModel.for_run(cfg, state["generators"], Normalisation.from_dict(state["normalisation"]), physics,
+    PhaseModel.for_run(cfg, state["generators"], Normalisation.from_dict(state["normalisation"]), geometry,
                        info).save(path)
