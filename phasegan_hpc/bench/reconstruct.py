@@ -34,12 +34,12 @@ import numpy as np
 import torch
 
 from phasegan_hpc.bench import machine
+from phasegan_hpc.cluster import connect_ray, disconnect_ray
 from phasegan_hpc.config import ModelConfig
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.models.registry import build_from_arch, generator_arch
 from phasegan_hpc.reconstruct.run import BACKENDS
-from phasegan_hpc.train.fit import connect_ray, disconnect_ray
 
 
 def make_archive(path: Path, frames: int, size: int, seed: int = 0, chunk: int = 64) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
-import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -25,9 +24,10 @@ import tomllib
 import torch
 from torch import nn
 
+from phasegan_hpc.cluster import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml
 from phasegan_hpc.data.frames import open_training_data
-from phasegan_hpc.errors import DataError, PhaseganError, ResourceError, TrainingError
+from phasegan_hpc.errors import PhaseganError, ResourceError, TrainingError
 from phasegan_hpc.train.loop import (
     ProgressFn,
     latest_losses,
@@ -41,7 +41,6 @@ from phasegan_hpc.train.step import PAIRED_METHODS
 
 #: Test-only fault hook: "RANK:STEP" makes that rank exit once, abruptly, after that step.
 FAULT_ENV = "PHASEGAN_HPC_FAULT"
-QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "1"}
 
 
 class RaySession:
@@ -100,68 +99,6 @@ def _worker(loop_config: dict[str, Any]) -> None:
         os.environ[FAULT_ENV] = loop_config["fault"]
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     train_loop(cfg, RaySession())
-
-
-def check_storage(storage: Path) -> Path:
-    """Create the storage directory and prove it writable; returns the absolute path."""
-    storage = storage.expanduser().resolve()
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=storage, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise DataError(f"storage {storage} is not writable ({exc.strerror or exc})") from None
-    return storage
-
-
-def connect_ray(num_cpus: int | None = None) -> bool:
-    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray quietly. Returns True if we started it."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    # Workers' own output stays in Ray's session logs; the driver shows progress from metrics.jsonl.
-    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning", "configure_logging": True}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        # address="local": always a fresh Ray of our own; never silently join another cluster on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
-    # ray.init installs a SIGTERM handler that kills the driver outright; restore the unwinding one so that
-    # Slurm's SIGTERM (preemption, scancel, requeue) shuts Ray down cleanly and the run can be resumed.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    return not address
-
-
-def disconnect_ray(started: bool) -> None:
-    """Shut Ray down if :func:`connect_ray` started it (a cluster we only connected to keeps running)."""
-    if started:
-        import ray
-
-        ray.shutdown()
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
-    """Fail fast (not hang) when the Ray cluster cannot host the workers."""
-    import ray
-
-    total = ray.cluster_resources()
-    need_cpu, need_gpu = workers * cpus_per_worker, workers * gpus_per_worker
-    have_cpu, have_gpu = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    if need_cpu > have_cpu:
-        raise ResourceError(f"{workers} worker(s) x {cpus_per_worker:g} CPU need {need_cpu:g} CPUs; "
-                            f"the Ray cluster has {have_cpu:g}")
-    if need_gpu > have_gpu:
-        raise ResourceError(f"{workers} worker(s) x {gpus_per_worker:g} GPU need {need_gpu:g} GPUs; "
-                            f"the Ray cluster has {have_gpu:g}")
 
 
 def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,

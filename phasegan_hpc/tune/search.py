@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,12 +26,12 @@ import tomllib
 import torch
 from torch import nn
 
+from phasegan_hpc.cluster import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml, with_overrides
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, ResourceError
 from phasegan_hpc.models.artifact import PhaseModel
-from phasegan_hpc.train.fit import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.train.loop import link_latest, train_loop
 from phasegan_hpc.train.session import load_checkpoint
 from phasegan_hpc.train.step import PAIRED_METHODS
@@ -157,7 +156,6 @@ def run_search(cfg: Config, *, trials: int, name: str, workers_per_trial: int = 
     if resume and not directory.exists():
         raise DataError(f"nothing to resume: {directory} does not exist")
 
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = connect_ray()
     try:
         per_worker_cpu = cpus_per_trial / workers_per_trial
