@@ -1,10 +1,11 @@
-"""Distributed training on Ray Train (V2 API): the driver, and the Ray side of the Session.
+"""Distributed training on Ray Train (V2 API): the driver.
 
 ``phasegan-hpc train`` always comes here. The driver checks what it can before any worker starts (data,
-storage, resources), connects to ``RAY_ADDRESS`` or starts a quiet local Ray, and runs
-:func:`phasegan_hpc.train.loop.train_loop` on every worker of a ``TorchTrainer``. DDP (gloo on CPU,
-NCCL on GPU) wraps the generator pair and the discriminator pair separately; ``ray.train.report`` is
-called by every rank at the same steps; rank 0 alone writes metrics, figures and ``model.pt``.
+storage, resources), connects to ``RAY_ADDRESS`` or starts a quiet local Ray (:mod:`phasegan_hpc.cluster`),
+and runs :func:`phasegan_hpc.train.loop.train_loop` on every worker of a ``TorchTrainer``, through a
+:class:`phasegan_hpc.train.session.RaySession`. DDP (gloo on CPU, NCCL on GPU) wraps the generator pair
+and the discriminator pair separately; ``ray.train.report`` is called by every rank at the same steps;
+rank 0 alone writes metrics, figures and ``model.pt``.
 
 Rerunning with the same name and storage resumes from the latest checkpoint (``ray.train.get_checkpoint``),
 which is what ``sbatch --requeue`` needs; a worker that dies is restarted up to ``max_failures`` times.
@@ -12,17 +13,13 @@ which is what ``sbatch --requeue`` needs; a worker that dies is restarted up to 
 
 from __future__ import annotations
 
-import inspect
 import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import tomllib
 import torch
-from torch import nn
 
 from phasegan_hpc.cluster import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml
@@ -36,60 +33,11 @@ from phasegan_hpc.train.loop import (
     steps_per_epoch,
     train_loop,
 )
-from phasegan_hpc.train.session import load_checkpoint
+from phasegan_hpc.train.session import RaySession
 from phasegan_hpc.train.step import PAIRED_METHODS
 
 #: Test-only fault hook: "RANK:STEP" makes that rank exit once, abruptly, after that step.
 FAULT_ENV = "PHASEGAN_HPC_FAULT"
-
-
-class RaySession:
-    """The Session of one Ray Train worker (created inside the worker)."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        import ray.train.torch
-
-        if self.world_size == 1:
-            return module.to(self.device)
-        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=_no_buffer_sync())
-
-    def restore(self) -> dict[str, Any] | None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return load_checkpoint(Path(d))
-
-    def staging_dir(self) -> Path:
-        return Path(tempfile.gettempdir())  # node-local; Ray copies the checkpoint to storage
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(dict(metrics), checkpoint=checkpoint)
-        if checkpoint_dir is not None:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has copied it to storage
-
-
-def _no_buffer_sync() -> dict[str, bool]:
-    """DDP keyword that stops the per-forward broadcast of buffers (PatchGAN BatchNorm statistics stay per
-    rank, DESIGN.md §5): ``forward_sync_buffers`` on newer torch, ``broadcast_buffers`` before it."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    params = inspect.signature(DistributedDataParallel.__init__).parameters
-    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def _worker(loop_config: dict[str, Any]) -> None:
@@ -98,7 +46,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
     if loop_config.get("fault"):
         os.environ[FAULT_ENV] = loop_config["fault"]
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
-    train_loop(cfg, RaySession())
+    train_loop(cfg, RaySession.train_worker())
 
 
 def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
@@ -133,7 +81,7 @@ def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per
     started = connect_ray()
     try:
         check_resources(workers, cpus_per_worker, gpus_per_worker)
-        trainer = _trainer(cfg, storage, workers, cpus_per_worker, gpus_per_worker, max_failures)
+        trainer = make_trainer(cfg, storage, workers, cpus_per_worker, gpus_per_worker, max_failures)
         result = _fit_with_progress(trainer, run_dir_of(cfg), total, progress)
         return _summary(cfg, result)
     finally:
@@ -147,8 +95,12 @@ def _with_storage(cfg: Config, storage: Path) -> Config:
                                                               data_dir=str(Path(cfg.train.data_dir).resolve())))
 
 
-def _trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: float, max_failures: int,
-             callbacks: list | None = None):
+def make_trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: float, max_failures: int,
+                 callbacks: list | None = None):
+    """The ``TorchTrainer`` of run ``cfg.train.name`` under ``storage``: ``workers`` ranks of ``cpus`` CPUs and
+    ``gpus`` GPUs each, each running :func:`phasegan_hpc.train.loop.train_loop` on a Ray Train
+    :class:`~phasegan_hpc.train.session.RaySession` (``fit`` runs it; a multi-worker Tune trial too, with
+    ``callbacks=[TuneReportCallback()]``)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
