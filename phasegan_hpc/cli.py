@@ -6,7 +6,6 @@ with exit status 1; no traceback.
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import click
 from rich.console import Console
 
 from phasegan_hpc import __version__
+from phasegan_hpc.cluster import interrupt_on_sigterm
 from phasegan_hpc.errors import PhaseganError
 
 _err = Console(stderr=True)
@@ -428,13 +428,9 @@ def bench(name: str, size: int | None, batch: int | None, repeats: int | None, d
         raise PhaseganError(f"bench {name}: over tolerance: {failed}")
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM (Slurm preemption, scancel) unwinds like Ctrl-C: nothing half-written
-
-
 def main() -> None:
     """Console-script entry point: run the CLI, turning user errors into one line and exit status 1."""
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt_on_sigterm()  # SIGTERM (Slurm preemption, scancel) unwinds like Ctrl-C: nothing half-written
     try:
         cli(standalone_mode=False)
     except PhaseganError as exc:

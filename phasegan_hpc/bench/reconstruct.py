@@ -34,13 +34,13 @@ import numpy as np
 import torch
 
 from phasegan_hpc.bench import machine
+from phasegan_hpc.cluster import connect_ray, disconnect_ray
 from phasegan_hpc.config import ModelConfig
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.models.registry import build_from_arch, generator_arch
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct.run import BACKENDS
-from phasegan_hpc.train.fit import connect_ray, disconnect_ray
 
 #: The geometry of the bench archives and models (the paper's: 1 A, 1 um, 10 cm).
 BENCH_GEOMETRY = Geometry(wavelength_m=1e-10, pixel_size_m=1e-6, distance_m=0.1)

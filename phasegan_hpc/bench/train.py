@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
+from phasegan_hpc.cluster import connect_ray, disconnect_ray
 from phasegan_hpc.config import Config, load_config, with_overrides
 from phasegan_hpc.simulate import simulate_dataset
-from phasegan_hpc.train.fit import connect_ray, disconnect_ray, fit
+from phasegan_hpc.train.fit import fit
 from phasegan_hpc.train.local import train_local
 from phasegan_hpc.train.loop import run_dir_of
 

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from phasegan_hpc.cluster import check_resources, connect_ray, disconnect_ray
 from phasegan_hpc.errors import DataError, PhaseganError, ResourceError
 from phasegan_hpc.reconstruct.plan import Shard
 from phasegan_hpc.reconstruct.worker import Job, ShardRunner
@@ -62,8 +63,6 @@ def run_ray(job: Job, pending: list[Shard], progress: Progress, *, workers: int 
     rewrites the shard from its start under the temporary name, so the result is identical.
     """
     import ray
-
-    from phasegan_hpc.train.fit import check_resources, connect_ray, disconnect_ray
 
     if cpus_per_worker <= 0 or gpus_per_worker < 0 or (workers is not None and workers < 1):
         raise ResourceError("need --workers >= 1, CPUs per worker > 0 and GPUs per worker >= 0")

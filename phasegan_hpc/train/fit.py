@@ -1,10 +1,11 @@
-"""Distributed training on Ray Train (V2 API): the driver, and the Ray side of the Session.
+"""Distributed training on Ray Train (V2 API): the driver.
 
 ``phasegan-hpc train`` always comes here. The driver checks what it can before any worker starts (data,
-storage, resources), connects to ``RAY_ADDRESS`` or starts a quiet local Ray, and runs
-:func:`phasegan_hpc.train.loop.train_loop` on every worker of a ``TorchTrainer``. DDP (gloo on CPU,
-NCCL on GPU) wraps the generator pair and the discriminator pair separately; ``ray.train.report`` is
-called by every rank at the same steps; rank 0 alone writes metrics, figures and ``model.pt``.
+storage, resources), connects to ``RAY_ADDRESS`` or starts a quiet local Ray (:mod:`phasegan_hpc.cluster`),
+and runs :func:`phasegan_hpc.train.loop.train_loop` on every worker of a ``TorchTrainer``, through a
+:class:`phasegan_hpc.train.session.RaySession`. DDP (gloo on CPU, NCCL on GPU) wraps the generator pair
+and the discriminator pair separately; ``ray.train.report`` is called by every rank at the same steps;
+rank 0 alone writes metrics, figures and ``model.pt``.
 
 Rerunning with the same name and storage resumes from the latest checkpoint (``ray.train.get_checkpoint``),
 which is what ``sbatch --requeue`` needs; a worker that dies is restarted up to ``max_failures`` times.
@@ -12,22 +13,18 @@ which is what ``sbatch --requeue`` needs; a worker that dies is restarted up to 
 
 from __future__ import annotations
 
-import inspect
 import os
-import shutil
-import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import tomllib
 import torch
-from torch import nn
 
+from phasegan_hpc.cluster import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml
 from phasegan_hpc.data.frames import open_training_data
-from phasegan_hpc.errors import DataError, PhaseganError, ResourceError, TrainingError
+from phasegan_hpc.errors import PhaseganError, ResourceError, TrainingError
 from phasegan_hpc.train.loop import (
     ProgressFn,
     latest_losses,
@@ -36,61 +33,11 @@ from phasegan_hpc.train.loop import (
     steps_per_epoch,
     train_loop,
 )
-from phasegan_hpc.train.session import load_checkpoint
+from phasegan_hpc.train.session import RaySession
 from phasegan_hpc.train.step import PAIRED_METHODS
 
 #: Test-only fault hook: "RANK:STEP" makes that rank exit once, abruptly, after that step.
 FAULT_ENV = "PHASEGAN_HPC_FAULT"
-QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "1"}
-
-
-class RaySession:
-    """The Session of one Ray Train worker (created inside the worker)."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        import ray.train.torch
-
-        if self.world_size == 1:
-            return module.to(self.device)
-        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=_no_buffer_sync())
-
-    def restore(self) -> dict[str, Any] | None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return load_checkpoint(Path(d))
-
-    def staging_dir(self) -> Path:
-        return Path(tempfile.gettempdir())  # node-local; Ray copies the checkpoint to storage
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(dict(metrics), checkpoint=checkpoint)
-        if checkpoint_dir is not None:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has copied it to storage
-
-
-def _no_buffer_sync() -> dict[str, bool]:
-    """DDP keyword that stops the per-forward broadcast of buffers (PatchGAN BatchNorm statistics stay per
-    rank, DESIGN.md §5): ``forward_sync_buffers`` on newer torch, ``broadcast_buffers`` before it."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    params = inspect.signature(DistributedDataParallel.__init__).parameters
-    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def _worker(loop_config: dict[str, Any]) -> None:
@@ -99,69 +46,7 @@ def _worker(loop_config: dict[str, Any]) -> None:
     if loop_config.get("fault"):
         os.environ[FAULT_ENV] = loop_config["fault"]
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
-    train_loop(cfg, RaySession())
-
-
-def check_storage(storage: Path) -> Path:
-    """Create the storage directory and prove it writable; returns the absolute path."""
-    storage = storage.expanduser().resolve()
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=storage, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise DataError(f"storage {storage} is not writable ({exc.strerror or exc})") from None
-    return storage
-
-
-def connect_ray(num_cpus: int | None = None) -> bool:
-    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray quietly. Returns True if we started it."""
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    # Workers' own output stays in Ray's session logs; the driver shows progress from metrics.jsonl.
-    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning", "configure_logging": True}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        # address="local": always a fresh Ray of our own; never silently join another cluster on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
-    # ray.init installs a SIGTERM handler that kills the driver outright; restore the unwinding one so that
-    # Slurm's SIGTERM (preemption, scancel, requeue) shuts Ray down cleanly and the run can be resumed.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    return not address
-
-
-def disconnect_ray(started: bool) -> None:
-    """Shut Ray down if :func:`connect_ray` started it (a cluster we only connected to keeps running)."""
-    if started:
-        import ray
-
-        ray.shutdown()
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
-    """Fail fast (not hang) when the Ray cluster cannot host the workers."""
-    import ray
-
-    total = ray.cluster_resources()
-    need_cpu, need_gpu = workers * cpus_per_worker, workers * gpus_per_worker
-    have_cpu, have_gpu = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    if need_cpu > have_cpu:
-        raise ResourceError(f"{workers} worker(s) x {cpus_per_worker:g} CPU need {need_cpu:g} CPUs; "
-                            f"the Ray cluster has {have_cpu:g}")
-    if need_gpu > have_gpu:
-        raise ResourceError(f"{workers} worker(s) x {gpus_per_worker:g} GPU need {need_gpu:g} GPUs; "
-                            f"the Ray cluster has {have_gpu:g}")
+    train_loop(cfg, RaySession.train_worker())
 
 
 def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
@@ -196,7 +81,7 @@ def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per
     started = connect_ray()
     try:
         check_resources(workers, cpus_per_worker, gpus_per_worker)
-        trainer = _trainer(cfg, storage, workers, cpus_per_worker, gpus_per_worker, max_failures)
+        trainer = make_trainer(cfg, storage, workers, cpus_per_worker, gpus_per_worker, max_failures)
         result = _fit_with_progress(trainer, run_dir_of(cfg), total, progress)
         return _summary(cfg, result)
     finally:
@@ -210,8 +95,12 @@ def _with_storage(cfg: Config, storage: Path) -> Config:
                                                               data_dir=str(Path(cfg.train.data_dir).resolve())))
 
 
-def _trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: float, max_failures: int,
-             callbacks: list | None = None):
+def make_trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: float, max_failures: int,
+                 callbacks: list | None = None):
+    """The ``TorchTrainer`` of run ``cfg.train.name`` under ``storage``: ``workers`` ranks of ``cpus`` CPUs and
+    ``gpus`` GPUs each, each running :func:`phasegan_hpc.train.loop.train_loop` on a Ray Train
+    :class:`~phasegan_hpc.train.session.RaySession` (``fit`` runs it; a multi-worker Tune trial too, with
+    ``callbacks=[TuneReportCallback()]``)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

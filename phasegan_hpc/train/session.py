@@ -1,14 +1,19 @@
 """Where the training loop runs: rank, device, DDP wrapping, checkpoints and reporting.
 
 The loop (``loop.py``) talks only to a :class:`Session`, so the same loop runs in-process
-(:class:`LocalSession`) and as Ray Train's per-worker function (the Ray session in ``fit.py``).
+(:class:`LocalSession`), as Ray Train's per-worker function and as a single-device Ray Tune trial (one
+:class:`RaySession`, parameterised by the Ray API it reports through). Ray is imported inside
+:class:`RaySession`'s methods only; connecting to Ray is :mod:`phasegan_hpc.cluster`'s.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
+import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 import torch
@@ -89,3 +94,68 @@ class LocalSession:
         os.replace(checkpoint_dir, final)  # a checkpoint appears whole or not at all
         for old in sorted(self.checkpoint_root.glob("step_*"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+class RaySession:
+    """The Session of a loop that Ray runs, reporting through ``api``: ``ray.train`` (one worker of a
+    ``TorchTrainer``, see :meth:`train_worker`) or ``ray.tune`` (a single-device trial, :meth:`tune_trial`).
+
+    Both APIs offer the same ``report(metrics, checkpoint=...)``, ``get_checkpoint()`` and
+    ``Checkpoint.from_directory``; checkpoints are staged in the node-local temp dir and Ray copies them to
+    storage. With several workers, :meth:`wrap` prepares DDP through Ray Train.
+    """
+
+    def __init__(self, api: ModuleType, rank: int = 0, world_size: int = 1,
+                 device: torch.device | None = None) -> None:
+        self.api = api
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    @classmethod
+    def train_worker(cls) -> RaySession:
+        """The Session of this Ray Train worker (call inside ``train_loop_per_worker``)."""
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        return cls(ray.train, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+
+    @classmethod
+    def tune_trial(cls) -> RaySession:
+        """The Session of this single-device Ray Tune trial: one rank, CUDA if present."""
+        from ray import tune
+
+        return cls(tune)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return module.to(self.device)
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs=_no_buffer_sync())
+
+    def restore(self) -> dict[str, Any] | None:
+        ckpt = self.api.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return load_checkpoint(Path(d))
+
+    def staging_dir(self) -> Path:
+        return Path(tempfile.gettempdir())  # node-local; Ray copies the checkpoint to storage
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        checkpoint = self.api.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        self.api.report(dict(metrics), checkpoint=checkpoint)
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has copied it to storage
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that stops the per-forward broadcast of buffers (PatchGAN BatchNorm statistics stay per
+    rank, DESIGN.md §5): ``forward_sync_buffers`` on newer torch, ``broadcast_buffers`` before it."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}

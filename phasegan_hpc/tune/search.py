@@ -16,63 +16,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomllib
 import torch
-from torch import nn
 
+from phasegan_hpc.cluster import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml, with_overrides
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, ResourceError
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.physics.geometry import Geometry
-from phasegan_hpc.train.fit import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.train.loop import link_latest, train_loop
-from phasegan_hpc.train.session import load_checkpoint
+from phasegan_hpc.train.session import RaySession, load_checkpoint
 from phasegan_hpc.train.step import PAIRED_METHODS
 from phasegan_hpc.tune.figures import search_figure
 
 TRIALS_DIR = "trials"
-
-
-class TuneSession:
-    """The Session of a single-device trial: one rank, reports and checkpoints through Ray Tune."""
-
-    rank = 0
-    world_size = 1
-
-    def __init__(self) -> None:
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        return module.to(self.device)
-
-    def restore(self) -> dict[str, Any] | None:
-        from ray import tune
-
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return load_checkpoint(Path(d))
-
-    def staging_dir(self) -> Path:
-        return Path(tempfile.gettempdir())
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        from ray import tune
-
-        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report(dict(metrics), checkpoint=checkpoint)
-        if checkpoint_dir is not None:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def trial_config(base: Config, params: dict[str, float], trials_dir: Path, trial_name: str,
@@ -98,14 +61,14 @@ def _trial(params: dict[str, float], base_toml: str, trials_dir: str, max_epochs
     cfg = trial_config(base, params, Path(trials_dir), tune.get_context().get_trial_name(), max_epochs)
     if workers <= 1:
         torch.set_num_threads(max(1, int(cpus_per_worker)))
-        train_loop(cfg, TuneSession())
+        train_loop(cfg, RaySession.tune_trial())
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from phasegan_hpc.train.fit import _trainer
+    from phasegan_hpc.train.fit import make_trainer
 
-    trainer = _trainer(cfg, Path(trials_dir), workers, cpus_per_worker, gpus_per_worker, max_failures=1,
-                       callbacks=[TuneReportCallback()])
+    trainer = make_trainer(cfg, Path(trials_dir), workers, cpus_per_worker, gpus_per_worker, max_failures=1,
+                           callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -159,7 +122,6 @@ def run_search(cfg: Config, *, trials: int, name: str, workers_per_trial: int = 
     if resume and not directory.exists():
         raise DataError(f"nothing to resume: {directory} does not exist")
 
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = connect_ray()
     try:
         per_worker_cpu = cpus_per_trial / workers_per_trial

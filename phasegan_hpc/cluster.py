@@ -1,0 +1,94 @@
+"""Where the Ray cluster comes from, and the checks made before anything is asked of it.
+
+``train``, ``tune`` and ``reconstruct --backend ray`` (and the benchmarks that use Ray) all start the same
+way: prove the storage writable, :func:`connect_ray` (``RAY_ADDRESS`` if set, else a quiet local Ray of our
+own), :func:`check_resources`, and :func:`disconnect_ray` at the end. :func:`interrupt_on_sigterm` is the
+one SIGTERM handler: Slurm's SIGTERM (preemption, ``scancel``, requeue) unwinds like Ctrl-C, so Ray is shut
+down and the next run resumes.
+
+Importing this module imports neither Ray nor torch (the CLI imports it at start-up); Ray is imported
+inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from phasegan_hpc.errors import DataError, ResourceError
+
+#: Set (unless already set) before Ray starts: no usage statistics, no token auth on a local cluster,
+#: deduplicated worker logs, and no Tune warning about slow experiment-state syncs on shared storage.
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "1",
+             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (Slurm preemption, scancel) unwinds like Ctrl-C: nothing half-written
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread (a no-op in any other thread)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def check_storage(storage: Path) -> Path:
+    """Create the storage directory and prove it writable; returns the absolute path."""
+    storage = storage.expanduser().resolve()
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=storage, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise DataError(f"storage {storage} is not writable ({exc.strerror or exc})") from None
+    return storage
+
+
+def connect_ray(num_cpus: int | None = None) -> bool:
+    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray quietly. Returns True if we started it."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    # Workers' own output stays in Ray's session logs; the driver shows progress from metrics.jsonl.
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning", "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # address="local": always a fresh Ray of our own; never silently join another cluster on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    # ray.init installs a SIGTERM handler that kills the driver outright; restore the unwinding one so that
+    # Slurm's SIGTERM (preemption, scancel, requeue) shuts Ray down cleanly and the run can be resumed.
+    interrupt_on_sigterm()
+    return not address
+
+
+def disconnect_ray(started: bool) -> None:
+    """Shut Ray down if :func:`connect_ray` started it (a cluster we only connected to keeps running)."""
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
+def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
+    """Fail fast (not hang) when the connected Ray cluster cannot host the workers."""
+    import ray
+
+    total = ray.cluster_resources()
+    need_cpu, need_gpu = workers * cpus_per_worker, workers * gpus_per_worker
+    have_cpu, have_gpu = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if need_cpu > have_cpu:
+        raise ResourceError(f"{workers} worker(s) x {cpus_per_worker:g} CPU need {need_cpu:g} CPUs; "
+                            f"the Ray cluster has {have_cpu:g}")
+    if need_gpu > have_gpu:
+        raise ResourceError(f"{workers} worker(s) x {gpus_per_worker:g} GPU need {need_gpu:g} GPUs; "
+                            f"the Ray cluster has {have_gpu:g}")
