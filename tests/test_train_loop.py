@@ -79,6 +79,38 @@ def test_resumed_run_reproduces_uninterrupted_losses(tiny_train_config):
         torch.testing.assert_close(mb[k], ma[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_learning_rate_schedule_and_checkpoints_from_before_the_schedulers(tiny_train_config):
+    """StepLR (x 0.5 every epoch here) gives the closed-form rates; a checkpoint written before the
+    schedulers existed (no scheduler state, the optimisers at the finished epoch's rate) resumes to the
+    same losses and weights as an uninterrupted run."""
+    base = with_overrides(tiny_train_config, {"train.lr_decay_epochs": 1,
+                                              "train.lr_decay_factor": 0.5})
+    full = with_overrides(base, {"train.name": "full"})
+    train_local(full)
+    scales = {r["step"]: r["lr_scale"] for r in step_records(run_dir_of(full))}
+    assert [scales[s] for s in (1, 4, 5, 8)] == [1.0, 1.0, 0.5, 0.5]
+    part = with_overrides(base, {"train.name": "part", "train.max_steps": 4})
+    train_local(part)
+    ckpt = run_dir_of(part) / "checkpoints" / "step_00000004" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["schedulers"]  # as written before: the optimisers hold epoch 0's rates, no initial_lr
+    for key, lr in (("opt_g", base.train.lr_g), ("opt_d", base.train.lr_d)):
+        for group in state[key]["param_groups"]:
+            group["lr"] = lr
+            group.pop("initial_lr", None)
+    torch.save(state, ckpt)
+    train_local(with_overrides(part, {"train.max_steps": 0}))
+    b = {r["step"]: r for r in step_records(run_dir_of(part))}
+    for ra in step_records(run_dir_of(full)):
+        assert b[ra["step"]]["lr_scale"] == ra["lr_scale"]
+        assert b[ra["step"]]["loss_g"] == pytest.approx(ra["loss_g"], rel=1e-5, abs=1e-7), ra["step"]
+    ma = torch.load(run_dir_of(full) / "model.pt", weights_only=True)["state_dict"]
+    mb = torch.load(run_dir_of(part) / "model.pt", weights_only=True)["state_dict"]
+    for k in ma:
+        torch.testing.assert_close(mb[k], ma[k], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["paired", "pix2pix", "cyclegan"])
 def test_baselines_train_on_their_data(tiny_train_config, method):
     cfg = with_overrides(tiny_train_config, {"train.method": method, "train.name": method, "train.epochs": 1})

@@ -69,24 +69,6 @@ class _Sampler:
         return self.stack[order[i * self.batch : (i + 1) * self.batch]]
 
 
-def _augment(arrays: list[np.ndarray], seed: int) -> list[np.ndarray]:
-    """Random horizontal / vertical flips, the same for all ``arrays`` row by row (they commute with H)."""
-    rng = np.random.default_rng(seed)
-    n = len(arrays[0])
-    flip_y, flip_x = rng.random(n) < 0.5, rng.random(n) < 0.5
-    out = []
-    for a in arrays:
-        a = a.copy()
-        a[flip_y] = a[flip_y][..., ::-1, :]
-        a[flip_x] = a[flip_x][..., :, ::-1]
-        out.append(a)
-    return out
-
-
-def _lr_scale(cfg: Config, epoch: int) -> float:
-    return cfg.train.lr_decay_factor ** (epoch // cfg.train.lr_decay_epochs)
-
-
 def _identity(cfg: Config) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the method, every network's shape, the object encoding."""
     m = cfg.model
@@ -199,29 +181,66 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
 
     Raises:
         DataError: unusable data (missing files, wrong datasets or shapes, sizes not multiples of 32).
+        TrainingError: a checkpoint of another configuration, non-finite losses, diverging ranks.
     """
-    t, method = cfg.train, cfg.train.method
-    paired = method in PAIRED_METHODS
-    data = open_training_data(t.data_dir, paired=paired, upsample=cfg.model.upsample)
-    (h, w), (oh, ow) = network_shapes(cfg, data)
-    run_dir = run_dir_of(cfg)
-    rank0 = session.rank == 0
-    device = session.device
+    run = TrainingRun(cfg, session)
+    run.restore(session.restore())
+    run.start()
+    while run.step < run.total:
+        if run.stopped():
+            return run.metrics  # already there (a rerun with the same --max-steps does nothing)
+        if not run.epoch(progress):
+            return run.metrics  # --max-steps reached inside the epoch
+    return run.finish()
 
-    state = session.restore()
-    identity = _identity(cfg)
-    if state is not None and state.get("identity") != identity:
-        raise TrainingError(f"run {run_dir} holds a checkpoint of another configuration "
-                            f"({state.get('identity')}); choose another --name")
-    norm = Normalisation.from_dict(state["normalisation"]) if state else _normalisation(cfg, data, (oh, ow))
-    prop = cfg.physics.padding(data.geometry).propagator((oh, ow))
-    torch.manual_seed(t.seed)  # the same initial weights on every rank
-    if t.amp == "fp16" and device.type != "cuda":
-        raise TrainingError("train.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPUs")
-    tr = build_trainables(cfg, method, prop, norm, session.wrap, device)
-    step = 0
-    history: dict[str, Any] = {}
-    if state:
+
+class TrainingRun:
+    """One rank's training run, in the stages :func:`train_loop` calls: set-up (``__init__``), :meth:`restore`,
+    :meth:`start`, :meth:`epoch` (steps, logging, checkpoints; then :meth:`end_of_epoch`: validation,
+    figures, the learning-rate schedule), :meth:`finish` (the ranks' weights agree, ``model.pt``).
+
+    The learning rates follow ``torch.optim.lr_scheduler.StepLR`` (x ``lr_decay_factor`` every
+    ``lr_decay_epochs`` epochs, paper §3), stepped at each epoch's end and checkpointed with the optimisers;
+    checkpoints from before the schedulers existed resume at the epoch they were written in.
+    """
+
+    def __init__(self, cfg: Config, session: Session) -> None:
+        t = cfg.train
+        self.cfg, self.session, self.t = cfg, session, t
+        self.paired = t.method in PAIRED_METHODS
+        self.data = open_training_data(t.data_dir, paired=self.paired, upsample=cfg.model.upsample)
+        _, self.object_shape = network_shapes(cfg, self.data)
+        self.run_dir = run_dir_of(cfg)
+        self.rank0 = session.rank == 0
+        self.device = session.device
+        self.identity = _identity(cfg)
+        if t.amp == "fp16" and self.device.type != "cuda":
+            raise TrainingError("train.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPUs")
+        self.prop = cfg.physics.padding(self.data.geometry).propagator(self.object_shape)
+        self.step, self.history = 0, {}
+        self.spe = steps_per_epoch(self.data, t.batch_size, session.world_size)
+        self.total = self.spe * t.epochs
+        self.metrics: dict[str, Any] = {"step": 0, "epoch": 0.0}
+        args = (t.seed, session.rank, session.world_size, t.batch_size)
+        self.samplers = ([_Sampler(self.data.paired, 0, *args)] if self.paired else
+                         [_Sampler(self.data.intensities, 1, *args), _Sampler(self.data.objects, 2, *args)])
+
+    # ---- restore -------------------------------------------------------------------------------------------
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Build the networks (the same initial weights on every rank), then load ``state`` if any."""
+        cfg, t = self.cfg, self.t
+        if state is not None and state.get("identity") != self.identity:
+            raise TrainingError(f"run {self.run_dir} holds a checkpoint of another configuration "
+                                f"({state.get('identity')}); choose another --name")
+        self.norm = (Normalisation.from_dict(state["normalisation"]) if state
+                     else _normalisation(cfg, self.data, self.object_shape))
+        torch.manual_seed(t.seed)
+        self.tr = tr = build_trainables(cfg, t.method, self.prop, self.norm, self.session.wrap, self.device)
+        self.schedulers = [torch.optim.lr_scheduler.StepLR(opt, t.lr_decay_epochs, t.lr_decay_factor)
+                           for opt in (tr.opt_g, tr.opt_d) if opt is not None]
+        if not state:
+            return
         unwrap(tr.generators).load_state_dict(state["generators"])
         tr.opt_g.load_state_dict(state["opt_g"])
         if tr.discriminators is not None:
@@ -231,111 +250,147 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
         for scaler, saved in zip((tr.scaler_g, tr.scaler_d), state.get("scalers", (None, None)), strict=True):
             if scaler is not None and saved is not None:
                 scaler.load_state_dict(saved)
-        step, history = int(state["step"]), dict(state["history"])
+        self.step, self.history = int(state["step"]), dict(state["history"])
+        saved = state.get("schedulers")
+        for k, sched in enumerate(self.schedulers):
+            if saved is not None:
+                sched.load_state_dict(saved[k])
+            else:  # a checkpoint from before the schedulers: the closed form they replaced (the same rates)
+                epoch = self.step // self.spe
+                sched.last_epoch = epoch
+                for group, base in zip(sched.optimizer.param_groups, sched.base_lrs, strict=True):
+                    group["lr"] = base * t.lr_decay_factor ** (epoch // t.lr_decay_epochs)
 
-    if paired:
-        samplers = [_Sampler(data.paired, 0, t.seed, session.rank, session.world_size, t.batch_size)]
-    else:
-        samplers = [_Sampler(data.intensities, 1, t.seed, session.rank, session.world_size, t.batch_size),
-                    _Sampler(data.objects, 2, t.seed, session.rank, session.world_size, t.batch_size)]
-    spe = steps_per_epoch(data, t.batch_size, session.world_size)
-    total = spe * t.epochs
-    log = MetricsLog(run_dir / "metrics.jsonl", rank0, step)
-    log.write({"event": "start", "step": step, "world_size": session.world_size, "total_steps": total})
-    if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(config_to_toml(cfg))
-    figure_batch = _figure_batch(data, paired, t)
-    reference_objects = None if paired else data.objects[np.arange(min(max(t.val_frames, 1), len(data.objects)))]
-    step_fn = STEPS[method]
-    sums: dict[str, float] = {}
-    count = 0
-    pending: list[dict[str, torch.Tensor]] = []  # loss terms of the steps since the last read
-    values: dict[str, float] = {}  # the last step read
-    metrics: dict[str, Any] = {"step": step, "epoch": step / spe}
+    # ---- start ---------------------------------------------------------------------------------------------
 
-    def checkpoint_and_report(extra: dict[str, Any]) -> None:
-        nonlocal metrics
-        metrics = {"step": step, "epoch": step / spe, **extra}
-        if not rank0:
-            session.report(metrics, None)
+    def start(self) -> None:
+        """``metrics.jsonl`` (cut back to the resumed step), ``config.toml``, the figures' fixed batch."""
+        t = self.t
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.rank0, self.step)
+        self.log.write({"event": "start", "step": self.step, "world_size": self.session.world_size,
+                        "total_steps": self.total})
+        if self.rank0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(config_to_toml(self.cfg))
+        self.figure_batch = _figure_batch(self.data, self.paired, t)
+        objects = self.data.objects
+        self.reference_objects = None if self.paired else objects[np.arange(min(max(t.val_frames, 1), len(objects)))]
+        self.metrics = {"step": self.step, "epoch": self.step / self.spe}
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.pending: list[dict[str, torch.Tensor]] = []  # loss terms of the steps since the last read
+        self.values: dict[str, float] = {}  # the last step read
+
+    # ---- steps ---------------------------------------------------------------------------------------------
+
+    def stopped(self) -> bool:
+        """``--max-steps`` reached."""
+        return self.t.max_steps > 0 and self.step >= self.t.max_steps
+
+    @property
+    def lr_scale(self) -> float:
+        """The current learning rate over the configured one."""
+        return self.tr.opt_g.param_groups[0]["lr"] / self.t.lr_g
+
+    def batch(self, epoch: int, i: int) -> Batch:
+        """Step ``i`` of ``epoch``: the samplers' arrays, augmented (one path: ``data.augment``), normalised,
+        on the device. Each domain (the paired set is one) gets its own draws, seeded by (seed, step, rank,
+        domain): crops (paper §4's two detectors), flips, rotations, padding to the network's size."""
+        t, step = self.t, self.step
+        arrays = [s.batch_at(epoch, i) for s in self.samplers]
+        specs = _crop_specs(t) if _crops(t) else ((0, 0), (0, 0))
+        if _crops(t) or t.augment:
+            arrays = [crop_flip_rotate_pad(a, np.random.default_rng(_seed(t.seed, step, self.session.rank, k)), *spec,
+                                           flip=t.augment, rotate=t.rotate)
+                      for k, (a, spec) in enumerate(zip(arrays, specs, strict=False))]
+        inten, obj = (arrays[0][:, :1], arrays[0][:, 1:]) if self.paired else arrays
+        norm = self.norm
+        return Batch(norm.norm_intensity(to_device(inten, self.device)), norm.norm_object(to_device(obj, self.device)))
+
+    def epoch(self, progress: ProgressFn | None = None) -> bool:
+        """The remaining steps of the current epoch; False if ``--max-steps`` stopped it first."""
+        t, step_fn = self.t, STEPS[self.t.method]
+        epoch, first = divmod(self.step, self.spe)
+        for i in range(first, self.spe):
+            self.pending.append(step_fn(self.tr, self.batch(epoch, i), self.cfg.loss, t.grad_clip))  # no sync
+            self.step += 1
+            epoch_end, stop = i == self.spe - 1, self.stopped()
+            if self.step % t.log_every == 0 or epoch_end or stop or self.step % t.checkpoint_every == 0:
+                self._read_losses()
+            if progress is not None and self.rank0:
+                progress(self.step, self.total, self.values)
+            if self.step % t.log_every == 0:
+                self.log.write({"step": self.step, "epoch": self.step / self.spe, "lr_scale": self.lr_scale,
+                                "time": time.time(), **{k: v / self.count for k, v in self.sums.items()}})
+                self.sums, self.count = {}, 0
+            if epoch_end:
+                self.end_of_epoch()
+            elif self.step % t.checkpoint_every == 0 or stop:
+                self.checkpoint(self.values)
+            _maybe_inject_fault(self.step, self.session.rank, self.run_dir)
+            if stop and self.step < self.total:
+                return False
+        return True
+
+    def _read_losses(self) -> None:
+        """Copy the pending steps' losses to the host (one sync); refuse non-finite ones."""
+        for k_step, read in enumerate(read_losses(self.pending), start=self.step - len(self.pending) + 1):
+            bad = ", ".join(k for k, v in read.items() if not math.isfinite(v))
+            if bad:
+                raise TrainingError(f"non-finite {bad} at step {k_step}: lower the learning rates or check "
+                                    f"the data; the last checkpoint in {self.run_dir} is kept")
+            for k, v in read.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            self.count += 1
+            self.values = read
+        self.pending = []
+
+    # ---- epoch end, checkpoints ----------------------------------------------------------------------------
+
+    def end_of_epoch(self) -> None:
+        """Validation (rank 0), figures, the schedule's step, then a checkpoint that holds all of them."""
+        t, extra = self.t, {}
+        if self.rank0 and self.data.validation is not None and t.val_frames > 0:
+            extra = validate(unwrap(self.tr.generators), self.data.validation, self.norm, self.data.geometry,
+                             t.val_frames, self.device, self.reference_objects)
+            self.log.write({"step": self.step, "epoch": self.step / self.spe, **extra})
+            for k, v in extra.items():
+                self.history.setdefault(k, []).append(v)
+        if self.rank0:
+            _write_figures(self.run_dir, self.tr, self.figure_batch, self.norm, self.prop, self.device,
+                           self.log.records, self.step // self.spe)
+        for sched in self.schedulers:
+            sched.step()
+        self.checkpoint({**self.values, **extra, "complete": self.step >= self.total})
+
+    def checkpoint(self, extra: dict[str, Any]) -> None:
+        """Report ``extra`` with a checkpoint (rank 0 writes it; the others report metrics only)."""
+        self.metrics = {"step": self.step, "epoch": self.step / self.spe, **extra}
+        if not self.rank0:
+            self.session.report(self.metrics, None)
             return
-        tmp_root = session.staging_dir()
+        tmp_root = self.session.staging_dir()
         tmp_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=tmp_root))
         tmp.chmod(0o755)
-        torch.save(_checkpoint_state(tr, step, norm, history, identity), tmp / CHECKPOINT_FILE)
-        session.report(metrics, tmp)
+        state = _checkpoint_state(self.tr, self.step, self.norm, self.history, self.identity)
+        state["schedulers"] = [sched.state_dict() for sched in self.schedulers]
+        torch.save(state, tmp / CHECKPOINT_FILE)
+        self.session.report(self.metrics, tmp)
 
-    while step < total:
-        if t.max_steps > 0 and step >= t.max_steps:
-            return metrics  # already there (a rerun with the same --max-steps does nothing)
-        epoch, i = divmod(step, spe)
-        for opt, lr in ((tr.opt_g, t.lr_g), (tr.opt_d, t.lr_d)):
-            if opt is not None:
-                for group in opt.param_groups:
-                    group["lr"] = lr * _lr_scale(cfg, epoch)
-        arrays = [s.batch_at(epoch, i) for s in samplers]
-        if _crops(t):  # two-detector training (paper §4): crops, flips, rotations, padding per domain
-            arrays = [crop_flip_rotate_pad(a, np.random.default_rng(_seed(t.seed, step, session.rank, k)), *spec,
-                                           flip=t.augment, rotate=t.rotate)
-                      for k, (a, spec) in enumerate(zip(arrays, _crop_specs(t), strict=True))]
-        elif t.augment:
-            if paired:
-                arrays = _augment(arrays, _seed(t.seed, step, session.rank, 0))
-            else:
-                arrays = [_augment([a], _seed(t.seed, step, session.rank, k))[0] for k, a in enumerate(arrays)]
-        if paired:
-            inten, obj = arrays[0][:, :1], arrays[0][:, 1:]
-        else:
-            inten, obj = arrays
-        batch = Batch(norm.norm_intensity(to_device(inten, device)), norm.norm_object(to_device(obj, device)))
-        pending.append(step_fn(tr, batch, cfg.loss, t.grad_clip))  # stays on the device: no sync per step
-        step += 1
-        epoch_end = step % spe == 0
-        stop = t.max_steps > 0 and step >= t.max_steps
-        if step % t.log_every == 0 or epoch_end or stop or step % t.checkpoint_every == 0:
-            for k_step, read in enumerate(read_losses(pending), start=step - len(pending) + 1):
-                bad = ", ".join(k for k, v in read.items() if not math.isfinite(v))
-                if bad:
-                    raise TrainingError(f"non-finite {bad} at step {k_step}: lower the learning rates or check "
-                                        f"the data; the last checkpoint in {run_dir} is kept")
-                for k, v in read.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                values = read
-            pending = []
-        if progress is not None and rank0:
-            progress(step, total, values)
-        if step % t.log_every == 0:
-            log.write({"step": step, "epoch": step / spe, "lr_scale": _lr_scale(cfg, epoch), "time": time.time(),
-                       **{k: v / count for k, v in sums.items()}})
-            sums, count = {}, 0
-        if epoch_end:
-            extra = {}
-            if rank0 and data.validation is not None and t.val_frames > 0:
-                extra = validate(unwrap(tr.generators), data.validation, norm, data.geometry, t.val_frames, device,
-                                 reference_objects)
-                log.write({"step": step, "epoch": step / spe, **extra})
-                for k, v in extra.items():
-                    history.setdefault(k, []).append(v)
-            if rank0:
-                _write_figures(run_dir, tr, figure_batch, norm, prop, device, log.records, step // spe)
-            checkpoint_and_report({**values, **extra, "complete": step >= total})
-        elif step % t.checkpoint_every == 0 or stop:
-            checkpoint_and_report(values)
-        _maybe_inject_fault(step, session.rank, run_dir)
-        if stop and step < total:
-            return metrics
+    # ---- finish --------------------------------------------------------------------------------------------
 
-    digests = rank_digests(unwrap(tr.generators).g_o)
-    if len(set(digests)) > 1:
-        raise TrainingError(f"ranks ended with different G_O weights: {digests}")
-    log.write({"event": "end", "step": step, "g_o_sha256_by_rank": digests})
-    if rank0:
-        model_path = _export(cfg, run_dir, tr, norm, data.geometry, step, metrics)
-        metrics = {**metrics, "model_path": str(model_path)}
-    return metrics
+    def finish(self) -> dict[str, Any]:
+        """Check that every rank holds the same G_O, log the end, export ``model.pt`` (rank 0)."""
+        digests = rank_digests(unwrap(self.tr.generators).g_o)
+        if len(set(digests)) > 1:
+            raise TrainingError(f"ranks ended with different G_O weights: {digests}")
+        self.log.write({"event": "end", "step": self.step, "g_o_sha256_by_rank": digests})
+        if self.rank0:
+            model_path = _export(self.cfg, self.run_dir, self.tr, self.norm, self.data.geometry, self.step,
+                                 self.metrics)
+            self.metrics = {**self.metrics, "model_path": str(model_path)}
+        return self.metrics
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
