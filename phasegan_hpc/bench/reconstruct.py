@@ -38,7 +38,6 @@ from phasegan_hpc.cluster import connect_ray, disconnect_ray
 from phasegan_hpc.config import ModelConfig
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.models.artifact import PhaseModel
-from phasegan_hpc.models.registry import build_from_arch, generator_arch
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct.run import BACKENDS
 
@@ -69,11 +68,8 @@ def make_model(path: Path, filters: int, detector: bool = True) -> Path:
     """A PhaseGAN ``model.pt`` (G_O and, with ``detector``, G_D; He-initialised) at the bench geometry."""
     torch.manual_seed(0)
     model = ModelConfig(base_filters=filters, init="kaiming")
-    arch, d_arch = generator_arch(model, "g_o"), generator_arch(model, "g_d")
-    g_o = build_from_arch(arch, model.init)
-    g_d = build_from_arch(d_arch, model.init) if detector else None
     norm = Normalisation(1.0, 0.05, (0.98, -0.2), (0.1, 0.1), model.output)
-    return PhaseModel(g_o, arch, norm, BENCH_GEOMETRY, "phasegan", {}, g_d, d_arch if detector else None).save(path)
+    return PhaseModel.untrained(model, norm, BENCH_GEOMETRY, detector).save(path)
 
 
 def _model_only(model: Path, size: int, batch: int, frames: int, device: str, threads: int, compile: bool) -> float:

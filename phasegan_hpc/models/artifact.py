@@ -36,7 +36,7 @@ from phasegan_hpc.physics.consistency import SIGMA_PX, fresnel_residual, onto_fr
 from phasegan_hpc.physics.geometry import Geometry
 
 if TYPE_CHECKING:
-    from phasegan_hpc.config import Config
+    from phasegan_hpc.config import Config, ModelConfig
 
 FORMAT = "phasegan-hpc/model"
 FORMAT_VERSION = 1
@@ -113,6 +113,17 @@ class PhaseModel:
             if d_arch is not None:
                 g_d = _build(d_arch, {k[4:]: v for k, v in full.items() if k.startswith("g_d.")}).eval()
         return cls(g_o, arch, normalisation, cfg.physics.padding(geometry), cfg.train.method, info, g_d, d_arch)
+
+    @classmethod
+    def untrained(cls, model: ModelConfig, normalisation: Normalisation, geometry: Geometry,
+                  detector: bool = True) -> PhaseModel:
+        """A freshly initialised PhaseGAN model of ``model``'s architecture (``model.init``; seed torch first
+        for reproducible weights): G_O and, with ``detector``, G_D. For benchmarks and tests."""
+        arch = generator_arch(model, "g_o")
+        d_arch = generator_arch(model, "g_d", "phasegan") if detector else None
+        g_o = build_from_arch(arch, model.init).eval()  # G_O first: the weights bench models always had
+        g_d = build_from_arch(d_arch, model.init).eval() if d_arch is not None else None
+        return cls(g_o, arch, normalisation, geometry, "phasegan", {}, g_d, d_arch)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> PhaseModel:
