@@ -407,11 +407,24 @@ def _list_option(name: str, choices: str, default: str) -> Callable:
                         help=f"Comma-separated subset of {choices} (default: {default}).")
 
 
-def _bench_options(fn: Callable) -> Callable:
-    """The options every benchmark takes: --device and --json."""
-    fn = click.option("--json", "json_path", type=click.Path(), default=None,
-                      help="Also write the whole record (machine, versions, sizes, medians, spreads) here.")(fn)
-    return click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")(fn)
+def _options(*decorators: Callable) -> Callable:
+    """Several click options as one decorator, listed in ``--help`` in the order given."""
+    def apply(fn: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+def _timed(size: int, batch: int | None, repeats: int, batch_help: str = "Batch size.") -> Callable:
+    """--size, --batch and --repeats of a timing benchmark, with its defaults."""
+    return _options(_size(size), _batch(batch, batch_help), _repeats(repeats))
+
+
+_bench_options = _options(  # what every benchmark takes
+    click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda."),
+    click.option("--json", "json_path", type=click.Path(), default=None,
+                 help="Also write the whole record (machine, versions, sizes, medians, spreads) here."))
 
 
 @cli.group(cls=_Benchmarks)
@@ -424,9 +437,7 @@ def bench() -> None:
 
 
 @bench.command("frc")
-@_size(256)
-@_batch(16)
-@_repeats(15)
+@_timed(256, 16, 15)
 @_bench_options
 def bench_frc(**options) -> None:
     """The vectorised FRC loss (forward + backward) vs a per-ring loop."""
@@ -434,9 +445,7 @@ def bench_frc(**options) -> None:
 
 
 @bench.command("propagator")
-@_size(256)
-@_batch(16)
-@_repeats(10)
+@_timed(256, 16, 10)
 @_bench_options
 def bench_propagator(**options) -> None:
     """|H psi|^2 in torch vs float64 numpy (speed and agreement)."""
@@ -444,9 +453,7 @@ def bench_propagator(**options) -> None:
 
 
 @bench.command("step")
-@_size(256)
-@_batch(16)
-@_repeats(3)
+@_timed(256, 16, 3)
 @_list_option("--methods", "paired, pix2pix, cyclegan, phasegan", "paired,phasegan")
 @_bench_options
 def bench_step(**options) -> None:
@@ -455,9 +462,7 @@ def bench_step(**options) -> None:
 
 
 @bench.command("train")
-@_size(256)
-@_batch(4, "Batch size per worker.")
-@_repeats(10)
+@_timed(256, 4, 10, "Batch size per worker.")
 @_bench_options
 def bench_train(**options) -> None:
     """Samples/s in-process vs Ray Train with 1 and 2 workers (tiny networks, at 64 px and --size px; CPU)."""
@@ -465,9 +470,7 @@ def bench_train(**options) -> None:
 
 
 @bench.command("reconstruct")
-@_size(128)
-@_batch(64)
-@_repeats(3)
+@_timed(128, 64, 3)
 @_frames(4096, "Frames of the smaller archive (the larger has 4x as many).")
 @_filters(4)
 @_int_option("--threads", None, "torch threads, split over the workers (default: all cores).")
@@ -485,9 +488,7 @@ def bench_reconstruct(**options) -> None:
 
 
 @bench.command("inference")
-@_size(128)
-@_batch(None, "Batch size (default: each of 1, 4, 16, 64, 256).")
-@_repeats(5)
+@_timed(128, None, 5, "Batch size (default: each of 1, 4, 16, 64, 256).")
 @_filters(32)
 @_list_option("--variants", "fp32, channels_last, bf16, bf16_cl, compile, cuda_graph", "all")
 @_bench_options
