@@ -59,7 +59,7 @@ def machine(device: Any = "cpu") -> dict[str, Any]:
 
 
 def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
-    """The registry: name -> function(size, batch, repeats, device) returning a result dict."""
+    """The registry: name -> function(**its options) returning a result dict (`cli.py` declares the options)."""
     from phasegan_hpc.bench.check import bench_check
     from phasegan_hpc.bench.frc import bench_frc
     from phasegan_hpc.bench.inference import bench_inference
