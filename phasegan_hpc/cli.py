@@ -7,12 +7,14 @@ with exit status 1; no traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from rich.console import Console
 
 from phasegan_hpc import __version__
+from phasegan_hpc.bench import bench_command
 from phasegan_hpc.cluster import interrupt_on_sigterm
 from phasegan_hpc.errors import PhaseganError
 
@@ -345,87 +347,193 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
                        "energy_kev": energy_kev})
 
 
-@cli.command()
-@click.argument("name", type=click.Choice(["frc", "propagator", "step", "train", "reconstruct", "inference",
-                                           "table1", "check"]))
-@click.option("--size", type=int, default=None, help="Image side [px] (default per benchmark: 256; reconstruct 128).")
-@click.option("--batch", type=int, default=None, help="Batch size (default per benchmark).")
-@click.option("--repeats", type=int, default=None, help="Timed repeats (median reported; default per benchmark).")
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
-@click.option("--frames", type=int, default=None,
-              help="reconstruct: frames of the smaller archive (4096); check: of its archive (64).")
-@click.option("--filters", type=int, default=None,
-              help="reconstruct (4), inference (32), check (8), table1 (4): base filters of G_O.")
-@click.option("--threads", type=int, default=None, help="reconstruct: torch threads (all cores), split over workers.")
-@click.option("--workers", type=int, default=None, help="reconstruct: Ray actors / MPI ranks sharing the device (1).")
-@click.option("--train", "n_train", type=int, default=None, help="table1: training frames per set (2000).")
-@click.option("--epochs", type=int, default=None, help="table1: epochs per method (10).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="table1: output dir (table1).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="table1: base config (configs/tiny.toml), e.g. with [flatfield] enabled = false.")
-@click.option("--variants", default=None, help="inference: comma-separated subset of fp32, channels_last, bf16, "
-              "bf16_cl, compile, cuda_graph (all).")
-@click.option("--backends", default=None, help="reconstruct: comma-separated subset of local, ray, mpi (all).")
-@click.option("--rss/--no-rss", default=None, help="reconstruct: measure peak RSS at 1x and 4x frames (on).")
-@click.option("--compile/--no-compile", "compile_model", default=None,
-              help="reconstruct: torch.compile G_O and G_D (default: as `reconstruct`, on for CUDA).")
-@click.option("--detector/--no-detector", default=None,
-              help="reconstruct: the model carries G_D, scored by G_D|H G_O(I)|^2 vs I (on).")
-@click.option("--seed", type=int, default=None, help="table1: seed of the data set (1).")
-@click.option("--seeds", type=int, default=None, help="table1: training runs per method, seeds 0..N-1 (1).")
-@click.option("--methods", default=None, help="table1: comma-separated subset of paired, pix2pix, cyclegan, phasegan.")
-@click.option("--weights", default=None, help="table1: CycleGAN's loss weights, 'paper' (20, 4, x2.5) or 'equal' "
-              "(PhaseGAN's).")
-@click.option("--photons", type=float, default=None, help="table1: photons per detector pixel (1007, the paper's).")
-@click.option("--val", type=int, default=None, help="table1: validation frames (200).")
-@click.option("--set", "settings", multiple=True, help="table1: [METHOD:]section.key=value config override "
-              "(repeatable), e.g. model.output=phase_attenuation or phasegan:loss.object_cycle_weight=1.5.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
-def bench(name: str, size: int | None, batch: int | None, repeats: int | None, device: str, frames: int | None,
-          filters: int | None, threads: int | None, n_train: int | None, epochs: int | None, out_dir: Path | None,
-          variants: str | None, backends: str | None, rss: bool | None, compile_model: bool | None,
-          detector: bool | None, workers: int | None, config_path: Path | None, seed: int | None,
-          seeds: int | None, methods: str | None, weights: str | None, photons: float | None, val: int | None,
-          settings: tuple[str, ...], json_path: Path | None) -> None:
-    """Run benchmark NAME; print a table and (with --json) write the whole record.
+class _Benchmark(click.Command):
+    """A ``bench`` subcommand. An option that only other benchmarks take is a user error (one line, exit 1:
+    "bench propagator takes no --frames"); an option no benchmark takes stays click's usage error (exit 2)."""
 
-    frc: vectorised FRC loss vs a per-ring loop. propagator: |H psi|^2 in torch vs float64 numpy.
-    step: one training step per method (full-size networks). train: samples/s in-process vs Ray Train with
-    1 and 2 workers (tiny networks, 64 px and --size px; --batch is per worker, default 4). reconstruct:
-    end-to-end frames/s of each backend vs the model alone, and peak RSS for two archive sizes 4x apart.
-    inference: G_O frames/s at 128 -> 128 and 128 -> 256 by batch size (1..256, or --batch) and variant
-    (fp32, channels_last, bf16, torch.compile, CUDA graphs on GPUs). table1: paper Table 1 reproduced
-    (paired, pix2pix, CycleGAN, PhaseGAN and Paganin on the same data, each method trained --seeds times;
-    --size, --train, --epochs, --out, --config, --seed, --methods, --weights, --photons, --set; resumable:
-    a rerun trains only the (method, seed) cells not yet scored).
-    check: the device fast path (propagator, retriever, reconstruct, training steps) against CPU
-    references; exits 1 when an error is over its tolerance.
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            group = ctx.parent.command if ctx.parent is not None else None
+            others = {opt for cmd in getattr(group, "commands", {}).values() for p in cmd.params
+                      for opt in (*p.opts, *p.secondary_opts)}
+            if exc.option_name in others:
+                raise PhaseganError(f"bench {self.name} takes no {exc.option_name}") from None
+            raise
+
+
+class _Benchmarks(click.Group):
+    """``bench``: its subcommands listed in the order they are declared (cheap to costly)."""
+
+    command_class = _Benchmark
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+def _comma_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value.split(","))
+
+
+def _int_option(name: str, default: int | None, help: str) -> Callable:
+    """``--NAME N``, shown with this benchmark's default (None: the benchmark chooses, as ``help`` says)."""
+    return click.option(name, type=int, default=default, show_default=default is not None, help=help)
+
+
+def _size(default: int) -> Callable:
+    return _int_option("--size", default, "Image side [px].")
+
+
+def _batch(default: int | None, help: str = "Batch size.") -> Callable:
+    return _int_option("--batch", default, help)
+
+
+def _repeats(default: int) -> Callable:
+    return _int_option("--repeats", default, "Timed repeats (the median is reported).")
+
+
+def _filters(default: int) -> Callable:
+    return _int_option("--filters", default, "Base filters of G_O.")
+
+
+def _frames(default: int, help: str) -> Callable:
+    return _int_option("--frames", default, help)
+
+
+def _list_option(name: str, choices: str, default: str) -> Callable:
+    """``--NAME a,b``: a comma-separated subset of ``choices`` (not given: ``default``)."""
+    return click.option(name, default=None, callback=_comma_list,
+                        help=f"Comma-separated subset of {choices} (default: {default}).")
+
+
+def _options(*decorators: Callable) -> Callable:
+    """Several click options as one decorator, listed in ``--help`` in the order given."""
+    def apply(fn: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+def _timed(size: int, batch: int | None, repeats: int, batch_help: str = "Batch size.") -> Callable:
+    """--size, --batch and --repeats of a timing benchmark, with its defaults."""
+    return _options(_size(size), _batch(batch, batch_help), _repeats(repeats))
+
+
+_bench_options = _options(  # what every benchmark takes
+    click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda."),
+    click.option("--json", "json_path", type=click.Path(), default=None,
+                 help="Also write the whole record (machine, versions, sizes, medians, spreads) here."))
+
+
+@cli.group(cls=_Benchmarks)
+def bench() -> None:
+    """Benchmarks: each prints a table and (with --json) writes the whole record.
+
+    Ratios are against a baseline timed in the same run; figures and commands: docs/benchmarks.md.
+    `phasegan-hpc bench NAME --help` lists NAME's options.
     """
-    import json
 
-    from phasegan_hpc.bench import run_benchmark
-    from phasegan_hpc.ui import bench_table
 
-    given = {"size": size, "batch": batch, "repeats": repeats, "frames": frames, "filters": filters,
-             "threads": threads, "train": n_train, "epochs": epochs,
-             "out_dir": None if out_dir is None else str(out_dir), "rss": rss, "compile": compile_model,
-             "detector": detector, "workers": workers, "config": None if config_path is None else str(config_path),
-             "variants": None if variants is None else tuple(variants.split(",")),
-             "backends": None if backends is None else tuple(backends.split(",")),
-             "seed": seed, "seeds": seeds, "methods": None if methods is None else tuple(methods.split(",")),
-             "weights": weights, "photons": photons, "val": val, "settings": tuple(settings) or None}
-    options = {"device": device} | {k: v for k, v in given.items() if v is not None}
-    if name == "table1":  # hours of training: say which cell is running
-        options["progress"] = lambda message: Console(stderr=True, soft_wrap=True).print(message, style="dim")
-    result = run_benchmark(name, **options)
-    Console().print(bench_table(result))
-    if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-    if result.get("ok") is False:
-        from phasegan_hpc.errors import PhaseganError
+@bench.command("frc")
+@_timed(256, 16, 15)
+@_bench_options
+def bench_frc(**options) -> None:
+    """The vectorised FRC loss (forward + backward) vs a per-ring loop."""
+    bench_command("frc", **options)
 
-        failed = ", ".join(k for k, c in result["checks"].items() if not c["ok"])
-        raise PhaseganError(f"bench {name}: over tolerance: {failed}")
+
+@bench.command("propagator")
+@_timed(256, 16, 10)
+@_bench_options
+def bench_propagator(**options) -> None:
+    """|H psi|^2 in torch vs float64 numpy (speed and agreement)."""
+    bench_command("propagator", **options)
+
+
+@bench.command("step")
+@_timed(256, 16, 3)
+@_list_option("--methods", "paired, pix2pix, cyclegan, phasegan", "paired,phasegan")
+@_bench_options
+def bench_step(**options) -> None:
+    """One training step per method (full-size networks), and each method's ratio to the first."""
+    bench_command("step", **options)
+
+
+@bench.command("train")
+@_timed(256, 4, 10, "Batch size per worker.")
+@_bench_options
+def bench_train(**options) -> None:
+    """Samples/s in-process vs Ray Train with 1 and 2 workers (tiny networks, at 64 px and --size px; CPU)."""
+    bench_command("train", **options)
+
+
+@bench.command("reconstruct")
+@_timed(128, 64, 3)
+@_frames(4096, "Frames of the smaller archive (the larger has 4x as many).")
+@_filters(4)
+@_int_option("--threads", None, "torch threads, split over the workers (default: all cores).")
+@_int_option("--workers", 1, "Ray actors / MPI ranks sharing the device.")
+@_list_option("--backends", "local, ray, mpi", "all")
+@click.option("--rss/--no-rss", default=True, show_default=True, help="Measure peak RSS at 1x and 4x frames.")
+@click.option("--compile/--no-compile", "compile", default=None,
+              help="torch.compile G_O and G_D (default: as `reconstruct`, on for CUDA).")
+@click.option("--detector/--no-detector", default=True, show_default=True,
+              help="The model carries G_D, scored by G_D|H G_O(I)|^2 vs I.")
+@_bench_options
+def bench_reconstruct(**options) -> None:
+    """End-to-end frames/s of each backend vs the model alone, and peak RSS for two archive sizes 4x apart."""
+    bench_command("reconstruct", **options)
+
+
+@bench.command("inference")
+@_timed(128, None, 5, "Batch size (default: each of 1, 4, 16, 64, 256).")
+@_filters(32)
+@_list_option("--variants", "fp32, channels_last, bf16, bf16_cl, compile, cuda_graph", "all")
+@_bench_options
+def bench_inference(**options) -> None:
+    """G_O frames/s at 128 -> 128 and 128 -> 256 (--size) by batch size and variant (fp32, channels_last,
+    bf16, torch.compile, CUDA graphs on GPUs)."""
+    bench_command("inference", **options)
+
+
+@bench.command("table1")
+@_size(64)
+@_int_option("--train", 2000, "Training frames per set (unpaired objects and frames, and paired frames).")
+@_int_option("--epochs", 10, "Epochs per training run.")
+@_int_option("--val", 200, "Validation frames.")
+@_batch(8)
+@_filters(4)
+@click.option("--out", "out_dir", type=click.Path(), default="table1", show_default=True, help="Output directory.")
+@_int_option("--seed", 1, "Seed of the data set.")
+@_int_option("--seeds", 1, "Training runs per method (seeds 0..N-1).")
+@click.option("--config", type=click.Path(), default=None,
+              help="Base config (default: configs/tiny.toml), e.g. with [flatfield] enabled = false.")
+@_list_option("--methods", "paired, pix2pix, cyclegan, phasegan", "all")
+@click.option("--weights", default="paper", show_default=True,
+              help="CycleGAN's loss weights: 'paper' (20, 4, x2.5) or 'equal' (PhaseGAN's).")
+@click.option("--photons", type=float, default=None, help="Photons per detector pixel (default: the paper's ~1007).")
+@click.option("--set", "settings", multiple=True, help="[METHOD:]section.key=value config override (repeatable), "
+              "e.g. model.output=phase_attenuation or phasegan:loss.object_cycle_weight=1.5.")
+@_bench_options
+def bench_table1(**options) -> None:
+    """Paper Table 1: paired, pix2pix, CycleGAN, PhaseGAN and Paganin on the same data, each method trained
+    --seeds times (mean ± std between seeds). Resumable: a rerun trains only the (method, seed) cells not yet
+    scored."""
+    bench_command("table1", **options)
+
+
+@bench.command("check")
+@_size(64)
+@_batch(16)
+@_frames(64, "Frames of the archive.")
+@_filters(8)
+@_bench_options
+def bench_check(**options) -> None:
+    """The device fast path (propagator, retriever, reconstruct, training steps) against CPU references;
+    exits 1 when an error is over its tolerance."""
+    bench_command("check", **options)
 
 
 def main() -> None:

@@ -82,3 +82,26 @@ def test_help_lists_commands():
     proc = run("--help")
     assert proc.returncode == 0 and "simulate" in proc.stdout and "preview" in proc.stdout
     assert run("--version").stdout.strip().startswith("phasegan-hpc")
+
+
+def test_bench_subcommands_declare_their_benchmarks_options_and_defaults():
+    """`bench NAME` offers only what NAME's function takes, with that function's defaults (one home for them)."""
+    import inspect
+
+    from phasegan_hpc.bench import benchmarks
+    from phasegan_hpc.cli import bench
+
+    fns = benchmarks()
+    assert list(bench.commands) == list(fns)
+    for name, command in bench.commands.items():
+        takes = inspect.signature(fns[name]).parameters
+        for param in command.params:
+            if param.name == "json_path":
+                continue
+            assert param.name in takes, f"bench {name} --{param.name}"
+            if param.default is not None and not param.multiple:
+                assert param.default == takes[param.name].default, f"bench {name} --{param.name}"
+    proc = run("bench", "table1", "--help")
+    assert proc.returncode == 0 and "--seeds" in proc.stdout and "--frames" not in proc.stdout
+    proc = run("bench")  # no subcommand: click's usage, listing the benchmarks (as `phasegan-hpc` alone does)
+    assert all(name in proc.stdout + proc.stderr for name in fns)

@@ -1,4 +1,4 @@
-"""Benchmarks behind ``phasegan-hpc bench NAME``.
+"""Benchmarks behind ``phasegan-hpc bench NAME`` (one click subcommand each, in ``cli.py``).
 
 Each measures a ratio against a baseline timed in the same run (the machine may be shared and noisy)
 and reports medians over repeats. Benchmarks are never run as timed tests.
@@ -59,7 +59,7 @@ def machine(device: Any = "cpu") -> dict[str, Any]:
 
 
 def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
-    """The registry: name -> function(size, batch, repeats, device) returning a result dict."""
+    """The registry: name -> function(**its options) returning a result dict (`cli.py` declares the options)."""
     from phasegan_hpc.bench.check import bench_check
     from phasegan_hpc.bench.frc import bench_frc
     from phasegan_hpc.bench.inference import bench_inference
@@ -75,18 +75,32 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
 
 
 def run_benchmark(name: str, **options: Any) -> dict[str, Any]:
-    """Run benchmark ``name`` with the options it takes.
+    """Run benchmark ``name``; an option given as None takes that benchmark's default."""
+    return benchmarks()[name](**{k: v for k, v in options.items() if v is not None})
+
+
+def bench_command(name: str, json_path: str | None = None, **options: Any) -> dict[str, Any]:
+    """``phasegan-hpc bench NAME``: run the benchmark, print its table and (with ``json_path``) write the record.
 
     Raises:
-        DataError: an option that benchmark does not take.
+        PhaseganError: a check of the record is over its tolerance (``bench check``), after the table and
+            the JSON are written.
     """
-    import inspect
+    import json
+    from pathlib import Path
 
-    from phasegan_hpc.errors import DataError
+    from rich.console import Console
 
-    fn = benchmarks()[name]
-    takes = inspect.signature(fn).parameters
-    extra = sorted(k for k in options if k not in takes)
-    if extra:
-        raise DataError(f"bench {name} takes no {', '.join('--' + k for k in extra)}")
-    return fn(**options)
+    from phasegan_hpc.errors import PhaseganError
+    from phasegan_hpc.ui import bench_table
+
+    if name == "table1":  # hours of training: say which cell is running
+        options["progress"] = lambda message: Console(stderr=True, soft_wrap=True).print(message, style="dim")
+    result = run_benchmark(name, **options)
+    Console().print(bench_table(result))
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    if result.get("ok") is False:
+        failed = ", ".join(k for k, c in result["checks"].items() if not c["ok"])
+        raise PhaseganError(f"bench {name}: over tolerance: {failed}")
+    return result
