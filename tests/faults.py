@@ -150,30 +150,33 @@ def jsonl(path: Path) -> list[dict]:
 
 class Killer(threading.Thread):
     """In the background, wait for ``target()`` to name a process, then SIGKILL it: for a test whose call
-    under test blocks (``fit``, ``reconstruct``). ``result()`` joins and gives the killed process (with
-    ``after(proc)``'s return value), or re-raises why none was killed."""
+    under test blocks (``fit``, ``reconstruct``). ``result()``, called once that call has returned, gives
+    the killed process (with ``after(proc)``'s return value), or fails with why none was killed."""
 
     def __init__(self, target: Callable[[], Proc | None], what: str, timeout: float = 240.0,
                  after: Callable[[Proc], object] | None = None) -> None:
         super().__init__(name="fault-killer", daemon=True)
         self._target, self._what, self._timeout, self._after = target, what, timeout, after
+        self._done = threading.Event()  # the call under test has returned: nothing more to wait for
         self._result: tuple[Proc, object] | None = None
         self._error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
         try:
-            proc = wait_for(self._target, self._timeout, self._what)
-            kill(proc.pid)
-            self._result = (proc, self._after(proc) if self._after else None)
+            proc = wait_for(lambda: self._target() or self._done.is_set(), self._timeout, self._what)
+            if isinstance(proc, Proc):
+                kill(proc.pid)
+                self._result = (proc, self._after(proc) if self._after else None)
         except BaseException as exc:  # noqa: BLE001 - re-raised in result()
             self._error = exc
 
     def result(self, timeout: float = 60.0) -> tuple[Proc, object]:
+        self._done.set()
         self.join(timeout)
         if self._error is not None:
             raise self._error
-        assert self._result is not None, f"nothing killed yet: still waiting for {self._what}"
+        assert self._result is not None, f"nothing was killed: the run ended before {self._what}"
         return self._result
 
 
