@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import faults
 import h5py
 import hdf5plugin
 import numpy as np
@@ -27,7 +28,6 @@ from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.physics import paganin
 from phasegan_hpc.reconstruct import reconstruct
 from phasegan_hpc.reconstruct.plan import make_plan
-from phasegan_hpc.reconstruct.worker import FAULT_ENV
 from phasegan_hpc.train.local import train_local
 
 BIN = Path(sys.executable).parent
@@ -222,14 +222,21 @@ def test_nonfinite_frames_are_reported_not_propagated(model_path, movie, tmp_pat
     np.testing.assert_allclose(out["phase"][[0, 1, 2, 4]], clean[:, 0], rtol=1e-4, atol=1e-5)
 
 
-def test_killed_worker_is_replaced_with_identical_result(ray_cluster, model_path, movie, tmp_path, monkeypatch):
+def test_killed_worker_is_replaced_with_identical_result(ray_cluster, model_path, movie, tmp_path):
     archive = write_dxchange(tmp_path / "a.h5", movie)
     ref = reconstruct(archive, model=model_path, output=tmp_path / "ref.h5", backend="local", batch_size=4,
                       shard_frames=8, preview=False)
-    monkeypatch.setenv(FAULT_ENV, "1:die")  # the worker on shard 1 exits abruptly after its first batch
+    shards = tmp_path / "faulty.shards"
+    # The actor writing shard 1 is killed from outside mid-shard, as a lost node would be.
+    partial = shards / ".shard-000001.h5.partial"
+    killer = faults.Killer(lambda: faults.first(faults.find("ray::_RayWorker", holding=partial)),
+                           "a Ray actor writing shard 1",
+                           after=lambda _: (time.time_ns(), (shards / "shard-000001.h5").exists()))
     s = reconstruct(archive, model=model_path, output=tmp_path / "faulty.h5", backend="ray", workers=2,
                     batch_size=4, shard_frames=8, preview=False)
-    assert (tmp_path / "faulty.shards" / ".fault-1").exists()  # it did die
+    dead, (killed_ns, finished) = killer.result()
+    assert not faults.alive(dead.pid) and not finished  # it did die, mid-shard
+    assert (shards / "shard-000001.h5").stat().st_mtime_ns > killed_ns  # its shard was redone by another
     assert s.computed_frames == 22
     assert_identical(read(ref.output), read(s.output))
 
@@ -243,20 +250,25 @@ def test_killed_driver_resumes_without_redoing_finished_shards(ray_cluster, mode
     shards = tmp_path / "out.shards"
     args = ["reconstruct", archive, "--model", model_path, "--output", out, "--batch-size", 4,
             "--shard-frames", 6, "--workers", 2, "--no-preview"]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster, FAULT_ENV: "0:hang"}  # shard 0 stops after one batch
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     proc = subprocess.Popen([EXE, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    # The actor on shard 0 hangs mid-shard (frozen from outside, as on a stuck node); the other does the rest.
+    partial = shards / ".shard-000000.h5.partial"
+    hung = faults.wait_for(lambda: faults.first(faults.find("ray::_RayWorker", holding=partial)), 180,
+                           "a Ray actor writing shard 0")
+    faults.freeze(hung.pid)
     others = [shards / f"shard-{i:06d}.h5" for i in (1, 2, 3)]
-    deadline = time.time() + 180
-    while time.time() < deadline and not (all(p.is_file() for p in others)
-                                           and (shards / ".shard-000000.h5.partial").is_file()):
-        time.sleep(0.2)
-    assert all(p.is_file() for p in others), proc.stdout.read() if proc.poll() is not None else "timeout"
-    proc.send_signal(signal.SIGKILL)  # the driver dies mid-run
-    proc.wait(timeout=30)
+    try:
+        faults.wait_for(lambda: all(p.is_file() for p in others) or proc.poll() is not None, 180, "shards 1-3")
+        assert all(p.is_file() for p in others), proc.stdout.read() if proc.poll() is not None else "timeout"
+        assert partial.is_file()
+        proc.send_signal(signal.SIGKILL)  # the driver dies mid-run
+        proc.wait(timeout=30)
+    finally:
+        faults.kill(hung.pid)  # and so does the stuck node
     assert not out.exists() and not (shards / "shard-000000.h5").exists()  # unfinished never looks finished
     stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in others}
-    env.pop(FAULT_ENV)
     done = run_cli(*args, env=env)
     assert done.returncode == 0, done.stderr
     assert "3 of 4 shards reused" in done.stdout

@@ -34,7 +34,7 @@ from phasegan_hpc.reconstruct.output import (
 )
 from phasegan_hpc.reconstruct.plan import make_plan
 from phasegan_hpc.reconstruct.retrieve import METHODS, SCORES, TieOptions, output_layout, score_name
-from phasegan_hpc.reconstruct.worker import FAULT_ENV, Job
+from phasegan_hpc.reconstruct.worker import Job
 
 BACKENDS = ("ray", "mpi", "local")
 MODEL_ENV = "PHASEGAN_HPC_MODEL"
@@ -282,9 +282,8 @@ def _prepare(archive_path, model, output, dataset, backend, cpus_per_worker, gpu
     shards_dir, _resumed = prepare_shards_dir(out, manifest(archive, identity, plan), overwrite)
     done = finished(shards_dir, plan)
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
-              delta_beta, batch_size, dev, max(1, int(cpus_per_worker)), os.environ.get(FAULT_ENV, ""),
-              archive.lead_shape[1:], tie if method == "tie" else None,
-              dev.startswith("cuda") if compile is None else compile)
+              delta_beta, batch_size, dev, max(1, int(cpus_per_worker)), archive.lead_shape[1:],
+              tie if method == "tie" else None, dev.startswith("cuda") if compile is None else compile)
     attrs = {
         "method": method, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),

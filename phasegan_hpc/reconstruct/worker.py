@@ -27,10 +27,6 @@ from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct.plan import Shard
 from phasegan_hpc.reconstruct.retrieve import TieOptions, build_retriever
 
-#: Test-only fault hook: "SHARD:die" exits the worker abruptly once after the first batch of that shard;
-#: "SHARD:hang" makes it stop there (until killed).
-FAULT_ENV = "PHASEGAN_HPC_RECONSTRUCT_FAULT"
-
 #: Per-frame scalar datasets of every shard (besides the method's frames: see ``retrieve.output_layout``).
 SCALAR_DATASETS = {
     "consistency": ("1", "physics-consistency score per frame (see attribute score)"),
@@ -53,7 +49,6 @@ class Job:
     batch_size: int
     device: str = "cpu"
     threads: int = 1
-    fault: str = ""
     lead_tail: tuple[int, ...] = field(default=())  # leading axes after the first (e.g. pulses)
     tie: TieOptions | None = None
     compile: bool = False  # torch.compile G_O and G_D (the CUDA default; see bench inference)
@@ -271,19 +266,4 @@ class ShardRunner:
         self.frames_done = offset
         if progress is not None:
             progress(len(counts))
-        self._maybe_fault(shard)
         return offset
-
-    def _maybe_fault(self, shard: Shard) -> None:
-        if not self.job.fault:
-            return
-        target, mode = self.job.fault.split(":")
-        if int(target) != shard.index:
-            return
-        if mode == "hang":
-            while True:
-                time.sleep(1)
-        marker = Path(self.job.shards_dir) / f".fault-{shard.index}"
-        if not marker.exists():
-            marker.touch()
-            os._exit(1)  # abrupt death mid-shard, once

@@ -36,15 +36,10 @@ from phasegan_hpc.train.loop import (
 from phasegan_hpc.train.session import RaySession
 from phasegan_hpc.train.step import PAIRED_METHODS
 
-#: Test-only fault hook: "RANK:STEP" makes that rank exit once, abruptly, after that step.
-FAULT_ENV = "PHASEGAN_HPC_FAULT"
-
 
 def _worker(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: rebuild the config, run the loop through a RaySession."""
     cfg = config_from_dict(tomllib.loads(loop_config["config"]))
-    if loop_config.get("fault"):
-        os.environ[FAULT_ENV] = loop_config["fault"]
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     train_loop(cfg, RaySession.train_worker())
 
@@ -104,8 +99,7 @@ def make_trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: fl
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    loop_config = {"config": config_to_toml(cfg), "fault": os.environ.get(FAULT_ENV, ""),
-                   "threads": max(1, int(cpus))}
+    loop_config = {"config": config_to_toml(cfg), "threads": max(1, int(cpus))}
     return TorchTrainer(
         _worker,
         train_loop_config=loop_config,

@@ -327,7 +327,6 @@ class TrainingRun:
                 self.end_of_epoch()
             elif self.step % t.checkpoint_every == 0 or stop:
                 self.checkpoint(self.values)
-            _maybe_inject_fault(self.step, self.session.rank, self.run_dir)
             if stop and self.step < self.total:
                 return False
         return True
@@ -461,21 +460,6 @@ def latest_losses(run_dir: Path) -> dict[str, float] | None:
         if "loss_g" in rec:
             return rec
     return None
-
-
-def _maybe_inject_fault(step: int, rank: int, run_dir: Path) -> None:
-    """Test-only fault hook: with PHASEGAN_HPC_FAULT="RANK:STEP" that rank dies once after that step
-    (a marker file in the run directory makes it once), as a crashed node would: no cleanup, no report."""
-    spec = os.environ.get("PHASEGAN_HPC_FAULT", "")
-    if not spec:
-        return
-    fault_rank, fault_step = (int(x) for x in spec.split(":"))
-    marker = run_dir / f".fault-injected-{fault_rank}-{fault_step}"
-    if rank == fault_rank and step == fault_step and not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-        time.sleep(2.0)  # a crash some time after the step: reports already made have been registered
-        os._exit(17)
 
 
 def _crops(t) -> bool:
