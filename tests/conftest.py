@@ -12,6 +12,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
+from tools import EXE, REPO
+
 from phasegan_hpc.config import Config, load_config, with_overrides  # noqa: E402
 
 
@@ -26,7 +28,6 @@ def tiny_config() -> Config:
     })
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -69,16 +70,13 @@ def foam_data(tmp_path_factory) -> Path:
     """The tiny foam experiment (configs/foam-tiny.toml) through the real console script: simulate-foam ->
     tie (Photron, 2 -> 1.6 um, TV) -> correct (Shimadzu). ``raw/`` holds the archives and truth, ``data/``
     the training set (objects.h5 at 1.6 um, intensities.h5 at 3.2 um)."""
-    import shutil
     import subprocess
-    import sys
 
-    exe = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
     root = tmp_path_factory.mktemp("foam")
     steps = [("simulate-foam", root / "raw", "--config", REPO / "configs" / "foam-tiny.toml"),
              ("tie", root / "raw" / "photron.h5", root / "data" / "objects.h5", "--resample-pixel-size-m", "1.6e-6"),
              ("correct", root / "raw" / "shimadzu.h5", root / "data" / "intensities.h5")]
     for step in steps:
-        proc = subprocess.run([exe, *map(str, step)], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([EXE, *map(str, step)], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
     return root

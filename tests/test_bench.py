@@ -2,15 +2,13 @@
 checked for correctness (agreement with references, complete tables), never for speed."""
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tools import EXE
 
-EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.slow
 
 

@@ -1,15 +1,12 @@
 """The installed `phasegan-hpc` console script: success paths and one-line errors that change nothing."""
 
 import hashlib
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import pytest
-
-EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
+from tools import EXE
 
 
 def run(*args, cwd=None):

@@ -1,11 +1,9 @@
-from pathlib import Path
 
 import pytest
+from tools import REPO
 
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml, load_config, with_overrides
 from phasegan_hpc.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_synthetic_toml_is_the_paper_defaults():

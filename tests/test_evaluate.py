@@ -3,12 +3,11 @@
 import json
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tools import EXE
 
 from phasegan_hpc.config import with_overrides
 from phasegan_hpc.data.frames import FrameStack
@@ -17,8 +16,6 @@ from phasegan_hpc.evaluate import evaluate
 from phasegan_hpc.losses.metrics import dssim
 from phasegan_hpc.physics import paganin
 from phasegan_hpc.train.local import train_local
-
-EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
 
 
 @pytest.fixture

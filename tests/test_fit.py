@@ -5,15 +5,14 @@ A real local Ray cluster (session fixture) runs real TorchTrainer workers with g
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import faults
 import pytest
+from tools import EXE
 
 from phasegan_hpc.config import with_overrides
 from phasegan_hpc.errors import DataError, ResourceError
@@ -21,7 +20,6 @@ from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.train.fit import fit
 from phasegan_hpc.train.loop import run_dir_of, weights_digest
 
-EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.slow
 
 

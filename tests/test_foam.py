@@ -3,16 +3,14 @@ field-of-view-matched augmentation, and the whole chain (simulate-foam -> tie ->
 Train -> reconstruct -> evaluate -> movie figure) at a tiny size, with real HDF5 files and a real local Ray."""
 
 import json
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import hdf5plugin  # noqa: F401
 import numpy as np
 import pytest
 import torch
+from tools import EXE, REPO
 
 from phasegan_hpc.config import load_config, with_overrides
 from phasegan_hpc.data.augment import crop_flip_rotate_pad
@@ -26,9 +24,7 @@ from phasegan_hpc.reconstruct.retrieve import TieOptions
 from phasegan_hpc.simulate.foam import simulate_foam
 from phasegan_hpc.train.loop import network_shapes
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "foam-tiny.toml"
-EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
 
 
 def run_cli(*args, cwd=None, timeout=600):

@@ -4,19 +4,16 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from tools import BIN, REPO
 
 from phasegan_hpc.config import config_to_toml, load_config, with_overrides
 from phasegan_hpc.models.artifact import load_model
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def _free_port() -> int:

@@ -1,15 +1,14 @@
 """One model, every path: both object encodings train, export, reload, and give the same arrays through
 `PhaseModel.retrieve`, `evaluate`, `reconstruct` (local, Ray, MPI) and the reconstruction's score."""
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from tools import EXE, MPIEXEC
 
 from phasegan_hpc.config import with_overrides
 from phasegan_hpc.data.frames import FrameStack
@@ -20,9 +19,6 @@ from phasegan_hpc.physics import FresnelPropagator
 from phasegan_hpc.reconstruct import reconstruct
 from phasegan_hpc.train.local import train_local
 
-BIN = Path(sys.executable).parent
-EXE = shutil.which("phasegan-hpc", path=str(BIN))
-MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
 pytestmark = pytest.mark.slow
 
 

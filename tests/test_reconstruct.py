@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 import torch
+from tools import EXE, MPIEXEC, REPO
 
 from phasegan_hpc.config import load_config, with_overrides
 from phasegan_hpc.data.archive import open_archive
@@ -30,10 +30,6 @@ from phasegan_hpc.reconstruct import reconstruct
 from phasegan_hpc.reconstruct.plan import make_plan
 from phasegan_hpc.train.local import train_local
 
-BIN = Path(sys.executable).parent
-EXE = shutil.which("phasegan-hpc", path=str(BIN))
-MPIEXEC = shutil.which("mpiexec", path=str(BIN)) or shutil.which("mpiexec")
-REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("phase", "attenuation", "consistency", "fresnel_residual", "nonfinite_pixels")
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import slurm_cluster
+from tools import REPO
 
 from phasegan_hpc.config import config_to_toml, load_config, with_overrides
 from phasegan_hpc.models.artifact import load_model
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "slurm").glob("*.sh")) + sorted((REPO / "jobs").glob("*.sh"))
 
 

@@ -5,21 +5,19 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from tools import EXE
 
 from phasegan_hpc.config import with_overrides
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.train.local import train_local
 from phasegan_hpc.train.loop import run_dir_of
-
-EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
 
 
 def step_records(run_dir: Path) -> list[dict]:

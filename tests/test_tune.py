@@ -5,19 +5,17 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from tools import EXE, REPO
 
 from phasegan_hpc.config import config_to_toml, load_config, with_overrides
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.tune.search import run_search
 
-REPO = Path(__file__).resolve().parents[1]
-EXE = shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.slow
 
 
