@@ -57,14 +57,13 @@ def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val
         "simulate.n_train": n_train, "simulate.n_val": n_val, "simulate.n_paired": n_paired, "simulate.size": size,
         "simulate.seed": seed, "simulate.workers": workers,
     })
-    total = 2 * cfg.simulate.n_train + cfg.simulate.n_val + cfg.simulate.n_paired
-    with progress_bar(total, f"simulating {total} frames") as advance:
-        paths = simulate_dataset(out_dir, cfg, overwrite=overwrite, progress=advance)
+    with progress_bar("simulating frames") as progress:
+        paths = simulate_dataset(out_dir, cfg, overwrite=overwrite, progress=progress)
     if n_movie > 0:
         from phasegan_hpc.simulate.movie import simulate_movie
 
-        with progress_bar(n_movie, f"simulating a {n_movie}-frame movie") as advance:
-            paths["movie.h5"] = simulate_movie(out_dir / "movie.h5", cfg, n_movie, overwrite=True, progress=advance)
+        with progress_bar("simulating a movie") as progress:
+            paths["movie.h5"] = simulate_movie(out_dir / "movie.h5", cfg, n_movie, overwrite=True, progress=progress)
     _err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
@@ -92,10 +91,8 @@ def simulate_foam(out_dir: Path, config_path: Path, photron_frames: int | None, 
     cfg = with_overrides(load_config(config_path), {
         "foam.photron_frames": photron_frames, "foam.shimadzu_frames": shimadzu_frames,
         "foam.validation_frames": validation_frames, "foam.seed": seed})
-    f = cfg.foam
-    total = f.photron_frames + f.shimadzu_frames + 2 * f.validation_frames
-    with progress_bar(total, f"simulating {total} foam frames") as advance:
-        paths = run(out_dir, cfg, overwrite=overwrite, progress=advance)
+    with progress_bar("simulating foam frames") as progress:
+        paths = run(out_dir, cfg, overwrite=overwrite, progress=progress)
     _err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
@@ -154,15 +151,9 @@ def correct(archive: Path, output: Path, dataset: str | None, pixel_size_m: floa
 def _pipeline(run, archive: Path, report: Path | None = None, **options) -> None:
     """Run a reconstruction-pipeline command with a progress bar and print its summary (and, with
     ``report``, write it as JSON)."""
-    from contextlib import ExitStack
-
     from phasegan_hpc.ui import progress_bar, reconstruction_table
 
-    with ExitStack() as stack:
-        def progress(total: int, done: int):
-            return stack.enter_context(progress_bar(total, options.get("method", "reconstructing"), completed=done,
-                                                    unit="frames"))
-
+    with progress_bar(options.get("method", "reconstructing"), unit="frames") as progress:
         summary = run(archive, progress=progress, **{"preview": False, **options})
     if summary is not None:  # None on MPI ranks other than 0
         Console().print(reconstruction_table(summary))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -18,6 +18,8 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+
+from phasegan_hpc.progress import ProgressFn
 
 
 @contextmanager
@@ -88,9 +90,9 @@ class _RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_bar(total: int, description: str, completed: int = 0,
-                 unit: str | None = None) -> Iterator[Callable[[int], None]]:
-    """Show progress of ``total`` items (``completed`` of them done before); yields ``advance(n)``.
+def progress_bar(description: str, unit: str | None = None) -> Iterator[ProgressFn]:
+    """Show progress reported as ``progress(done, total, info)`` (``phasegan_hpc.progress``); yields that
+    function. The bar starts at the first report (its ``total``; ``done`` may start above 0 on resume).
 
     On a terminal this is a live rich bar (with the rate in ``unit``/s when ``unit`` is given). Elsewhere
     (a Slurm log, a pipe) it prints a plain line at every further 10 % and at most every 30 s, so batch
@@ -101,26 +103,33 @@ def progress_bar(total: int, description: str, completed: int = 0,
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    *((_RateColumn(unit),) if unit else ()), TimeElapsedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console) as bar:
-            task = bar.add_task(description, total=total, completed=completed)
-            yield lambda n: bar.advance(task, n)
+            tasks: list = []
+
+            def update_bar(done: int, total: int, info: Mapping[str, float]) -> None:
+                if not tasks:
+                    tasks.append(bar.add_task(description, total=total, completed=done))
+                bar.update(tasks[0], completed=done, total=total)
+
+            yield update_bar
         return
 
     start = last_time = time.monotonic()
-    state = {"done": completed, "next": completed / max(total, 1) + 0.1}
+    state: dict[str, float] = {}
 
-    def advance(n: int) -> None:
+    def update(done: int, total: int, info: Mapping[str, float]) -> None:
         nonlocal last_time
-        state["done"] += n
+        if not state:
+            state.update(first=done, next=done / max(total, 1) + 0.1)
         now = time.monotonic()
-        frac = state["done"] / max(total, 1)
-        if frac >= state["next"] or now - last_time >= 30 or state["done"] >= total:
-            rate = f", {(state['done'] - completed) / max(now - start, 1e-9):,.0f} {unit}/s" if unit else ""
-            console.print(f"{description}: {state['done']}/{total} ({100 * frac:.0f} %), {now - start:.0f} s{rate}",
+        frac = done / max(total, 1)
+        if frac >= state["next"] or now - last_time >= 30 or done >= total:
+            rate = f", {(done - state['first']) / max(now - start, 1e-9):,.0f} {unit}/s" if unit else ""
+            console.print(f"{description}: {done}/{total} ({100 * frac:.0f} %), {now - start:.0f} s{rate}",
                           highlight=False)
             state["next"] = frac + 0.1
             last_time = now
 
-    yield advance
+    yield update
 
 
 def reconstruction_table(summary) -> Table:

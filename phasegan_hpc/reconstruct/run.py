@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from phasegan_hpc.data.archive import Archive, open_archive
 from phasegan_hpc.errors import DataError, PhaseganError
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.physics.optics import resolve_wavelength_m
+from phasegan_hpc.progress import ProgressFn, Tally
 from phasegan_hpc.reconstruct import backends
 from phasegan_hpc.reconstruct.figures import reconstruction_preview
 from phasegan_hpc.reconstruct.output import (
@@ -160,7 +160,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
                 cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0, batch_size: int = 32,
                 method: str = "phasegan", overwrite: bool = False, shard_frames: int | None = None,
                 device: str | None = None, physics: dict[str, float | None] | None = None,
-                preview: bool = True, progress: Callable[[int, int], Callable[[int], None]] | None = None,
+                preview: bool = True, progress: ProgressFn | None = None,
                 comm=None, tie: TieOptions | None = None, compile: bool | None = None,
                 flag_by: str = DEFAULT_FLAG_BY) -> Summary | None:
     """Reconstruct phase and attenuation of every frame of a movie archive.
@@ -183,7 +183,7 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
         device: torch device of local and MPI workers (None: CUDA if present).
         physics: overrides pixel_size_m, distance_m, wavelength_m or energy_kev, delta_beta (Paganin).
         preview: write a PNG of a few frames next to the output.
-        progress: ``progress(total_frames, already_done) -> advance(n)``, called once by the driver.
+        progress: ``progress(done, total, {})`` in frames, by the driver (``phasegan_hpc.progress``).
         comm: MPI communicator for the "mpi" backend (None: ``MPI.COMM_WORLD``).
         tie: options of the "tie" method.
         compile: ``torch.compile`` the networks (None: on CUDA devices, the fastest variant of
@@ -229,7 +229,9 @@ def reconstruct(archive_path: str | Path, *, model: str | Path | None = None, ou
     job, plan, pending, out = setup["job"], setup["plan"], setup["pending"], setup["output"]
     rank0 = backend != "mpi" or comm.Get_rank() == 0
     total = sum(s.frames for s in pending)
-    advance = progress(job.archive.n_frames, job.archive.n_frames - total) if (progress and rank0) else (lambda n: None)
+    tally = Tally(progress if rank0 else None, job.archive.n_frames, job.archive.n_frames - total)
+    tally.add(0)  # where a resumed run starts
+    advance = tally.add
     t0 = time.perf_counter()
     if not pending:  # every shard finished before: only the assembly is left
         rows = []

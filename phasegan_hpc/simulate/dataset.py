@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,6 +32,7 @@ from phasegan_hpc.config import Config, config_to_toml
 from phasegan_hpc.data.h5io import atomic_h5, create_frames
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.physics import object_wavefield, thickness_to_phase_attenuation
+from phasegan_hpc.progress import ProgressFn, Tally
 from phasegan_hpc.simulate.detector import detect
 from phasegan_hpc.simulate.flatfields import MIN_FLAT, FlatfieldBasis, load_basis, pca_basis, synthetic_flats
 from phasegan_hpc.simulate.phantoms import random_thickness
@@ -170,7 +170,7 @@ def simulate_dataset(
     cfg: Config,
     *,
     overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Path]:
     """Simulate and write ``objects.h5``, ``intensities.h5``, ``validation.h5`` (and ``paired.h5``).
 
@@ -178,7 +178,7 @@ def simulate_dataset(
         out_dir: output directory (created; must be empty unless ``overwrite``).
         cfg: configuration; ``cfg.simulate`` sets sizes, seed, chunking and worker count.
         overwrite: replace the three files in a non-empty directory (other files are left alone).
-        progress: called with the number of frames finished after each chunk.
+        progress: ``progress(done, total, {})`` in frames, after each chunk (``phasegan_hpc.progress``).
 
     Returns:
         Paths of the written files by name. Nothing appears under these names unless all are complete.
@@ -199,6 +199,7 @@ def simulate_dataset(
         for i, start in enumerate(range(0, n, sim.chunk_frames))
     ]
     shape = (sim.size, sim.size)
+    tally = Tally(progress, sum(counts.values()))
     paths = {STREAMS[stream][0]: out_dir / STREAMS[stream][0] for stream in counts}
     with ExitStack() as stack:
         datasets: dict[int, dict[str, object]] = {}
@@ -215,8 +216,7 @@ def simulate_dataset(
             stream, _, start, stop = task
             for k, arr in arrays.items():
                 datasets[stream][k][start:stop] = arr
-            if progress is not None:
-                progress(stop - start)
+            tally.add(stop - start)
 
         n_workers = sim.workers or os.cpu_count() or 1
         if n_workers == 1 or len(tasks) == 1:

@@ -26,7 +26,6 @@ Photron and Shimadzu frames show different foams (unpaired), as in the paper.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from phasegan_hpc.config import Config, FoamConfig, config_to_toml
 from phasegan_hpc.data.h5io import atomic_h5, create_frames
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.physics import FresnelPropagator, flatfield_correct, object_wavefield, thickness_to_phase_attenuation
+from phasegan_hpc.progress import ProgressFn, Tally
 from phasegan_hpc.simulate.dataset import chunk_rng
 
 STREAM_PHOTRON, STREAM_SHIMADZU, STREAM_MOVIE, STREAM_PHOTRON_VAL = 10, 11, 12, 13
@@ -257,7 +257,7 @@ def _attrs(cfg: Config, det: Detector, kind: str) -> dict[str, object]:
 
 
 def _write_archive(path: Path, imager: FoamImager, rng: np.random.Generator, stream: int, n_frames: int, seed: int,
-                   progress: Callable[[int], None] | None, truth: dict[str, list] | None = None) -> None:
+                   progress: Tally, truth: dict[str, list] | None = None) -> None:
     """A DXchange archive of ``n_frames`` frames from consecutive movies (``movie_frames`` each)."""
     det, f = imager.det, imager.f
     comp = dict(hdf5plugin.Bitshuffle(cname="lz4"))
@@ -278,8 +278,7 @@ def _write_archive(path: Path, imager: FoamImager, rng: np.random.Generator, str
                 truth["attenuation"].append(att)
             done += n
             movie += 1
-            if progress is not None:
-                progress(n)
+            progress.add(n)
         flats, darks = imager.references(rng)
         h5.create_dataset("exchange/data_white", data=flats, **comp)
         h5.create_dataset("exchange/data_dark", data=darks, **comp)
@@ -305,8 +304,9 @@ def _write_validation(path: Path, archive: Path, imager: FoamImager, truth: dict
 
 
 def simulate_foam(out_dir: str | Path, cfg: Config, *, overwrite: bool = False,
-                  progress: Callable[[int], None] | None = None) -> dict[str, Path]:
-    """Write the foam experiment's files (module docstring) into ``out_dir``.
+                  progress: ProgressFn | None = None) -> dict[str, Path]:
+    """Write the foam experiment's files (module docstring) into ``out_dir``; ``progress(done, total, {})``
+    counts frames over all of them.
 
     Raises:
         DataError: a non-empty ``out_dir`` without ``overwrite``, or pixel sizes that are not whole
@@ -321,6 +321,7 @@ def simulate_foam(out_dir: str | Path, cfg: Config, *, overwrite: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in FOAM_FILES}
     rng = chunk_rng(f.seed, 99, 0)
+    progress = Tally(progress, f.photron_frames + f.shimadzu_frames + 2 * f.validation_frames)
     _write_archive(paths["photron.h5"], photron, rng, STREAM_PHOTRON, f.photron_frames, f.seed, progress)
     _write_archive(paths["shimadzu.h5"], shimadzu, rng, STREAM_SHIMADZU, f.shimadzu_frames, f.seed, progress)
     truth: dict[str, list] = {"phase": [], "attenuation": []}

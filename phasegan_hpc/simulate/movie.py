@@ -11,7 +11,6 @@ bitshuffle-LZ4 compressed, written under a temporary name and renamed when compl
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import hdf5plugin
@@ -20,6 +19,7 @@ import numpy as np
 from phasegan_hpc.config import Config
 from phasegan_hpc.data.h5io import atomic_h5
 from phasegan_hpc.errors import DataError
+from phasegan_hpc.progress import ProgressFn, Tally
 from phasegan_hpc.simulate.dataset import FrameSimulator, chunk_rng, file_attrs, flatfield_basis
 
 STREAM_MOVIE = 5
@@ -29,7 +29,7 @@ DARK_LEVEL, READ_NOISE = 100.0, 3.0
 
 def simulate_movie(path: str | Path, cfg: Config, n_frames: int, *, overwrite: bool = False,
                    n_flats: int = 8, n_darks: int = 4, chunk_frames: int = 16,
-                   progress: Callable[[int], None] | None = None) -> Path:
+                   progress: ProgressFn | None = None) -> Path:
     """Write an ``n_frames`` raw-detector movie of the ``cfg`` geometry to ``path`` (DXchange).
 
     Raises:
@@ -46,6 +46,7 @@ def simulate_movie(path: str | Path, cfg: Config, n_frames: int, *, overwrite: b
     sim = FrameSimulator(cfg, basis)
     rng = chunk_rng(cfg.simulate.seed, STREAM_MOVIE, 1 << 20)
     mean_flat = basis.mean if basis is not None else np.ones((size, size))
+    tally = Tally(progress, n_frames)
 
     def raw(intensity: np.ndarray) -> np.ndarray:
         counts = intensity * per_pixel + DARK_LEVEL + READ_NOISE * rng.standard_normal(intensity.shape)
@@ -63,8 +64,7 @@ def simulate_movie(path: str | Path, cfg: Config, n_frames: int, *, overwrite: b
             phase, att = sim.objects(crng, stop - start)
             intensity, _ = sim.record(crng, phase, att)  # counts / photons per pixel, flat field included
             data[start:stop] = raw(intensity)
-            if progress is not None:
-                progress(stop - start)
+            tally.add(stop - start)
         flats = rng.poisson(np.broadcast_to(mean_flat * per_pixel, (n_flats, size, size))) / per_pixel
         f.create_dataset("exchange/data_white", data=raw(flats), **comp)
         f.create_dataset("exchange/data_dark", data=raw(np.zeros((n_darks, size, size))), **comp)

@@ -25,8 +25,8 @@ from phasegan_hpc.cluster import check_resources, check_storage, connect_ray, di
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.errors import PhaseganError, ResourceError, TrainingError
+from phasegan_hpc.progress import ProgressFn
 from phasegan_hpc.train.loop import (
-    ProgressFn,
     latest_losses,
     network_shapes,
     run_dir_of,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from phasegan_hpc.config import Config
-from phasegan_hpc.train.loop import ProgressFn, run_dir_of, train_loop
+from phasegan_hpc.progress import ProgressFn
+from phasegan_hpc.train.loop import run_dir_of, train_loop
 from phasegan_hpc.train.session import LocalSession
 
 

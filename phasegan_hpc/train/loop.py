@@ -17,7 +17,6 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,11 @@ from phasegan_hpc.models.cycle import GeneratorPair
 from phasegan_hpc.models.unet import SIZE_MULTIPLE
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
 from phasegan_hpc.physics.geometry import Geometry
+from phasegan_hpc.progress import ProgressFn
 from phasegan_hpc.train.figures import CycleImages, cycle_figure, loss_curves
 from phasegan_hpc.train.session import CHECKPOINT_FILE, Session
 from phasegan_hpc.train.step import PAIRED_METHODS, STEPS, Batch, Trainables, build_trainables, unwrap
 
-ProgressFn = Callable[[int, int, dict[str, float]], None]
 OBJECT_NAMES = ("phase", "attenuation")
 
 
