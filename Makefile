@@ -20,7 +20,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 SYSTEM_PACKAGES := slurm-wlm munge shellcheck
 SYSTEM_COMMANDS := slurmctld slurmd sbatch munged shellcheck
 
-.PHONY: install system-deps test lint demo demo-foam clean
+.PHONY: install system-deps test quick lint demo demo-foam clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ lint: install
 
 test: install system-deps lint
 	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 $(PY) -m pytest --durations=25
+
+# For iteration: the tests not marked slow (a few minutes); `make test` runs them all.
+quick: install system-deps lint
+	RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.2 $(PY) -m pytest -m "not slow" -q
 
 # Simulate a small data set, train PhaseGAN briefly on it, score it next to Paganin, write figures,
 # run a 4-trial search of the loss weights, and reconstruct a simulated raw-detector movie archive.

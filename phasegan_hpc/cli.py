@@ -122,14 +122,12 @@ def tie(archive: Path, output: Path, dataset: str | None, energy_kev: float | No
     Flat/dark correction, resampling, total-variation denoising, Paganin; OUTPUT (e.g. data/foam/objects.h5)
     holds /phase and /attenuation with the physics in its attributes, ready for `train`.
     """
-    from phasegan_hpc.reconstruct import reconstruct as run_reconstruct
-    from phasegan_hpc.reconstruct.retrieve import TieOptions
+    from phasegan_hpc.reconstruct import Tie
 
-    _pipeline(run_reconstruct, archive, output=output, dataset=dataset, backend=backend, workers=workers,
-              batch_size=batch_size, method="tie", overwrite=overwrite,
+    _pipeline(archive, output=output, dataset=dataset, backend=backend, workers=workers, batch_size=batch_size,
+              method=Tie(resample_pixel_size_m, tv_weight, tv_iterations), overwrite=overwrite,
               physics={"energy_kev": energy_kev, "distance_m": distance_m, "pixel_size_m": pixel_size_m,
-                       "delta_beta": delta_beta},
-              tie=TieOptions(resample_pixel_size_m, tv_weight, tv_iterations))
+                       "delta_beta": delta_beta})
 
 
 @cli.command()
@@ -142,19 +140,19 @@ def tie(archive: Path, output: Path, dataset: str | None, energy_kev: float | No
 def correct(archive: Path, output: Path, dataset: str | None, pixel_size_m: float | None, backend: str,
             overwrite: bool) -> None:
     """Flat/dark-corrected frames of ARCHIVE as /intensity in OUTPUT (e.g. data/foam/intensities.h5)."""
-    from phasegan_hpc.reconstruct import reconstruct as run_reconstruct
-
-    _pipeline(run_reconstruct, archive, output=output, dataset=dataset, backend=backend, method="flatfield",
+    _pipeline(archive, output=output, dataset=dataset, backend=backend, method="flatfield",
               overwrite=overwrite, physics={"pixel_size_m": pixel_size_m})
 
 
-def _pipeline(run, archive: Path, report: Path | None = None, **options) -> None:
-    """Run a reconstruction-pipeline command with a progress bar and print its summary (and, with
-    ``report``, write it as JSON)."""
+def _pipeline(archive: Path, report: Path | None = None, **options) -> None:
+    """Run a reconstruction-pipeline command (a ``ReconstructRequest`` of ``options``) with a progress bar and
+    print its summary (and, with ``report``, write it as JSON)."""
+    from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
     from phasegan_hpc.ui import progress_bar, reconstruction_table
 
-    with progress_bar(options.get("method", "reconstructing"), unit="frames") as progress:
-        summary = run(archive, progress=progress, **{"preview": False, **options})
+    request = ReconstructRequest(archive, **{"preview": False, **options})
+    with progress_bar(request.method.name, unit="frames") as progress:
+        summary = reconstruct(request, progress=progress)
     if summary is not None:  # None on MPI ranks other than 0
         Console().print(reconstruction_table(summary))
         if report is not None:
@@ -328,9 +326,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
     OUTPUT's .shards directory: move them together) and a PNG preview next to it.
     """
-    from phasegan_hpc.reconstruct import reconstruct as run_reconstruct
-
-    _pipeline(run_reconstruct, archive, report, model=model_path, output=output, dataset=dataset, backend=backend,
+    _pipeline(archive, report, model=model_path, output=output, dataset=dataset, backend=backend,
               workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model, flag_by=flag_by,

@@ -80,3 +80,31 @@ def foam_data(tmp_path_factory) -> Path:
         proc = subprocess.run([EXE, *map(str, step)], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr
     return root
+
+
+@pytest.fixture(scope="session")
+def movie_model(tiny_data, tmp_path_factory) -> str:
+    """A PhaseGAN model (with G_D) trained for one epoch on the tiny 64 px data: the reconstruction tests'."""
+    from phasegan_hpc.train.local import train_local
+
+    runs = tmp_path_factory.mktemp("recon-runs")
+    cfg = with_overrides(load_config(REPO / "configs" / "tiny.toml"), {
+        "train.data_dir": str(tiny_data), "train.runs_dir": str(runs), "train.epochs": 1, "train.name": "m",
+        "train.val_frames": 4, "train.log_every": 4, "train.checkpoint_every": 100})
+    return train_local(cfg)["model_path"]
+
+
+@pytest.fixture(scope="session")
+def movie(tiny_data) -> dict:
+    """22 detector frames (64 px, transmission about 1) with a flat and a dark to make raw counts of
+    (``movies.write_dxchange``)."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    with h5py.File(tiny_data / "validation.h5", "r") as f:
+        inten = f["intensity"][()]
+    frames = np.concatenate([inten, inten[:, ::-1], inten[:, :, ::-1]])[:22]
+    flat = 900.0 + 200.0 * rng.random((64, 64))
+    dark = 50.0 + 5.0 * rng.random((64, 64))
+    return {"transmission": frames.astype(np.float64), "flat": flat, "dark": dark}

@@ -120,3 +120,33 @@ def test_bench_table1_runs_sharing_one_out_dir_make_each_cell_once(tmp_path):
     assert logs.count("simulating the data set") == 1
     assert logs.count(": training paired") == 2 and logs.count("scored before, reused") == 2
     assert len(list((tmp_path / "t" / "cells").glob("*.json"))) == 2
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_reconstruct_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "reconstruct", "--size", 32, "--frames", 48, "--batch", 16, "--repeats", 1,
+                   "--threads", 1, "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert set(r["end_to_end_over_model"]) == {"local", "ray", "mpi"}
+    assert all(v > 0 for v in r["end_to_end_over_model"].values())
+    assert r["frames_per_s"]["model_only"]["median"] > 0 and r["threads"] == 1
+    assert r["raw_mb"]["large"] == pytest.approx(4 * r["raw_mb"]["small"])
+    assert r["peak_rss_mb"]["small"] > 50 and r["peak_rss_mb"]["large_over_small"] > 0
+
+    proc = run_cli("bench", "reconstruct", "--size", 32, "--frames", 48, "--batch", 16, "--repeats", 1,
+                   "--threads", 1, "--backends", "local", "--no-rss", "--no-detector", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert set(r["end_to_end_over_model"]) == {"local"} and r["peak_rss_mb"] is None and r["detector"] is False
+    proc = run_cli("bench", "reconstruct", "--size", 32, "--frames", 48, "--batch", 16, "--repeats", 1,
+                   "--threads", 2, "--backends", "mpi", "--workers", 2, "--no-rss", "--json", out)
+    assert proc.returncode == 0, proc.stderr  # two real ranks under mpiexec, their --report read back
+    r = json.loads(out.read_text())
+    assert r["workers"] == 2 and r["after_startup_frames_per_s"]["mpi"]["median"] >= r["frames_per_s"]["mpi"]["median"]
+    proc = run_cli("bench", "reconstruct", "--backends", "local,slurm")
+    assert proc.returncode == 1 and "unknown backend(s) slurm" in proc.stderr

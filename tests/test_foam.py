@@ -19,8 +19,7 @@ from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.cycle import DetectorModel, GeneratorPair
 from phasegan_hpc.models.registry import build_from_arch, generator_arch
 from phasegan_hpc.physics import FresnelPropagator
-from phasegan_hpc.reconstruct import reconstruct
-from phasegan_hpc.reconstruct.retrieve import TieOptions
+from phasegan_hpc.reconstruct import ReconstructRequest, Tie, reconstruct
 from phasegan_hpc.simulate.foam import simulate_foam
 from phasegan_hpc.train.loop import network_shapes
 
@@ -44,16 +43,16 @@ def test_tie_recovers_the_foam_phase_in_the_tie_regime(tmp_path):
         "foam.validation_frames": 4, "foam.movie_frames": 4})
     raw = tmp_path / "raw"
     simulate_foam(raw, cfg)
-    s = reconstruct(raw / "photron_movie.h5", output=tmp_path / "objects.h5", method="tie", backend="local",
-                    preview=False, tie=TieOptions(1.6e-6, 0.0, 100))
+    s = reconstruct(ReconstructRequest(raw / "photron_movie.h5", output=tmp_path / "objects.h5",
+                                       method=Tie(1.6e-6, 0.0, 100), backend="local", preview=False))
     with h5py.File(s.output, "r") as f, h5py.File(raw / "photron_validation.h5", "r") as g:
         phase, truth = f["phase"][()], g["phase"][()]
         assert f.attrs["pixel_size_m"] == pytest.approx(1.6e-6) and f.attrs["detector_pixel_size_m"] == 2e-6
     assert phase.shape == truth.shape == (4, 50, 100)  # 40 x 80 px at 2 um resampled to 1.6 um
     assert rel_error(phase, truth) < 0.06
     # TV denoising (paper: 100 iterations) smooths: the retrieved phase varies less from pixel to pixel.
-    tv = reconstruct(raw / "photron_movie.h5", output=tmp_path / "tv.h5", method="tie", backend="local",
-                     preview=False, tie=TieOptions(1.6e-6, 0.05, 100))
+    tv = reconstruct(ReconstructRequest(raw / "photron_movie.h5", output=tmp_path / "tv.h5",
+                                        method=Tie(1.6e-6, 0.05, 100), backend="local", preview=False))
     with h5py.File(tv.output, "r") as f:
         smooth = f["phase"][()]
     assert np.abs(np.diff(smooth, axis=-1)).mean() < np.abs(np.diff(phase, axis=-1)).mean()
@@ -120,8 +119,8 @@ def test_foam_chain_through_ray_train_reconstruct_and_evaluate(foam_data, ray_cl
 
     raw = foam_data / "raw"
     out = tmp_path / "movie_phasegan.h5"
-    s = reconstruct(raw / "shimadzu_movie.h5", model=result["model_path"], output=out, backend="local",
-                    batch_size=8, preview=False)
+    s = reconstruct(ReconstructRequest(raw / "shimadzu_movie.h5", model=result["model_path"], output=out,
+                                       backend="local", batch_size=8, preview=False))
     with h5py.File(out, "r") as f:
         assert f["phase"].shape == (16, 64, 64)  # 32 px frames at 3.2 um -> 64 px at 1.6 um
         assert f.attrs["pixel_size_m"] == pytest.approx(1.6e-6) and np.isfinite(f["phase"][()]).all()

@@ -16,7 +16,7 @@ from phasegan_hpc.evaluate import evaluate
 from phasegan_hpc.losses.metrics import METRICS
 from phasegan_hpc.models.artifact import PhaseModel, load_model
 from phasegan_hpc.physics import FresnelPropagator
-from phasegan_hpc.reconstruct import reconstruct
+from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
 from phasegan_hpc.train.local import train_local
 
 pytestmark = pytest.mark.slow
@@ -57,11 +57,12 @@ def test_every_path_gives_the_same_arrays(output, tiny_train_config, tiny_data, 
     archive = tmp_path / "movie.h5"
     with h5py.File(archive, "w") as f:
         f.create_dataset("frames", data=frames, chunks=(2, 64, 64))
-    outs = {"local": reconstruct(archive, model=model_path, output=tmp_path / "local.h5", backend="local",
-                                 batch_size=3, shard_frames=4, preview=False)}
+    outs = {"local": reconstruct(ReconstructRequest(archive, model=model_path, output=tmp_path / "local.h5",
+                                                    backend="local", batch_size=3, shard_frames=4, preview=False))}
     if output == "phase_attenuation":  # the default encoding's backends are compared in test_reconstruct
-        outs["ray"] = reconstruct(archive, model=model_path, output=tmp_path / "ray.h5", backend="ray", workers=2,
-                                  batch_size=3, shard_frames=4, preview=False)
+        outs["ray"] = reconstruct(ReconstructRequest(archive, model=model_path, output=tmp_path / "ray.h5",
+                                                     backend="ray", workers=2, batch_size=3, shard_frames=4,
+                                                     preview=False))
         proc = subprocess.run([MPIEXEC, "-n", "2", EXE, "reconstruct", str(archive), "--model", str(model_path),
                                "--backend", "mpi", "--output", str(tmp_path / "mpi.h5"), "--batch-size", "3",
                                "--shard-frames", "4", "--no-preview"], capture_output=True, text=True, timeout=300)

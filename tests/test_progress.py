@@ -4,7 +4,7 @@ from tools import REPO
 
 from phasegan_hpc.config import load_config, with_overrides
 from phasegan_hpc.progress import Tally
-from phasegan_hpc.reconstruct import reconstruct
+from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
 from phasegan_hpc.simulate.movie import simulate_movie
 
 
@@ -24,7 +24,7 @@ def test_simulate_and_reconstruct_report_frames_done_of_total(tmp_path):
     simulate_movie(tmp_path / "m.h5", cfg, 20, chunk_frames=8, progress=lambda d, t, i: calls.append((d, t)))
     assert calls == [(8, 20), (16, 20), (20, 20)]
     calls.clear()
-    reconstruct(tmp_path / "m.h5", method="flatfield", backend="local", batch_size=8, shard_frames=8,
-                preview=False, progress=lambda d, t, i: calls.append((d, t)))
+    reconstruct(ReconstructRequest(tmp_path / "m.h5", method="flatfield", backend="local", batch_size=8, shard_frames=8,
+                                   preview=False), progress=lambda d, t, i: calls.append((d, t)))
     assert calls[0] == (0, 20) and calls[-1] == (20, 20)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)

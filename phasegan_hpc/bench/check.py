@@ -30,8 +30,11 @@ import numpy as np
 import torch
 
 from phasegan_hpc.bench import machine
-from phasegan_hpc.bench.propagator import _numpy_intensity
+from phasegan_hpc.bench.propagator import numpy_intensity
 from phasegan_hpc.bench.reconstruct import make_archive, make_model
+from phasegan_hpc.physics.geometry import Geometry
+from phasegan_hpc.reconstruct import PhaseGAN, ReconstructRequest, reconstruct
+from phasegan_hpc.reconstruct.methods import build_retriever
 
 FP32_TOL, BF16_TOL, TRAIN_TOL = 1e-4, 3e-2, 5e-2
 
@@ -49,7 +52,7 @@ def _propagator(size: int, dev: torch.device) -> float:
     g = torch.Generator().manual_seed(1)
     psi = object_wavefield(-torch.rand(4, size, size, generator=g), 0.01 * torch.rand(4, size, size, generator=g))
     prop = FresnelPropagator((size, size), pixel_size_m=1e-6, distance_m=0.1, wavelength_m=1e-10)
-    ref = _numpy_intensity(psi.numpy().astype(np.complex128), 1e-6, 0.1, 1e-10)
+    ref = numpy_intensity(psi.numpy().astype(np.complex128), 1e-6, 0.1, 1e-10)
     return _rel(prop.intensity(psi.to(dev)).cpu().numpy(), ref)
 
 
@@ -66,14 +69,11 @@ def _paganin(size: int, dev: torch.device) -> float:
 
 
 def _retriever(model: Path, size: int, batch: int, dev: torch.device) -> dict[str, float]:
-    from phasegan_hpc.physics.geometry import Geometry
-    from phasegan_hpc.reconstruct.retrieve import build_retriever
-
     g = torch.Generator().manual_seed(2)
     frames = 1.0 + 0.05 * torch.randn(batch, size, size, generator=g)
     geometry = Geometry(wavelength_m=1e-10, pixel_size_m=1e-6, distance_m=0.1)
-    ref_out, ref_scores = build_retriever("phasegan", str(model), geometry, (size, size), torch.device("cpu"))(frames)
-    fast = build_retriever("phasegan", str(model), geometry, (size, size), dev, compile=dev.type == "cuda")
+    ref_out, ref_scores = build_retriever(PhaseGAN(), str(model), geometry, (size, size), torch.device("cpu"))(frames)
+    fast = build_retriever(PhaseGAN(), str(model), geometry, (size, size), dev, compile=dev.type == "cuda")
     out, scores = fast(frames.to(dev))
     errs = {k: _rel(out[k].cpu().numpy(), ref_out[k].numpy()) for k in ref_out}
     errs["score"] = _rel(scores["consistency"].cpu().numpy(), ref_scores["consistency"].numpy())
@@ -82,12 +82,11 @@ def _retriever(model: Path, size: int, batch: int, dev: torch.device) -> dict[st
 
 
 def _reconstruct(archive: Path, model: Path, tmp: Path, batch: int, dev: torch.device) -> dict[str, float]:
-    from phasegan_hpc.reconstruct import reconstruct
-
     runs = {}
     for name, device, compile in (("ref", "cpu", False), ("dev", str(dev), dev.type == "cuda")):
-        s = reconstruct(archive, model=model, output=tmp / f"{name}.h5", backend="local", batch_size=batch,
-                        shard_frames=2 * batch, device=device, preview=False, compile=compile)
+        s = reconstruct(ReconstructRequest(archive, model=model, output=tmp / f"{name}.h5", backend="local",
+                                           batch_size=batch, shard_frames=2 * batch, device=device, preview=False,
+                                           compile=compile))
         with h5py.File(s.output, "r") as f:
             runs[name] = {k: f[k][()] for k in ("phase", "attenuation", "consistency")}
     return {k: _rel(runs["dev"][k], runs["ref"][k]) for k in runs["ref"]}

@@ -14,7 +14,7 @@ from phasegan_hpc.bench import interleaved_times, machine
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
 
 
-def _numpy_intensity(psi: np.ndarray, pixel_size_m: float, distance_m: float, wavelength_m: float) -> np.ndarray:
+def numpy_intensity(psi: np.ndarray, pixel_size_m: float, distance_m: float, wavelength_m: float) -> np.ndarray:
     """|IFFT(FFT(psi) exp(-i pi lambda z f^2))|^2 in complex128, the kernel built every call (the reference)."""
     h, w = psi.shape[-2:]
     f2 = np.fft.fftfreq(h, pixel_size_m)[:, None] ** 2 + np.fft.fftfreq(w, pixel_size_m)[None, :] ** 2
@@ -33,8 +33,8 @@ def bench_propagator(size: int = 256, batch: int = 16, repeats: int = 10, device
     psi_np = psi.cpu().numpy().astype(np.complex128)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times = interleaved_times({"torch": lambda: prop.intensity(psi),
-                               "numpy_float64": lambda: _numpy_intensity(psi_np, 1e-6, 0.1, 1e-10)}, repeats, sync=sync)
-    ref = _numpy_intensity(psi_np, 1e-6, 0.1, 1e-10) if pad == 0 else None
+                               "numpy_float64": lambda: numpy_intensity(psi_np, 1e-6, 0.1, 1e-10)}, repeats, sync=sync)
+    ref = numpy_intensity(psi_np, 1e-6, 0.1, 1e-10) if pad == 0 else None
     err = float(np.abs(prop.intensity(psi).cpu().numpy() - ref).max()) if ref is not None else None
     ratios = [n / t for n, t in zip(times["numpy_float64"], times["torch"], strict=True)]
     return {"benchmark": "propagator", **machine(dev), "size": size, "batch": batch, "pad": pad, "repeats": repeats,

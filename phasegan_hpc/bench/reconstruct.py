@@ -37,9 +37,12 @@ from phasegan_hpc.bench import machine
 from phasegan_hpc.cluster import connect_ray, disconnect_ray
 from phasegan_hpc.config import ModelConfig
 from phasegan_hpc.data.normalise import Normalisation
+from phasegan_hpc.errors import DataError, ResourceError
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.physics.geometry import Geometry
-from phasegan_hpc.reconstruct.run import BACKENDS
+from phasegan_hpc.reconstruct import BACKENDS, PhaseGAN, ReconstructRequest, reconstruct
+from phasegan_hpc.reconstruct.backends import backend_named
+from phasegan_hpc.reconstruct.methods import build_retriever
 
 #: The geometry of the bench archives and models (the paper's: 1 A, 1 um, 10 cm).
 BENCH_GEOMETRY = Geometry(wavelength_m=1e-10, pixel_size_m=1e-6, distance_m=0.1)
@@ -74,11 +77,9 @@ def make_model(path: Path, filters: int, detector: bool = True) -> Path:
 
 def _model_only(model: Path, size: int, batch: int, frames: int, device: str, threads: int, compile: bool) -> float:
     """Frames/s of the retriever on in-memory batches (the same work per frame as end to end)."""
-    from phasegan_hpc.reconstruct.retrieve import build_retriever
-
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    retriever = build_retriever("phasegan", str(model), BENCH_GEOMETRY, (size, size), dev, compile=compile)
+    retriever = build_retriever(PhaseGAN(), str(model), BENCH_GEOMETRY, (size, size), dev, compile=compile)
     x = (1.0 + 0.01 * torch.randn(batch, size, size)).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(2):  # warm-up: compilation, autotuning, the allocator
@@ -99,20 +100,20 @@ def _console_script() -> str:
 def _end_to_end(archive: Path, model: Path, out: Path, backend: str, batch: int, device: str, threads: int,
                 shard_frames: int, compile: bool, workers: int) -> tuple[float, float]:
     """(frames/s over the whole run, frames/s after worker start-up) of one ``reconstruct``."""
-    from phasegan_hpc.reconstruct import reconstruct
-
     if backend == "mpi" and workers > 1:  # real ranks: mpiexec -n WORKERS of the console script
         return _mpiexec(archive, model, out, batch, device, max(1, threads // workers), shard_frames, compile, workers)
-    comm = None
-    if backend == "mpi":
-        from mpi4py import MPI
-
-        comm = MPI.COMM_SELF
     cuda_ray = device.startswith("cuda") and backend == "ray"
-    s = reconstruct(archive, model=model, output=out, backend=backend, workers=workers,
-                    cpus_per_worker=max(1, threads // workers) if backend == "ray" else threads,
-                    gpus_per_worker=1.0 / workers if cuda_ray else 0.0, batch_size=batch, overwrite=True,
-                    shard_frames=shard_frames, device=device, preview=False, comm=comm, compile=compile)
+    request = ReconstructRequest(archive, model=model, output=out, backend=backend, workers=workers,
+                                 cpus_per_worker=max(1, threads // workers) if backend == "ray" else threads,
+                                 gpus_per_worker=1.0 / workers if cuda_ray else 0.0, batch_size=batch,
+                                 overwrite=True, shard_frames=shard_frames, device=device, preview=False,
+                                 compile=compile)
+    runner = None
+    if backend == "mpi":  # one rank, in this process
+        from mpi4py import MPI  # lazy: importing mpi4py.MPI initialises MPI
+
+        runner = backend_named("mpi", comm=MPI.COMM_SELF)
+    s = reconstruct(request, backend=runner)
     return s.frames_per_s, s.pipeline_frames_per_s
 
 
@@ -120,8 +121,6 @@ def _mpiexec(archive: Path, model: Path, out: Path, batch: int, device: str, thr
              compile: bool, ranks: int) -> tuple[float, float]:
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
     if mpiexec is None:
-        from phasegan_hpc.errors import ResourceError
-
         raise ResourceError("bench reconstruct --workers N with the mpi backend needs mpiexec on PATH")
     report = out.with_suffix(".json")
     proc = subprocess.run([mpiexec, "-n", str(ranks), _console_script(), "reconstruct", str(archive), "--model",
@@ -175,8 +174,6 @@ def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device
             writer (the local backend has one); threads are split between them.
         workdir: where the archives go (default: a temporary directory, removed afterwards).
     """
-    from phasegan_hpc.errors import DataError
-
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         raise DataError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")

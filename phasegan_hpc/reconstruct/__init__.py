@@ -1,15 +1,22 @@
 """Batch reconstruction of HDF5 movie archives (``phasegan-hpc reconstruct``; DESIGN.md §4-5).
 
-    plan.py      shards of whole chunk rows, independent of workers and backend
-    retrieve.py  one batch -> phase, attenuation, consistency score (G_O or Paganin)
-    worker.py    one worker: prefetching reader -> retriever -> shard file (atomic)
-    backends.py  local, Ray actors, MPI ranks (the only Ray code here)
-    output.py    shard directory, manifest, the assembled output (HDF5 virtual datasets)
+    request.py   ReconstructRequest (what to read, how, where to, on what) and the Summary it answers
     run.py       the driver: checks, plan, resume, backend, assembly, summary
+    plan.py      shards of whole chunk rows, independent of workers and backend
+    source.py    where backends take shards from (a fixed plan today; a growing archive tomorrow)
+    methods.py   retrieval methods as objects (PhaseGAN, Paganin, Tie, FlatField) + trust scores
+    worker.py    one worker: prefetching reader -> retriever -> shard file (atomic)
+    backends/    local, Ray actors (lost ones replaced), MPI ranks: one Backend protocol
+    output.py    shard directory, manifest, the assembled output (HDF5 virtual datasets)
+    figures.py   the preview PNG and the movie figure
 
 The movie-archive reader (frames, flats, darks; read-only) is :mod:`phasegan_hpc.data.archive`.
 """
 
-from phasegan_hpc.reconstruct.run import BACKENDS, Summary, reconstruct
+from phasegan_hpc.reconstruct.backends import BACKENDS
+from phasegan_hpc.reconstruct.methods import METHODS, FlatField, Method, Paganin, PhaseGAN, Tie
+from phasegan_hpc.reconstruct.request import ReconstructRequest, Summary
+from phasegan_hpc.reconstruct.run import reconstruct
 
-__all__ = ["BACKENDS", "Summary", "reconstruct"]
+__all__ = ["BACKENDS", "METHODS", "FlatField", "Method", "Paganin", "PhaseGAN", "ReconstructRequest", "Summary",
+           "Tie", "reconstruct"]

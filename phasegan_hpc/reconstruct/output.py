@@ -26,8 +26,8 @@ from phasegan_hpc import __version__
 from phasegan_hpc.data.archive import Archive
 from phasegan_hpc.data.h5io import atomic_h5, partial_path
 from phasegan_hpc.errors import DataError
+from phasegan_hpc.reconstruct.methods import Layout
 from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.retrieve import Layout
 from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS
 
 MANIFEST = "plan.json"

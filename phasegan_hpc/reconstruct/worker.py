@@ -24,10 +24,10 @@ import torch
 from phasegan_hpc.data.archive import Archive, FrameReader
 from phasegan_hpc.data.h5io import atomic_h5, compression
 from phasegan_hpc.physics.geometry import Geometry
+from phasegan_hpc.reconstruct.methods import Method, build_retriever
 from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.retrieve import TieOptions, build_retriever
 
-#: Per-frame scalar datasets of every shard (besides the method's frames: see ``retrieve.output_layout``).
+#: Per-frame scalar datasets of every shard (besides the method's frames: see ``Method.layout``).
 SCALAR_DATASETS = {
     "consistency": ("1", "physics-consistency score per frame (see attribute score)"),
     "fresnel_residual": ("1", "Fresnel residual per frame: |H psi|^2 times a fitted smooth illumination vs "
@@ -42,7 +42,7 @@ class Job:
 
     archive: Archive
     shards_dir: str
-    method: str
+    method: Method
     model_path: str | None
     geometry: Geometry
     delta_beta: float | None
@@ -50,7 +50,6 @@ class Job:
     device: str = "cpu"
     threads: int = 1
     lead_tail: tuple[int, ...] = field(default=())  # leading axes after the first (e.g. pulses)
-    tie: TieOptions | None = None
     compile: bool = False  # torch.compile G_O and G_D (the CUDA default; see bench inference)
 
 
@@ -161,7 +160,7 @@ class ShardRunner:
         self.device = torch.device(job.device)
         self.reader = FrameReader(job.archive)
         self.retriever = build_retriever(job.method, job.model_path, job.geometry, job.archive.frame_shape,
-                                         self.device, job.tie, job.compile, job.delta_beta)
+                                         self.device, job.compile, job.delta_beta)
         self.frames_done = 0  # frames of the current shard, for progress polling
         self._pinned: dict[int, torch.Tensor] = {}
         self._compiled = job.compile and self.retriever.model is not None  # the networks run compiled

@@ -1,0 +1,42 @@
+"""The local backend: one worker in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from phasegan_hpc.reconstruct.backends import Advance, local_device
+from phasegan_hpc.reconstruct.source import ShardSource
+from phasegan_hpc.reconstruct.worker import Job, ShardRunner
+
+T = TypeVar("T")
+#: How long the worker waits for a growing source's next shard before asking again [s].
+POLL_S = 0.5
+
+
+class LocalBackend:
+    """All shards in this process, one after another."""
+
+    name = "local"
+    replaced = 0
+
+    def is_driver(self) -> bool:
+        return True
+
+    def prepare(self, setup: Callable[[], T]) -> T:
+        return setup()
+
+    def device(self, requested: str | None) -> str:
+        return local_device(requested)
+
+    def run(self, job: Job, source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
+        runner = ShardRunner(job)
+        rows = []
+        try:
+            while not source.exhausted():
+                shard = source.take(POLL_S)
+                if shard is not None:
+                    rows.append(runner.run(shard, progress))
+            return rows
+        finally:
+            runner.close()

@@ -1,0 +1,112 @@
+"""The MPI backend: one worker per mpi4py rank (``mpiexec -n N phasegan-hpc reconstruct --backend mpi``).
+
+Rank 0 runs the checks and the set-up and broadcasts the result (or the user's error: rank 0 prints it,
+the others exit quietly). Every rank reads the same source and runs every size-th shard it gives (round
+robin: no messages per shard). Rank 0 shows everyone's progress from the shard files that appear and
+gathers the rows. A rank that fails reports its error to rank 0 instead of leaving the others waiting.
+MPI cannot replace a lost rank: a run that loses one fails, and the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from mpi4py import MPI
+
+from phasegan_hpc.errors import DataError, PhaseganError
+from phasegan_hpc.reconstruct.backends import Advance, local_device
+from phasegan_hpc.reconstruct.plan import Shard
+from phasegan_hpc.reconstruct.source import ShardSource
+from phasegan_hpc.reconstruct.worker import Job, ShardRunner, shard_path
+
+T = TypeVar("T")
+#: How often rank 0 looks for finished shard files, and a rank waits on a growing source [s].
+POLL_S = 0.5
+
+
+class MpiBackend:
+    """The ranks of ``comm`` (None: ``MPI.COMM_WORLD``); call :func:`phasegan_hpc.reconstruct.reconstruct` on
+    every rank."""
+
+    name = "mpi"
+    replaced = 0
+
+    def __init__(self, comm=None) -> None:
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+
+    def is_driver(self) -> bool:
+        return self.rank == 0
+
+    def prepare(self, setup: Callable[[], T]) -> T:
+        result: Any = None
+        if self.rank == 0:
+            try:
+                result = setup()
+            except PhaseganError as exc:
+                result = exc
+        result = self.comm.bcast(result, root=0)
+        if isinstance(result, PhaseganError):
+            if self.rank == 0:
+                raise result
+            raise SystemExit(1)  # rank 0 prints the one error line
+        return result
+
+    def device(self, requested: str | None) -> str:
+        return local_device(requested)
+
+    def run(self, job: Job, source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
+        if job.device.startswith("cuda") and self.size > 1:  # one GPU per rank, round robin over the node's
+            job = dataclasses.replace(job, device=f"cuda:{self.rank % max(1, torch.cuda.device_count())}")
+        rows: list[dict[str, Any]] = []
+        error: str | None = None
+        seen: list[Shard] = []  # every shard taken so far, for rank 0's progress
+        stop = threading.Event()
+        watcher = None
+        if self.rank == 0:
+            watcher = threading.Thread(target=_watch_files, args=(job, seen, progress, stop), daemon=True)
+            watcher.start()
+        try:
+            runner = ShardRunner(job)
+            try:
+                k = 0
+                while not source.exhausted():
+                    shard = source.take(POLL_S)
+                    if shard is None:
+                        continue
+                    seen.append(shard)
+                    if k % self.size == self.rank:
+                        rows.append(runner.run(shard))
+                    k += 1
+            finally:
+                runner.close()
+        except Exception as exc:  # noqa: BLE001 - reported through rank 0
+            error = f"rank {self.rank}: {exc}" if not isinstance(exc, PhaseganError) else str(exc)
+        gathered = self.comm.gather((rows, error), root=0)
+        stop.set()
+        if watcher is not None:
+            watcher.join()
+        if self.rank != 0:
+            return []
+        errors = [e for _, e in gathered if e]
+        if errors:
+            raise DataError(f"{errors[0]}; rerun the same command to resume")
+        return [r for part, _ in gathered for r in part]
+
+
+def _watch_files(job: Job, seen: list[Shard], progress: Advance, stop: threading.Event) -> None:
+    """Advance ``progress`` by each shard of ``seen`` (which grows) whose file has appeared, until ``stop``."""
+    counted: set[int] = set()
+    while True:
+        final = stop.is_set()
+        for s in list(seen):
+            if s.index not in counted and shard_path(job, s).is_file():
+                progress(s.frames)
+                counted.add(s.index)
+        if final:
+            return
+        stop.wait(POLL_S)

@@ -1,0 +1,157 @@
+"""The Ray backend: a pool of Ray actors (``RAY_ADDRESS`` or a local Ray), each opening the archive itself.
+
+A free actor takes the next shard from the source. An actor that dies (its process killed, its node lost)
+is replaced by a new one, up to :data:`MAX_REPLACEMENTS` times per run, and its shard is given back to the
+source, so that the next free actor rewrites it from its start under the temporary name: the result is
+identical to an uninterrupted run.
+
+Why not ``ray.util.ActorPool``: it does not say which shard a failed call carried (the error must name it),
+it hides which actors are busy (progress polls them for frames inside running shards), and it cannot take
+out a dead actor and push in its replacement while calls are pending. The loop here is those three things.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import ray
+
+from phasegan_hpc.cluster import check_resources, connect_ray, disconnect_ray
+from phasegan_hpc.errors import DataError, PhaseganError, ResourceError
+from phasegan_hpc.reconstruct.backends import Advance
+from phasegan_hpc.reconstruct.plan import Shard
+from phasegan_hpc.reconstruct.source import ShardSource
+from phasegan_hpc.reconstruct.worker import Job, ShardRunner
+
+T = TypeVar("T")
+#: How many lost actors (killed process, lost node, OOM kill) a run replaces before it gives up.
+MAX_REPLACEMENTS = 3
+#: How long the driver waits for a result (or a growing source's next shard) before polling progress [s].
+POLL_S = 0.5
+
+
+class _RayWorker:
+    """A Ray actor wrapping one ShardRunner (threaded: ``frames_done`` answers while ``run`` works)."""
+
+    def __init__(self, job: Job) -> None:
+        self.runner = ShardRunner(job)
+
+    def run(self, shard: Shard) -> dict[str, Any]:
+        return self.runner.run(shard)
+
+    def frames_done(self) -> int:
+        return self.runner.frames_done
+
+
+class RayBackend:
+    """``workers`` actors (None: one per GPU, or per ``cpus_per_worker`` CPUs, of the cluster) with
+    ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs each (> 0: CUDA)."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
+                 max_replacements: int = MAX_REPLACEMENTS) -> None:
+        self.workers, self.cpus_per_worker, self.gpus_per_worker = workers, cpus_per_worker, gpus_per_worker
+        self.max_replacements = max_replacements
+        self.replaced = 0  # actors replaced in the last run
+
+    def is_driver(self) -> bool:
+        return True
+
+    def prepare(self, setup: Callable[[], T]) -> T:
+        return setup()
+
+    def device(self, requested: str | None) -> str:
+        """``requested`` as given (the actors' machines are checked by Ray's GPU accounting), else CUDA exactly
+        when the actors have GPUs."""
+        if requested:
+            return requested
+        return "cuda" if self.gpus_per_worker > 0 else "cpu"
+
+    def run(self, job: Job, source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or (self.workers is not None and self.workers < 1):
+            raise ResourceError("need --workers >= 1, CPUs per worker > 0 and GPUs per worker >= 0")
+        started = connect_ray()
+        remote = ray.remote(_RayWorker).options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
+                                                max_restarts=0, max_concurrency=2)
+        actors: list = []
+        self.replaced = 0
+        try:
+            n = self.workers or default_workers(self.cpus_per_worker, self.gpus_per_worker)
+            if (known := source.pending()) is not None:
+                n = min(n, max(1, known))  # no idle actors holding resources
+            check_resources(n, self.cpus_per_worker, self.gpus_per_worker)
+            actors = [remote.remote(job) for _ in range(n)]
+            idle = list(actors)
+            in_flight: dict[Any, tuple[Any, Shard]] = {}  # call -> (actor, the shard it carries)
+            rows: list[dict[str, Any]] = []
+            shown = done_frames = 0
+            while in_flight or not source.exhausted():
+                wait_s = 0.0 if in_flight else POLL_S  # nothing running: wait on the source instead
+                while idle and (shard := source.take(wait_s)) is not None:
+                    actor = idle.pop()
+                    in_flight[actor.run.remote(shard)] = (actor, shard)
+                    wait_s = 0.0
+                if not in_flight:
+                    continue
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+                for ref in ready:
+                    actor, shard = in_flight.pop(ref)
+                    try:
+                        rows.append(ray.get(ref))
+                    except ray.exceptions.ActorDiedError as exc:
+                        if exc.actor_init_failed or self.replaced >= self.max_replacements:
+                            raise _ray_failure(exc, shard) from None
+                        source.give_back(shard)  # its partial file is rewritten from the start
+                        actors.remove(actor)
+                        replacement = remote.remote(job)
+                        actors.append(replacement)
+                        idle.append(replacement)
+                        self.replaced += 1
+                        continue
+                    except ray.exceptions.RayError as exc:
+                        raise _ray_failure(exc, shard) from None
+                    done_frames += shard.frames
+                    idle.append(actor)
+                now = done_frames + _in_flight_frames(in_flight)
+                if now > shown:
+                    progress(now - shown)
+                    shown = now
+            return rows
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+            disconnect_ray(started)
+
+
+def default_workers(cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """One worker per GPU (or per ``cpus_per_worker`` CPUs without GPUs) of the connected Ray cluster."""
+    total = ray.cluster_resources()
+    if gpus_per_worker > 0:
+        return max(1, int(total.get("GPU", 0) // gpus_per_worker))
+    return max(1, int(total.get("CPU", 1) // cpus_per_worker))
+
+
+def _in_flight_frames(in_flight: dict) -> int:
+    """Frames already done inside the running shards (best effort: a dying actor counts 0)."""
+    refs = [actor.frames_done.remote() for actor, _ in in_flight.values()]
+    ready, not_ready = ray.wait(refs, num_returns=len(refs), timeout=0.2)
+    total = 0
+    for ref in ready:
+        try:
+            total += int(ray.get(ref))
+        except ray.exceptions.RayError:
+            pass
+    for ref in not_ready:
+        ray.cancel(ref)
+    return total
+
+
+def _ray_failure(exc: BaseException, shard: Shard) -> PhaseganError:
+    cause = getattr(exc, "cause", None) or exc.__cause__
+    if isinstance(cause, PhaseganError):
+        return cause
+    text = (str(cause or exc).strip().splitlines() or [type(exc).__name__])[-1]
+    return DataError(f"shard {shard.index} (frames {shard.start}-{shard.stop - 1}) failed: {text}; "
+                     "rerun the same command to resume")

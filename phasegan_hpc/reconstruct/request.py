@@ -1,0 +1,148 @@
+"""What a reconstruction is asked (:class:`ReconstructRequest`) and what it answers (:class:`Summary`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phasegan_hpc.errors import DataError
+from phasegan_hpc.reconstruct.backends import BACKENDS
+from phasegan_hpc.reconstruct.methods import SCORES, Method, PhaseGAN, method_named
+
+MODEL_ENV = "PHASEGAN_HPC_MODEL"
+DEFAULT_MODEL = Path("runs/latest/model.pt")
+#: The score that flags frames by default: the one whose per-frame values follow the true phase error more
+#: closely on paired validation data (Spearman, ``evaluate``; docs/benchmarks.md).
+DEFAULT_FLAG_BY = "fresnel_residual"
+#: Geometry a request may override (``physics``); energy_kev is turned into wavelength_m.
+GEOMETRY_OVERRIDES = ("pixel_size_m", "distance_m", "wavelength_m", "energy_kev", "delta_beta")
+
+
+@dataclass(frozen=True)
+class ReconstructRequest:
+    """One reconstruction: what to read, how to retrieve, where to write, and on what to run.
+
+    Attributes:
+        archive: the HDF5 movie archive (opened read-only, never modified).
+        model: ``model.pt``; None: ``$PHASEGAN_HPC_MODEL`` or ``runs/latest/model.pt`` (optional unless the
+            method needs one).
+        output: output file; None: ``<stem>_<method>.h5`` next to the archive.
+        dataset: frames dataset (None: DXchange, NXtomo or the single >= 3-D dataset).
+        method: a :class:`~phasegan_hpc.reconstruct.methods.Method` or its name ("phasegan", "paganin",
+            "tie", "flatfield"), all through the same pipeline.
+        batch_size: frames per forward pass.
+        shard_frames: frames per shard (None: about 256 MiB of float32 input).
+        overwrite: replace a finished output (and discard an unfinished one of other settings).
+        physics: overrides of the archive's geometry (:data:`GEOMETRY_OVERRIDES`; None values are ignored).
+        flag_by: the per-frame score that flags frames, one of ``methods.SCORES`` (both are written).
+        preview: write a PNG of a few frames next to the output.
+        compile: ``torch.compile`` the networks (None: on CUDA devices, the fastest variant of
+            ``bench inference``; off on CPUs, where compiling costs more than it saves on short runs).
+        backend: "ray" (``RAY_ADDRESS`` or a local Ray), "mpi" (call on every rank) or "local".
+        workers: Ray actors (None: one per GPU, or per ``cpus_per_worker`` CPUs).
+        cpus_per_worker: CPUs (and torch threads) of each worker.
+        gpus_per_worker: GPUs of each Ray actor (> 0: CUDA).
+        device: torch device of the workers (None: the backend's default, CUDA where present).
+
+    Raises (on construction):
+        DataError: an unknown method, backend, score or geometry key, or options no run can use.
+    """
+
+    archive: Path
+    model: Path | None = None
+    output: Path | None = None
+    dataset: str | None = None
+    method: Method = field(default_factory=PhaseGAN)
+    batch_size: int = 32
+    shard_frames: int | None = None
+    overwrite: bool = False
+    physics: dict[str, float | None] = field(default_factory=dict)
+    flag_by: str = DEFAULT_FLAG_BY
+    preview: bool = True
+    compile: bool | None = None
+    backend: str = "ray"
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "archive", Path(self.archive))
+        set_(self, "model", Path(self.model) if self.model is not None else None)
+        set_(self, "output", Path(self.output) if self.output is not None else None)
+        if isinstance(self.method, str):
+            set_(self, "method", method_named(self.method))
+        set_(self, "physics", {k: v for k, v in (self.physics or {}).items() if v is not None})
+        if self.backend not in BACKENDS:
+            raise DataError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        if self.flag_by not in SCORES:
+            raise DataError(f"unknown score {self.flag_by!r} for --flag-by; choose from {', '.join(SCORES)}")
+        unknown = sorted(set(self.physics) - set(GEOMETRY_OVERRIDES))
+        if unknown:
+            raise DataError(f"unknown geometry {', '.join(unknown)}; choose from {', '.join(GEOMETRY_OVERRIDES)}")
+        self.method.check()
+
+    def model_path(self) -> Path | None:
+        """``model``, else ``$PHASEGAN_HPC_MODEL``, else ``./runs/latest/model.pt``; None if there is none and the
+        method does not need one.
+
+        Raises:
+            DataError: no model for a method that needs one, saying how to get one.
+        """
+        if self.model is not None:
+            return self.model
+        if os.environ.get(MODEL_ENV):
+            return Path(os.environ[MODEL_ENV])
+        if DEFAULT_MODEL.is_file():
+            return DEFAULT_MODEL
+        if self.method.needs_model:
+            raise DataError(f"no model: give --model PATH, set {MODEL_ENV}, or train one "
+                            "(`phasegan-hpc train ...` writes runs/latest/model.pt)")
+        return None
+
+
+@dataclass
+class Summary:
+    """What a reconstruction did (shown by the CLI)."""
+
+    output: Path
+    frames: int
+    computed_frames: int
+    reused_shards: int
+    shards: int
+    seconds: float
+    backend: str
+    workers: int | None
+    threshold: float
+    flagged: list[tuple[int, float]] = field(default_factory=list)
+    flag_by: str = DEFAULT_FLAG_BY
+    nonfinite: list[tuple[int, int]] = field(default_factory=list)
+    preview: Path | None = None
+    setup_seconds: float = 0.0  # the slowest worker's start-up (model load, compilation)
+    pipeline_seconds: float = 0.0  # the busiest worker's time inside shards (read, compute, write)
+    replaced_workers: int = 0  # workers lost (killed, node gone) and replaced during the run
+
+    @property
+    def frames_per_s(self) -> float:
+        """Computed frames over the whole run's wall time (worker start-up included)."""
+        return self.computed_frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def pipeline_frames_per_s(self) -> float:
+        """Computed frames over the busiest worker's time in shards: the rate a long archive approaches, once
+        the fixed start-up cost is spread over it."""
+        return self.computed_frames / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready values (``reconstruct --report``)."""
+        return {"output": str(self.output), "frames": self.frames, "computed_frames": self.computed_frames,
+                "reused_shards": self.reused_shards, "shards": self.shards, "backend": self.backend,
+                "workers": self.workers, "seconds": self.seconds, "setup_seconds": self.setup_seconds,
+                "pipeline_seconds": self.pipeline_seconds, "frames_per_s": self.frames_per_s,
+                "pipeline_frames_per_s": self.pipeline_frames_per_s, "threshold": self.threshold,
+                "flagged": self.flagged, "flag_by": self.flag_by, "nonfinite": self.nonfinite,
+                "replaced_workers": self.replaced_workers,
+                "preview": str(self.preview) if self.preview else None}

@@ -1,0 +1,76 @@
+"""The movie-archive reader (data/archive.py) on the layouts beamlines write: DXchange, NXtomo (image_key),
+4-D trains x pulses with Blosc, and the simulator's raw-count DXchange movie."""
+
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+from movies import corrected_reference, counts, g_o_reference, read, sha
+from tools import REPO
+
+from phasegan_hpc.config import load_config, with_overrides
+from phasegan_hpc.data.archive import open_archive
+from phasegan_hpc.errors import DataError
+from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
+
+pytestmark = pytest.mark.slow
+
+
+def test_layouts_nxtomo_and_4d_blosc(movie_model, movie, tmp_path):
+    t = movie["transmission"]
+    # NXtomo: flats and darks interleaved with the projections, selected by image_key.
+    key = np.array([2, 1, 1] + [0] * 10 + [1] + [0] * 7)
+    stack = np.empty((len(key), 64, 64), np.uint16)
+    stack[key == 0] = counts(movie, t[:17])
+    stack[key == 1] = counts(movie, np.ones((3, 64, 64)))
+    stack[key == 2] = np.round(movie["dark"]).astype(np.uint16)
+    nx = tmp_path / "nx.h5"
+    with h5py.File(nx, "w") as f:
+        f.create_dataset("entry/instrument/detector/data", data=stack, chunks=(1, 64, 64),
+                         **hdf5plugin.Zstd())
+        f["entry/instrument/detector/image_key"] = key
+        f["entry/data/data"] = f["entry/instrument/detector/data"]  # NXdata links to the same data
+        f["entry/data/image_key"] = f["entry/instrument/detector/image_key"]
+    before = sha(nx)
+    s = reconstruct(ReconstructRequest(nx, model=movie_model, backend="local", batch_size=4, shard_frames=5,
+                                       preview=False))
+    assert s.frames == 17 and s.output == tmp_path / "nx_phasegan.h5"
+    out = read(s.output)
+    corr = corrected_reference(movie, stack[key == 0], stack[key == 1], stack[key == 2])
+    np.testing.assert_allclose(out["phase"], g_o_reference(movie_model, corr)[:, 0], rtol=1e-4, atol=1e-5)
+    assert sha(nx) == before
+
+    # 4-D trains x pulses, Blosc-compressed uint16 without flats: raw counts rescaled to ~1 by the user.
+    four = tmp_path / "trains.h5"
+    frames = counts(movie, t[:21]).reshape(7, 3, 64, 64)
+    with h5py.File(four, "w") as f:
+        f.create_dataset("frames", data=frames, chunks=(2, 3, 64, 64),
+                         **hdf5plugin.Blosc(cname="lz4", shuffle=hdf5plugin.Blosc.BITSHUFFLE))
+        f.create_dataset("axis", data=np.arange(7))  # 1-D: not a candidate
+    s4 = reconstruct(ReconstructRequest(four, model=movie_model, backend="local", batch_size=4, shard_frames=5,
+                                        preview=False))
+    out4 = read(s4.output)
+    assert out4["phase"].shape == (7, 3, 64, 64) and out4["consistency"].shape == (7, 3)
+    ref4 = g_o_reference(movie_model, frames.reshape(21, 64, 64).astype(np.float32))
+    np.testing.assert_allclose(out4["attenuation"].reshape(21, 64, 64), ref4[:, 1], rtol=1e-4, atol=1e-4)
+
+
+def test_simulated_movie_is_a_dxchange_archive_of_raw_counts(tmp_path):
+    from phasegan_hpc.data.archive import FrameReader
+    from phasegan_hpc.simulate.movie import DARK_LEVEL, simulate_movie
+
+    cfg = with_overrides(load_config(REPO / "configs" / "tiny.toml"), {"flatfield.n_flats": 20,
+                                                                     "flatfield.n_components": 4})
+    path = simulate_movie(tmp_path / "movie.h5", cfg, 20, chunk_frames=8)
+    arc = open_archive(path)
+    assert (arc.layout, arc.dtype, arc.lead_shape, arc.frame_shape) == ("dxchange", "uint16", (20,), (64, 64))
+    assert arc.flats is not None and arc.darks is not None and arc.attrs["pixel_size_m"] == 1e-6
+    reader = FrameReader(arc)
+    corrected = np.concatenate(list(reader.blocks(0, 20, 8)))
+    reader.close()
+    assert np.abs(reader.dark.mean() - DARK_LEVEL) < 1
+    assert corrected.shape == (20, 64, 64) and 0.8 < corrected.mean() < 1.2  # transmission about 1
+    with pytest.raises(DataError, match="exists"):
+        simulate_movie(path, cfg, 4)
+

@@ -1,0 +1,34 @@
+"""The output (reconstruct/output.py): virtual datasets that move with their shards; --overwrite never
+deletes a directory it did not write."""
+
+import shutil
+
+import pytest
+from movies import assert_identical, read, write_dxchange
+
+from phasegan_hpc.errors import DataError
+from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
+
+pytestmark = pytest.mark.slow
+
+
+def test_output_moves_with_its_shards(movie_model, movie, tmp_path):
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=6)
+    s = reconstruct(ReconstructRequest(archive, model=movie_model, backend="local", preview=False, shard_frames=3))
+    expected = read(s.output)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.move(s.output, moved / s.output.name)
+    shutil.move(tmp_path / "a_phasegan.shards", moved / "a_phasegan.shards")
+    assert_identical(expected, read(moved / s.output.name))
+
+
+def test_overwrite_never_deletes_a_directory_it_did_not_write(movie_model, movie, tmp_path):
+    archive = write_dxchange(tmp_path / "b.h5", movie, n=3)
+    foreign = tmp_path / "b_phasegan.shards"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    with pytest.raises(DataError, match="not a reconstruction's shard directory"):
+        reconstruct(ReconstructRequest(archive, model=movie_model, backend="local", overwrite=True, preview=False))
+    assert (foreign / "notes.txt").read_text() == "mine\n" and not (tmp_path / "b_phasegan.h5").exists()
+

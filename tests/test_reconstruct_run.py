@@ -1,0 +1,117 @@
+"""The driver (reconstruct/run.py) through the real console script: a killed driver resumes without
+redoing finished shards; bad input is one line and changes nothing."""
+
+import json
+import os
+import signal
+import subprocess
+
+import faults
+import h5py
+import numpy as np
+import pytest
+import torch
+from movies import assert_identical, assert_one_line_error, read, run_cli, sha, snapshot, write_dxchange
+from tools import EXE
+
+from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
+
+pytestmark = pytest.mark.slow
+
+
+def test_killed_driver_resumes_without_redoing_finished_shards(ray_cluster, movie_model, movie, tmp_path):
+    archive = write_dxchange(tmp_path / "a.h5", movie)
+    before = sha(archive)
+    ref = reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "ref.h5", backend="local",
+                                         batch_size=4, shard_frames=6, preview=False))
+    out = tmp_path / "out.h5"
+    shards = tmp_path / "out.shards"
+    args = ["reconstruct", archive, "--model", movie_model, "--output", out, "--batch-size", 4,
+            "--shard-frames", 6, "--workers", 2, "--no-preview"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    proc = subprocess.Popen([EXE, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    # The actor on shard 0 hangs mid-shard (frozen from outside, as on a stuck node); the other does the rest.
+    partial = shards / ".shard-000000.h5.partial"
+    hung = faults.wait_for(lambda: faults.first(faults.find("ray::_RayWorker", holding=partial)), 180,
+                           "a Ray actor writing shard 0")
+    faults.freeze(hung.pid)
+    others = [shards / f"shard-{i:06d}.h5" for i in (1, 2, 3)]
+    try:
+        faults.wait_for(lambda: all(p.is_file() for p in others) or proc.poll() is not None, 180, "shards 1-3")
+        assert all(p.is_file() for p in others), proc.stdout.read() if proc.poll() is not None else "timeout"
+        assert partial.is_file()
+        proc.send_signal(signal.SIGKILL)  # the driver dies mid-run
+        proc.wait(timeout=30)
+    finally:
+        faults.kill(hung.pid)  # and so does the stuck node
+    assert not out.exists() and not (shards / "shard-000000.h5").exists()  # unfinished never looks finished
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in others}
+    done = run_cli(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "3 of 4 shards reused" in done.stdout
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in others} == stamps  # not recomputed
+    assert_identical(read(ref.output), read(out))
+    assert sha(archive) == before
+    again = run_cli(*args, env=env)  # a finished output is not replaced
+    assert again.returncode == 1 and "exists; add --overwrite" in again.stderr
+
+
+def test_bad_input_is_one_line_and_changes_nothing(movie_model, movie, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    good = write_dxchange(d / "good.h5", movie, n=6)
+    (d / "text.h5").write_text("not hdf5\n")
+    truncated = d / "truncated.h5"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with h5py.File(d / "flat2d.h5", "w") as f:
+        f["image"] = np.ones((64, 64), np.float32)
+        f["angles"] = np.arange(5.0)
+    with h5py.File(d / "several.h5", "w") as f:
+        f["a"] = np.ones((2, 64, 64), np.float32)
+        f["b"] = np.ones((2, 64, 64), np.float32)
+    with h5py.File(d / "badflats.h5", "w") as f:
+        f["exchange/data"] = np.ones((2, 64, 64), np.uint16)
+        f["exchange/data_white"] = np.ones((2, 32, 32), np.uint16)
+    torch.save({"weights": torch.zeros(3)}, d / "other.pt")
+    (d / "model_link.pt").symlink_to(movie_model)
+    before = snapshot(d)
+    m = ["--model", movie_model, "--backend", "local"]
+    cases = [
+        ((d / "missing.h5", *m), "not found"),
+        ((d / "text.h5", *m), "is not an HDF5 file"),
+        ((truncated, *m), "truncated"),
+        ((d / "flat2d.h5", *m), "no frames dataset"),
+        ((d / "flat2d.h5", *m, "--dataset", "image"), "at least 3 dimensions"),
+        ((d / "several.h5", *m), "several frames datasets, choose one with --dataset: /a"),
+        ((d / "badflats.h5", *m), "flats are 32 x 32 but the frames are 64 x 64"),
+        ((good, *m, "--output", good), "is the archive itself"),
+        ((good, "--model", d / "other.pt", "--backend", "local"), "not a phasegan-hpc model file"),
+        ((good, "--backend", "local"), "no model: give --model"),
+        ((good, "--method", "paganin", "--backend", "local"), "needs --delta-beta"),
+        ((good, *m, "--batch-size", "0"), "--batch-size must be >= 1"),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PHASEGAN_HPC_MODEL"}
+    for args, needle in cases:
+        assert_one_line_error(run_cli("reconstruct", *args, env=env, cwd=tmp_path), needle)
+    assert snapshot(d) == before and not list(d.glob("*_phasegan*"))
+
+    # A finished output is kept without --overwrite, replaced with it.
+    ok = run_cli("reconstruct", good, "--model", d / "model_link.pt", "--backend", "local", "--no-preview", env=env)
+    assert ok.returncode == 0, ok.stderr
+    out = d / "good_phasegan.h5"
+    first = sha(out)
+    assert_one_line_error(run_cli("reconstruct", good, *m, env=env), "exists; add --overwrite")
+    assert sha(out) == first
+    again = run_cli("reconstruct", good, *m, "--overwrite", "--batch-size", "2", "--no-preview",
+                    "--report", d / "report.json", env=env)
+    assert again.returncode == 0, again.stderr
+    report = json.loads((d / "report.json").read_text())
+    assert report["backend"] == "local" and report["computed_frames"] == report["frames"] > 0
+    assert report["output"] == str(out) and report["pipeline_frames_per_s"] >= report["frames_per_s"] > 0
+    # A different plan over an unfinished shard directory is refused, not mixed.
+    out.unlink()
+    refused = run_cli("reconstruct", good, *m, "--batch-size", "3", env=env)
+    assert_one_line_error(refused, "unfinished reconstruction with other")
+    assert sha(good) == before["good.h5"]
+
