@@ -144,6 +144,8 @@ def reconstruction_table(summary) -> Table:
     if summary.pipeline_seconds > 0:
         table.add_row("after start-up", f"{summary.pipeline_frames_per_s:,.1f} frames/s "
                                         f"(worker start-up {summary.setup_seconds:.1f} s)")
+    if summary.replaced_workers:
+        table.add_row("workers replaced", f"{summary.replaced_workers} (lost mid-run; their shards redone)")
     table.add_row("flag threshold", f"{summary.flag_by} > {summary.threshold:.3g}")
     shown = ", ".join(f"{i} ({s:.3g})" for i, s in summary.flagged[:10])
     more = f" and {len(summary.flagged) - 10} more" if len(summary.flagged) > 10 else ""

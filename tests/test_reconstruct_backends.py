@@ -71,7 +71,7 @@ def test_killed_worker_is_replaced_with_identical_result(ray_cluster, movie_mode
     dead, (killed_ns, finished) = killer.result()
     assert not faults.alive(dead.pid) and not finished  # it did die, mid-shard
     assert (shards / "shard-000001.h5").stat().st_mtime_ns > killed_ns  # its shard was redone by another
-    assert s.computed_frames == 22
+    assert s.computed_frames == 22 and s.replaced_workers == 1
     assert_identical(read(ref.output), read(s.output))
 
 
