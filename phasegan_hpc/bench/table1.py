@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from phasegan_hpc.bench.figures import convergence_figure, ranked_distributions,
 from phasegan_hpc.config import Config, load_config, with_overrides
 from phasegan_hpc.data.h5io import atomic_write_text
 from phasegan_hpc.errors import DataError
+from phasegan_hpc.evaluate import evaluate
+from phasegan_hpc.simulate import simulate_dataset
+from phasegan_hpc.train.local import train_local
 
 METHODS = ("paired", "pix2pix", "cyclegan", "phasegan")
 #: Paper §3's CycleGAN weights: alpha_cyc 20, alpha_frc 4, x2.5 on the object-cycle terms (DESIGN.md §2).
@@ -46,6 +50,8 @@ PHOTONS_PER_PIXEL = 6.6e7 / 256**2  # the paper's ~1007
 #: ``weights``: "paper" gives CycleGAN the paper's weights above, "equal" PhaseGAN's.
 WEIGHTS = ("paper", "equal")
 METRIC_KEYS = tuple(f"{c}_{m}" for c in ("phase", "attenuation") for m in ("l2", "dssim", "frcm"))
+#: The configuration sections the data set depends on (its directory is named by their digest).
+DATA_SECTIONS = ("physics", "phantom", "flatfield", "detector", "simulate")
 
 
 def parse_settings(settings: tuple[str, ...] | list[str]) -> dict[str | None, dict[str, Any]]:
@@ -158,6 +164,163 @@ def _validation_curves(run_dir: Path) -> list[dict[str, float]]:
     return [r for r in recs if "val_phase_l2" in r]
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One (method, training seed) run of the table, named by its configuration's digest."""
+
+    method: str
+    seed: int
+    name: str
+    config: Config
+
+
+class Table1Study:
+    """The table's stages: :meth:`simulate` the data set once, :meth:`run` every cell (resumable, shareable
+    between concurrent runs on one ``out_dir``), :meth:`finish` with Paganin and the figures. ``write``
+    rewrites table1.md / table1.json after every cell. Arguments: see :func:`bench_table1`."""
+
+    def __init__(self, size: int, train: int, epochs: int, val: int, batch: int, filters: int, device: str,
+                 out_dir: str, seed: int, seeds: int, config: str | None, methods: tuple[str, ...], weights: str,
+                 photons: float, settings: tuple[str, ...], say: Callable[[str], None]) -> None:
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise DataError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
+        if weights not in WEIGHTS:
+            raise DataError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+        if seeds < 1:
+            raise DataError("--seeds must be >= 1")
+        self.say, self.device, self.out = say, device, Path(out_dir)
+        self.header = {"config": config or "configs/tiny.toml", "settings": list(settings), "weights": weights,
+                       "size": size, "train": train, "epochs": epochs, "val": val, "batch": batch,
+                       "filters": filters, "photons_per_pixel": photons, "data_seed": seed, "seeds": seeds}
+        per_method = parse_settings(settings)
+        self.base = self._base_config(config, per_method, size=size, train=train, epochs=epochs, val=val,
+                                      batch=batch, filters=filters, seed=seed, photons=photons)
+        digest = hashlib.sha256(json.dumps({s: dataclasses.asdict(getattr(self.base, s)) for s in DATA_SECTIONS},
+                                           sort_keys=True).encode()).hexdigest()[:10]
+        self.data_dir = self.out / f"data-{digest}"
+        self.validation = self.data_dir / "validation.h5"
+        self.cells_dir = self.out / "cells"
+        self.plan = [self._cell(method, k, weights, per_method) for method in methods for k in range(seeds)]
+        self.weight_text = {c.method: _weights(c.config, c.method) for c in self.plan}
+        self.records: dict[str, dict[str, Any]] = {}  # cell name -> its scored record
+        self.timings: dict[str, float] = {}
+        self.paganin = None  # Paganin's evaluation row, once :meth:`finish` has run
+
+    @staticmethod
+    def _base_config(config: str | None, per_method: dict[str | None, dict[str, Any]], *, size: int, train: int,
+                     epochs: int, val: int, batch: int, filters: int, seed: int, photons: float) -> Config:
+        """configs/tiny.toml (or ``config``) with the arguments and the settings for every method; every
+        method's settings are tried on it, so that a bad key fails before anything is written."""
+        base = with_overrides(load_config(config or Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"), {
+            "simulate.size": size, "simulate.n_train": train, "simulate.n_paired": train, "simulate.n_val": val,
+            "simulate.seed": seed, "detector.photons_per_frame": photons * size * size,
+            "model.base_filters": filters, "model.disc_filters": 2 * filters,
+            "train.epochs": epochs, "train.batch_size": batch, "train.val_frames": min(val, 32),
+            "train.checkpoint_every": 500, "train.log_every": 50, "train.norm_frames": min(train, 1000)})
+        try:
+            base = with_overrides(base, per_method.get(None, {}))
+            for method, overrides in per_method.items():
+                if method is not None:
+                    with_overrides(base, overrides)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise DataError(f"--set: {exc}") from None
+        return base
+
+    def _cell(self, method: str, k: int, weights: str, per_method: dict[str | None, dict[str, Any]]) -> Cell:
+        cfg = with_overrides(self.base, {"train.method": method, "train.seed": k, "train.data_dir": str(self.data_dir),
+                                         **(CYCLEGAN_LOSS if method == "cyclegan" and weights == "paper" else {}),
+                                         **per_method.get(method, {})})
+        name = f"{method}-s{k}-{_digest(cfg)}"
+        runs = str(self.out / "runs")
+        return Cell(method, k, name, with_overrides(cfg, {"train.name": name, "train.runs_dir": runs}))
+
+    def simulate(self) -> None:
+        """The data set, once per data configuration (under a lock: a concurrent run may be making it)."""
+        t0 = time.perf_counter()
+        self.cells_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.out / ".data.lock"):
+            if not self.validation.is_file():
+                self.say(f"simulating the data set ({', '.join(DATA_SECTIONS)}) into {self.data_dir}")
+                simulate_dataset(self.data_dir, self.base, overwrite=True)
+        self.timings["simulate_s"] = time.perf_counter() - t0
+
+    def run(self) -> None:
+        """Every cell of the plan. Cells another run on this out_dir is training are left for last (and then
+        waited for), so that concurrent runs spread over the cells instead of queueing behind one."""
+        deferred = []
+        for cell in self.plan:
+            with _locked(self.cells_dir / f".{cell.name}.lock", wait=False) as got:
+                if not got:
+                    self.say(f"{cell.name}: being trained by another run, left for later")
+                    deferred.append(cell)
+                    continue
+                self.records[cell.name] = self._run_cell(cell)
+            self.write()
+        for cell in deferred:
+            with _locked(self.cells_dir / f".{cell.name}.lock"):
+                self.records[cell.name] = self._run_cell(cell)
+            self.write()
+
+    def _run_cell(self, cell: Cell) -> dict[str, Any]:
+        """Train and score one cell, or reuse its record (``cells/<cell>.json``)."""
+        cell_file = self.cells_dir / f"{cell.name}.json"
+        if cell_file.is_file():
+            self.say(f"{cell.name}: scored before, reused")
+            return json.loads(cell_file.read_text())
+        self.say(f"{cell.name}: training {cell.method}, seed {cell.seed}")
+        t1 = time.perf_counter()
+        model_path = train_local(cell.config, device=self.device)["model_path"]
+        (row,) = evaluate(model_path, self.validation, device=self.device)
+        record = {"method": cell.method, "seed": cell.seed, "cell": cell.name, "model": str(model_path),
+                  "train_s": time.perf_counter() - t1,
+                  "stats": {key: {"mean": m, "std": s} for key, (m, s) in row.stats.items()},
+                  "score_spearman": row.score_spearman}
+        atomic_write_text(cell_file, json.dumps(record, indent=2) + "\n")
+        return record
+
+    def _by_method(self) -> dict[str, list[dict[str, Any]]]:
+        """The scored records per method, in plan order (whatever order the cells finished in)."""
+        cells: dict[str, list[dict[str, Any]]] = {}
+        for cell in self.plan:
+            if cell.name in self.records:
+                cells.setdefault(cell.method, []).append(self.records[cell.name])
+        return cells
+
+    def write(self) -> dict[str, Any]:
+        """table1.md and table1.json from what is scored so far; returns the JSON record."""
+        cells = self._by_method()
+        summary = {m: _summary(c) for m, c in cells.items() if c}
+        if self.paganin is not None:
+            summary["paganin"] = {k: {"mean": self.paganin.stats[k][0], "std_seeds": 0.0,
+                                      "std_frames": self.paganin.stats[k][1], "seeds": 1} for k in METRIC_KEYS}
+        result = {"benchmark": "table1", **machine(torch.device(self.device)), **self.header,
+                  "flatfield": self.base.flatfield.enabled, "data_dir": str(self.data_dir),
+                  "timings": self.timings, "loss_weights": self.weight_text, "table": summary,
+                  "cells": {m: [{k: v for k, v in c.items() if k != "per_frame"} for c in cs]
+                            for m, cs in cells.items()},
+                  "targets": _targets(summary),
+                  "files": [str(self.out / n) for n in ("table1.md", "table1_convergence.png", "table1_patch.png",
+                                                        "table1_ranked.png")]}
+        atomic_write_text(self.out / "table1.md", _markdown(summary, self.weight_text))
+        atomic_write_text(self.out / "table1.json", json.dumps(result, indent=2) + "\n")
+        return result
+
+    def finish(self) -> dict[str, Any]:
+        """Paganin on the same frames, the final table, and the three figures (seed 0's model per method)."""
+        self.paganin = evaluate(None, self.validation, ("paganin",), device=self.device)[0]
+        result = self.write()
+        cells = self._by_method()
+        models = {m: cs[0]["model"] for m, cs in cells.items()}
+        curves = {m: [_validation_curves(self.out / "runs" / c["cell"]) for c in cs] for m, cs in cells.items()}
+        rows = [evaluate(models[m], self.validation, device=self.device)[0] for m in models] + [self.paganin]
+        convergence_figure(self.out / "table1_convergence.png", curves,
+                           ("val_phase_l2", "val_phase_dssim", "val_phase_frcm"))
+        table1_figure(self.out / "table1_patch.png", *table1_patch(models, self.validation, frame=0), frame=0)
+        ranked_distributions(self.out / "table1_ranked.png", rows)
+        return result
+
+
 def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int = 200, batch: int = 8,
                  filters: int = 4, device: str = "cpu", out_dir: str = "table1", seed: int = 1, seeds: int = 1,
                  config: str | None = None, methods: tuple[str, ...] = METHODS, weights: str = "paper",
@@ -175,135 +338,16 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
         photons: photons per pixel of the detector frames (the paper's ~1007).
         settings: ``[METHOD:]section.key=value`` overrides (:func:`parse_settings`), e.g.
             ``model.output=phase_attenuation``, ``flatfield.strength=0.5``, ``phasegan:loss.object_cycle_weight=1.5``.
+        progress: called with one line per stage.
 
     Raises:
         DataError: unknown methods or weights, malformed settings.
     """
-    from phasegan_hpc.evaluate import evaluate
-    from phasegan_hpc.simulate import simulate_dataset
-    from phasegan_hpc.train.local import train_local
-
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise DataError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
-    if weights not in WEIGHTS:
-        raise DataError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    if seeds < 1:
-        raise DataError("--seeds must be >= 1")
-    per_method = parse_settings(settings)
-    say = progress or (lambda msg: None)
-    out = Path(out_dir)
-    base = with_overrides(load_config(config or Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"), {
-        "simulate.size": size, "simulate.n_train": train, "simulate.n_paired": train, "simulate.n_val": val,
-        "simulate.seed": seed, "detector.photons_per_frame": photons * size * size,
-        "model.base_filters": filters, "model.disc_filters": 2 * filters,
-        "train.epochs": epochs, "train.batch_size": batch, "train.val_frames": min(val, 32),
-        "train.checkpoint_every": 500, "train.log_every": 50, "train.norm_frames": min(train, 1000)})
-    try:
-        base = with_overrides(base, per_method.get(None, {}))
-        for method, overrides in per_method.items():
-            if method is not None:
-                with_overrides(base, overrides)  # a bad key or value fails here, before anything is written
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise DataError(f"--set: {exc}") from None
-    data_keys = ("physics", "phantom", "flatfield", "detector", "simulate")
-    data_digest = hashlib.sha256(json.dumps({s: dataclasses.asdict(getattr(base, s)) for s in data_keys},
-                                            sort_keys=True).encode()).hexdigest()[:10]
-    data_dir = out / f"data-{data_digest}"
-    t0 = time.perf_counter()
-    cells_dir = out / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(out / ".data.lock"):  # another run on this out_dir may be simulating the same data
-        if not (data_dir / "validation.h5").is_file():
-            say(f"simulating the data set ({', '.join(data_keys)}) into {data_dir}")
-            simulate_dataset(data_dir, base, overwrite=True)
-    validation = data_dir / "validation.h5"
-    timings: dict[str, float] = {"simulate_s": time.perf_counter() - t0}
-    cells: dict[str, list[dict[str, Any]]] = {}
-    weight_text: dict[str, str] = {}
-    models: dict[str, str] = {}
-    curves: dict[str, list[list[dict[str, float]]]] = {}
-    paganin = None
-
-    def write() -> dict[str, Any]:
-        summary = {m: _summary(c) for m, c in cells.items() if c}
-        if paganin is not None:
-            summary["paganin"] = {k: {"mean": paganin.stats[k][0], "std_seeds": 0.0,
-                                      "std_frames": paganin.stats[k][1], "seeds": 1} for k in METRIC_KEYS}
-        result = {"benchmark": "table1", **machine(torch.device(device)), "config": config or "configs/tiny.toml",
-                  "settings": list(settings), "weights": weights, "flatfield": base.flatfield.enabled,
-                  "size": size, "train": train, "epochs": epochs, "val": val, "batch": batch, "filters": filters,
-                  "photons_per_pixel": photons, "data_seed": seed, "seeds": seeds, "data_dir": str(data_dir),
-                  "timings": timings, "loss_weights": weight_text, "table": summary,
-                  "cells": {m: [{k: v for k, v in c.items() if k != "per_frame"} for c in cs]
-                            for m, cs in cells.items()},
-                  "targets": _targets(summary),
-                  "files": [str(out / n) for n in ("table1.md", "table1_convergence.png", "table1_patch.png",
-                                                   "table1_ranked.png")]}
-        atomic_write_text(out / "table1.md", _markdown(summary, weight_text))
-        atomic_write_text(out / "table1.json", json.dumps(result, indent=2) + "\n")
-        return result
-
-    plan = []
-    for method in methods:
-        for k in range(seeds):
-            cfg = with_overrides(base, {"train.method": method, "train.seed": k, "train.data_dir": str(data_dir),
-                                        **(CYCLEGAN_LOSS if method == "cyclegan" and weights == "paper" else {}),
-                                        **per_method.get(method, {})})
-            cell = f"{method}-s{k}-{_digest(cfg)}"
-            plan.append((method, k, cell, with_overrides(cfg, {"train.name": cell,
-                                                               "train.runs_dir": str(out / "runs")})))
-            weight_text[method] = _weights(cfg, method)
-    records: dict[str, dict[str, Any]] = {}
-
-    def run_cell(method: str, k: int, cell: str, cfg: Config) -> dict[str, Any]:
-        cell_file = cells_dir / f"{cell}.json"
-        if cell_file.is_file():
-            say(f"{cell}: scored before, reused")
-            return json.loads(cell_file.read_text())
-        say(f"{cell}: training {method}, seed {k}")
-        t1 = time.perf_counter()
-        model_path = train_local(cfg, device=device)["model_path"]
-        (row,) = evaluate(model_path, validation, device=device)
-        record = {"method": method, "seed": k, "cell": cell, "model": str(model_path),
-                  "train_s": time.perf_counter() - t1,
-                  "stats": {key: {"mean": m, "std": s} for key, (m, s) in row.stats.items()},
-                  "score_spearman": row.score_spearman}
-        atomic_write_text(cell_file, json.dumps(record, indent=2) + "\n")
-        return record
-
-    def collect() -> None:
-        cells.clear(), models.clear(), curves.clear()
-        for method, _k, cell, _cfg in plan:  # in plan order, whatever order the cells finished in
-            if cell in records:
-                cells.setdefault(method, []).append(records[cell])
-                models.setdefault(method, records[cell]["model"])
-                curves.setdefault(method, []).append(_validation_curves(out / "runs" / cell))
-
-    # Cells another run on this out_dir is training are left for last (and then waited for), so that
-    # concurrent runs spread over the cells instead of queueing behind one.
-    deferred = []
-    for item in plan:
-        with _locked(cells_dir / f".{item[2]}.lock", wait=False) as got:
-            if not got:
-                say(f"{item[2]}: being trained by another run, left for later")
-                deferred.append(item)
-                continue
-            records[item[2]] = run_cell(*item)
-        collect()
-        write()
-    for item in deferred:
-        with _locked(cells_dir / f".{item[2]}.lock"):
-            records[item[2]] = run_cell(*item)
-        collect()
-        write()
-    paganin = evaluate(None, validation, ("paganin",), device=device)[0]
-    result = write()
-    rows = [evaluate(models[m], validation, device=device)[0] for m in models] + [paganin]
-    convergence_figure(out / "table1_convergence.png", curves, ("val_phase_l2", "val_phase_dssim", "val_phase_frcm"))
-    table1_figure(out / "table1_patch.png", *table1_patch(models, validation, frame=0), frame=0)
-    ranked_distributions(out / "table1_ranked.png", rows)
-    return result
+    study = Table1Study(size, train, epochs, val, batch, filters, device, out_dir, seed, seeds, config, methods,
+                        weights, photons, settings, progress or (lambda msg: None))
+    study.simulate()
+    study.run()
+    return study.finish()
 
 
 def table1_patch(models: dict[str, str | Path], validation: str | Path, frame: int = 0
