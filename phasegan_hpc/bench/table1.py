@@ -21,6 +21,7 @@ distributions, Supplement Fig. S4).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import h5py
+import hdf5plugin  # noqa: F401  (registers the compression filters the data sets use)
 import numpy as np
+import tomllib
 import torch
 
 from phasegan_hpc.bench import machine
@@ -38,6 +42,11 @@ from phasegan_hpc.bench.figures import convergence_figure, ranked_distributions,
 from phasegan_hpc.config import Config, load_config, with_overrides
 from phasegan_hpc.data.h5io import atomic_write_text
 from phasegan_hpc.errors import DataError
+from phasegan_hpc.evaluate import evaluate, paganin_pad
+from phasegan_hpc.models.artifact import load_model
+from phasegan_hpc.physics import paganin
+from phasegan_hpc.simulate import simulate_dataset
+from phasegan_hpc.train.local import train_local
 
 METHODS = ("paired", "pix2pix", "cyclegan", "phasegan")
 #: Paper §3's CycleGAN weights: alpha_cyc 20, alpha_frc 4, x2.5 on the object-cycle terms (DESIGN.md §2).
@@ -56,8 +65,6 @@ def parse_settings(settings: tuple[str, ...] | list[str]) -> dict[str | None, di
     Raises:
         DataError: a malformed setting or an unknown method.
     """
-    import tomllib
-
     out: dict[str | None, dict[str, Any]] = {}
     for item in settings:
         head, eq, raw = item.partition("=")
@@ -135,8 +142,6 @@ def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive advisory lock (``fcntl.flock``) on ``path`` (created; never through a symlink).
 
     Yields True once held; with ``wait`` False, yields False at once when another process holds it."""
-    import fcntl
-
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
@@ -179,10 +184,6 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
     Raises:
         DataError: unknown methods or weights, malformed settings.
     """
-    from phasegan_hpc.evaluate import evaluate
-    from phasegan_hpc.simulate import simulate_dataset
-    from phasegan_hpc.train.local import train_local
-
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise DataError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(METHODS)}")
@@ -223,13 +224,13 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
     weight_text: dict[str, str] = {}
     models: dict[str, str] = {}
     curves: dict[str, list[list[dict[str, float]]]] = {}
-    paganin = None
+    paganin_row = None
 
     def write() -> dict[str, Any]:
         summary = {m: _summary(c) for m, c in cells.items() if c}
-        if paganin is not None:
-            summary["paganin"] = {k: {"mean": paganin.stats[k][0], "std_seeds": 0.0,
-                                      "std_frames": paganin.stats[k][1], "seeds": 1} for k in METRIC_KEYS}
+        if paganin_row is not None:
+            summary["paganin"] = {k: {"mean": paganin_row.stats[k][0], "std_seeds": 0.0,
+                                      "std_frames": paganin_row.stats[k][1], "seeds": 1} for k in METRIC_KEYS}
         result = {"benchmark": "table1", **machine(torch.device(device)), "config": config or "configs/tiny.toml",
                   "settings": list(settings), "weights": weights, "flatfield": base.flatfield.enabled,
                   "size": size, "train": train, "epochs": epochs, "val": val, "batch": batch, "filters": filters,
@@ -297,9 +298,9 @@ def bench_table1(size: int = 64, train: int = 2000, epochs: int = 10, val: int =
             records[item[2]] = run_cell(*item)
         collect()
         write()
-    paganin = evaluate(None, validation, ("paganin",), device=device)[0]
+    paganin_row = evaluate(None, validation, ("paganin",), device=device)[0]
     result = write()
-    rows = [evaluate(models[m], validation, device=device)[0] for m in models] + [paganin]
+    rows = [evaluate(models[m], validation, device=device)[0] for m in models] + [paganin_row]
     convergence_figure(out / "table1_convergence.png", curves, ("val_phase_l2", "val_phase_dssim", "val_phase_frcm"))
     table1_figure(out / "table1_patch.png", *table1_patch(models, validation, frame=0), frame=0)
     ranked_distributions(out / "table1_ranked.png", rows)
@@ -314,13 +315,6 @@ def table1_patch(models: dict[str, str | Path], validation: str | Path, frame: i
     Returns:
         (the frame, its true (phase, attenuation), {method: (phase, attenuation)}: the models, then "paganin").
     """
-    import h5py
-    import hdf5plugin  # noqa: F401  (registers the compression filters the data sets use)
-
-    from phasegan_hpc.evaluate import paganin_pad
-    from phasegan_hpc.models.artifact import load_model
-    from phasegan_hpc.physics import paganin
-
     with h5py.File(validation, "r") as f:
         inten = f["intensity"][frame].astype(np.float32)
         truth = (f["phase"][frame], f["attenuation"][frame])
