@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -18,6 +19,7 @@ from phasegan_hpc.data.frames import FrameStack
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.losses.metrics import METRICS
 from phasegan_hpc.models.artifact import load_model
+from phasegan_hpc.models.unet import SIZE_MULTIPLE
 from phasegan_hpc.physics import object_wavefield, paganin
 from phasegan_hpc.physics.consistency import hologram_scores
 from phasegan_hpc.physics.geometry import Geometry
@@ -51,8 +53,6 @@ def check_compatible(geometry: Geometry, attrs: dict, shape: tuple[int, int], wh
     Raises:
         DataError: naming the first mismatch.
     """
-    from phasegan_hpc.models.unet import SIZE_MULTIPLE
-
     if shape[0] % SIZE_MULTIPLE or shape[1] % SIZE_MULTIPLE:
         raise DataError(f"{where}: frames are {shape[0]} x {shape[1]}; the model needs multiples of {SIZE_MULTIPLE}")
     geometry.check_against(attrs, where)
@@ -77,6 +77,7 @@ def _row(method: str, per_frame: dict[str, list[np.ndarray]]) -> EvalRow:
 
 def spearman_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation of two per-frame series (NaN with fewer than 3 finite pairs or a constant)."""
+    # lazy: scipy.stats takes ~1 s to import, and reconstruct imports this module (check_compatible) without it
     from scipy.stats import spearmanr
 
     ok = np.isfinite(a) & np.isfinite(b)
@@ -171,8 +172,6 @@ def paganin_pad(attrs: dict) -> bool:
 
 def _flatfield_stack(path: Path, stack: FrameStack) -> FrameStack | None:
     """The per-frame illumination ``/flatfield`` if the file has it (an oracle correction), else None."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         ok = "flatfield" in f and f["flatfield"].shape == (len(stack), *stack.shape)
     return FrameStack(path, ("flatfield",)) if ok else None

@@ -14,10 +14,10 @@ import numpy as np
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the non-interactive Agg backend (matplotlib is imported only here, on use)."""
-    import matplotlib
+    import matplotlib  # lazy: only figures need matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no interactive backend is ever loaded
 
     return plt
 

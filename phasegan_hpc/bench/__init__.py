@@ -6,10 +6,19 @@ and reports medians over repeats. Benchmarks are never run as timed tests.
 
 from __future__ import annotations
 
+import datetime
+import json
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+
+from phasegan_hpc.errors import PhaseganError
+from phasegan_hpc.ui import bench_table
 
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> float:
@@ -46,10 +55,7 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, warmup: i
 
 def machine(device: Any = "cpu") -> dict[str, Any]:
     """Where a benchmark ran: host, processor, versions, device name, torch threads, date (for the JSON)."""
-    import datetime
-    import platform
-
-    import torch
+    import torch  # lazy: the CLI imports this module at start-up, and it must not import torch
 
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
@@ -60,6 +66,7 @@ def machine(device: Any = "cpu") -> dict[str, Any]:
 
 def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     """The registry: name -> function(**its options) returning a result dict (`cli.py` declares the options)."""
+    # lazy: the benchmarks import torch and the CLI imports this module at start-up (and a cycle: they import it)
     from phasegan_hpc.bench.check import bench_check
     from phasegan_hpc.bench.frc import bench_frc
     from phasegan_hpc.bench.inference import bench_inference
@@ -86,14 +93,6 @@ def bench_command(name: str, json_path: str | None = None, **options: Any) -> di
         PhaseganError: a check of the record is over its tolerance (``bench check``), after the table and
             the JSON are written.
     """
-    import json
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from phasegan_hpc.errors import PhaseganError
-    from phasegan_hpc.ui import bench_table
-
     if name == "table1":  # hours of training: say which cell is running
         options["progress"] = lambda message: Console(stderr=True, soft_wrap=True).print(message, style="dim")
     result = run_benchmark(name, **options)

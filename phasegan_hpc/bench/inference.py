@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from phasegan_hpc.bench import machine
+from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.registry import build_generator
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16_cl", "compile", "cuda_graph")
@@ -72,8 +73,6 @@ def bench_inference(size: int = 128, batch: int | None = None, repeats: int = 5,
         variants: which of :data:`VARIANTS` to time (ratios need ``fp32``).
         min_seconds: each timed repeat runs forward passes for at least this long.
     """
-    from phasegan_hpc.errors import DataError
-
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise DataError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")

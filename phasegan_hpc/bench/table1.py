@@ -21,6 +21,7 @@ distributions, Supplement Fig. S4).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
+import hdf5plugin  # noqa: F401  (registers the compression filters the data sets use)
 import numpy as np
+import tomllib
 import torch
 
 from phasegan_hpc.bench import machine
@@ -39,7 +43,9 @@ from phasegan_hpc.bench.figures import convergence_figure, ranked_distributions,
 from phasegan_hpc.config import Config, load_config, with_overrides
 from phasegan_hpc.data.h5io import atomic_write_text
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.evaluate import evaluate
+from phasegan_hpc.evaluate import evaluate, paganin_pad
+from phasegan_hpc.models.artifact import load_model
+from phasegan_hpc.physics import paganin
 from phasegan_hpc.simulate import simulate_dataset
 from phasegan_hpc.train.local import train_local
 
@@ -62,8 +68,6 @@ def parse_settings(settings: tuple[str, ...] | list[str]) -> dict[str | None, di
     Raises:
         DataError: a malformed setting or an unknown method.
     """
-    import tomllib
-
     out: dict[str | None, dict[str, Any]] = {}
     for item in settings:
         head, eq, raw = item.partition("=")
@@ -141,8 +145,6 @@ def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
     """Hold an exclusive advisory lock (``fcntl.flock``) on ``path`` (created; never through a symlink).
 
     Yields True once held; with ``wait`` False, yields False at once when another process holds it."""
-    import fcntl
-
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
@@ -358,13 +360,6 @@ def table1_patch(models: dict[str, str | Path], validation: str | Path, frame: i
     Returns:
         (the frame, its true (phase, attenuation), {method: (phase, attenuation)}: the models, then "paganin").
     """
-    import h5py
-    import hdf5plugin  # noqa: F401  (registers the compression filters the data sets use)
-
-    from phasegan_hpc.evaluate import paganin_pad
-    from phasegan_hpc.models.artifact import load_model
-    from phasegan_hpc.physics import paganin
-
     with h5py.File(validation, "r") as f:
         inten = f["intensity"][frame].astype(np.float32)
         truth = (f["phase"][frame], f["attenuation"][frame])

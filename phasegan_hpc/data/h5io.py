@@ -7,6 +7,7 @@ never leaves a file that looks finished (DESIGN.md §4).
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,8 +63,6 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a small text file (JSON, Markdown) atomically: a temporary file of a unique name beside it
     (created exclusively, so a planted symlink is never followed), then renamed over ``path``."""
-    import tempfile
-
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:

@@ -22,21 +22,19 @@ import pickle
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from phasegan_hpc import __version__
+from phasegan_hpc.config import Config, ModelConfig
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, PhysicsError
 from phasegan_hpc.models.registry import GENERATORS, build_from_arch, generator_arch
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
 from phasegan_hpc.physics.consistency import SIGMA_PX, fresnel_residual, onto_frames, relative_l1
 from phasegan_hpc.physics.geometry import Geometry
-
-if TYPE_CHECKING:
-    from phasegan_hpc.config import Config, ModelConfig
 
 FORMAT = "phasegan-hpc/model"
 FORMAT_VERSION = 1

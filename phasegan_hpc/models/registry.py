@@ -7,16 +7,14 @@ CycleGAN: object -> detector, no H), D_O (objects), D_D (detector frames).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from phasegan_hpc.config import ModelConfig
 from phasegan_hpc.models.patchgan import PatchGAN
 from phasegan_hpc.models.unet import UNet
-
-if TYPE_CHECKING:
-    from phasegan_hpc.config import ModelConfig
 
 GENERATORS: dict[str, Callable[..., nn.Module]] = {"unet": UNet}
 DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {"patchgan": PatchGAN}

@@ -55,7 +55,7 @@ def movie_figure(archive: str | Path, reconstruction: str | Path, out_gif: str |
         (GIF path, PNG path: the GIF's path with suffix .png).
     """
     plt = pyplot()
-    from matplotlib.animation import FuncAnimation, PillowWriter
+    from matplotlib.animation import FuncAnimation, PillowWriter  # lazy: matplotlib only to draw, Agg set first
 
     arc = open_archive(archive, dataset)
     reader = FrameReader(arc)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from skimage.transform import resize
 
 from phasegan_hpc.errors import DataError
 
@@ -118,8 +119,6 @@ def load_basis(path: str | Path, size: int, n_components: int) -> FlatfieldBasis
     Raises:
         DataError: missing file or datasets, inconsistent shapes, too few components.
     """
-    from skimage.transform import resize  # only needed here
-
     p = Path(path)
     if not p.is_file():
         raise DataError(f"flat-field basis file not found: {p}")

@@ -29,10 +29,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import hdf5plugin
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from phasegan_hpc import __version__
 from phasegan_hpc.config import Config, FoamConfig, config_to_toml
@@ -40,7 +42,7 @@ from phasegan_hpc.data.h5io import atomic_h5, create_frames
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.physics import FresnelPropagator, flatfield_correct, object_wavefield, thickness_to_phase_attenuation
 from phasegan_hpc.progress import ProgressFn, Tally
-from phasegan_hpc.simulate.dataset import chunk_rng
+from phasegan_hpc.simulate.dataset import check_output_dir, chunk_rng
 
 STREAM_PHOTRON, STREAM_SHIMADZU, STREAM_MOVIE, STREAM_PHOTRON_VAL = 10, 11, 12, 13
 FOAM_FILES = ("photron.h5", "shimadzu.h5", "shimadzu_movie.h5", "shimadzu_validation.h5", "photron_movie.h5",
@@ -113,8 +115,6 @@ def foam_thickness(shape: tuple[int, int], pixel_m: float, seeds: np.ndarray, f:
         neck_m: radius of the hole in that wall around its midpoint (0: intact).
         offset_m: position of the grid's corner in the foam's frame (y, x) [m] (the movie's drift).
     """
-    from scipy.spatial import cKDTree
-
     h, w = shape
     yy, xx = np.meshgrid(offset_m[0] + (np.arange(h) + 0.5) * pixel_m, offset_m[1] + (np.arange(w) + 0.5) * pixel_m,
                          indexing="ij")
@@ -286,8 +286,6 @@ def _write_archive(path: Path, imager: FoamImager, rng: np.random.Generator, str
 
 def _write_validation(path: Path, archive: Path, imager: FoamImager, truth: dict[str, list]) -> None:
     """Corrected frames of ``archive`` (as reconstruct corrects them) with their truth on the object grid."""
-    import h5py
-
     cfg, det = imager.cfg, imager.det
     with h5py.File(archive, "r") as src:
         corrected = flatfield_correct(src["exchange/data"][()], src["exchange/data_white"][()],
@@ -312,8 +310,6 @@ def simulate_foam(out_dir: str | Path, cfg: Config, *, overwrite: bool = False,
         DataError: a non-empty ``out_dir`` without ``overwrite``, or pixel sizes that are not whole
             multiples of the fine grid.
     """
-    from phasegan_hpc.simulate.dataset import check_output_dir
-
     out = Path(out_dir)
     check_output_dir(out, overwrite)
     f = cfg.foam

@@ -13,6 +13,7 @@ which is what ``sbatch --requeue`` needs; a worker that dies is restarted up to 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from pathlib import Path
@@ -84,8 +85,6 @@ def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per
 
 
 def _with_storage(cfg: Config, storage: Path) -> Config:
-    import dataclasses
-
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, runs_dir=str(storage),
                                                               data_dir=str(Path(cfg.train.data_dir).resolve())))
 
@@ -96,6 +95,7 @@ def make_trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: fl
     ``gpus`` GPUs each, each running :func:`phasegan_hpc.train.loop.train_loop` on a Ray Train
     :class:`~phasegan_hpc.train.session.RaySession` (``fit`` runs it; a multi-worker Tune trial too, with
     ``callbacks=[TuneReportCallback()]``)."""
+    # lazy: ray takes seconds to import, and the bench registry imports this module for every benchmark
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

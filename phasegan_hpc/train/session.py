@@ -3,7 +3,8 @@
 The loop (``loop.py``) talks only to a :class:`Session`, so the same loop runs in-process
 (:class:`LocalSession`), as Ray Train's per-worker function and as a single-device Ray Tune trial (one
 :class:`RaySession`, parameterised by the Ray API it reports through). Ray is imported inside
-:class:`RaySession`'s methods only; connecting to Ray is :mod:`phasegan_hpc.cluster`'s.
+:class:`RaySession`'s methods only (lazy: ray takes seconds to import, and :class:`LocalSession`, which
+``train_local`` and ``bench table1`` use, needs none); connecting to Ray is :mod:`phasegan_hpc.cluster`'s.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from phasegan_hpc.errors import DataError
 
@@ -155,7 +157,5 @@ class RaySession:
 def _no_buffer_sync() -> dict[str, bool]:
     """DDP keyword that stops the per-forward broadcast of buffers (PatchGAN BatchNorm statistics stay per
     rank, DESIGN.md §5): ``forward_sync_buffers`` on newer torch, ``broadcast_buffers`` before it."""
-    from torch.nn.parallel import DistributedDataParallel
-
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}

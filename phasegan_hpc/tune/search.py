@@ -14,14 +14,20 @@ which ``--resume`` continues.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import tomllib
 import torch
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from phasegan_hpc.cluster import check_resources, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml, with_overrides
@@ -30,6 +36,7 @@ from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, ResourceError
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.physics.geometry import Geometry
+from phasegan_hpc.train.fit import make_trainer
 from phasegan_hpc.train.loop import link_latest, train_loop
 from phasegan_hpc.train.session import RaySession, load_checkpoint
 from phasegan_hpc.train.step import PAIRED_METHODS
@@ -55,18 +62,12 @@ def trial_config(base: Config, params: dict[str, float], trials_dir: Path, trial
 def _trial(params: dict[str, float], base_toml: str, trials_dir: str, max_epochs: int, workers: int,
            cpus_per_worker: float, gpus_per_worker: float) -> None:
     """The Tune function: one training run with the proposed weights."""
-    from ray import tune
-
     base = config_from_dict(tomllib.loads(base_toml))
     cfg = trial_config(base, params, Path(trials_dir), tune.get_context().get_trial_name(), max_epochs)
     if workers <= 1:
         torch.set_num_threads(max(1, int(cpus_per_worker)))
         train_loop(cfg, RaySession.tune_trial())
         return
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from phasegan_hpc.train.fit import make_trainer
-
     trainer = make_trainer(cfg, Path(trials_dir), workers, cpus_per_worker, gpus_per_worker, max_failures=1,
                            callbacks=[TuneReportCallback()])
     trainer.fit()
@@ -74,8 +75,6 @@ def _trial(params: dict[str, float], base_toml: str, trials_dir: str, max_epochs
 
 def search_space(cfg: Config) -> dict[str, Any]:
     """Tune's search space from ``[tune]``: log-uniform weights (and learning-rate scale)."""
-    from ray import tune
-
     t = cfg.tune
     space = {"alpha_cyc": tune.loguniform(t.alpha_cyc_min, t.alpha_cyc_max),
              "alpha_frc": tune.loguniform(t.alpha_frc_min, t.alpha_frc_max)}
@@ -141,11 +140,6 @@ def trial_name(trial) -> str:
 
 def _fit(base: Config, directory: Path, trials: int, epochs: int, workers: int, cpu_w: float, gpu_w: float,
          cpus: float, gpus: float, resume: bool):
-    import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t = base.tune
     trainable = tune.with_parameters(
@@ -218,8 +212,6 @@ def _write_outputs(base: Config, directory: Path, results, geometry: Geometry, e
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import csv
-
     lead = ["trial", "alpha_cyc", "alpha_frc", "lr_scale"]
     present = {k for r in rows for k in r if k != "checkpoint"}
     keys = [k for k in lead if k in present] + sorted(present - set(lead))
