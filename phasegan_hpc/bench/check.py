@@ -32,9 +32,13 @@ import torch
 from phasegan_hpc.bench import machine
 from phasegan_hpc.bench.propagator import numpy_intensity
 from phasegan_hpc.bench.reconstruct import make_archive, make_model
+from phasegan_hpc.config import load_config, with_overrides
+from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct import PhaseGAN, ReconstructRequest, reconstruct
 from phasegan_hpc.reconstruct.methods import build_retriever
+from phasegan_hpc.simulate import simulate_dataset
+from phasegan_hpc.train.local import train_local
 
 FP32_TOL, BF16_TOL, TRAIN_TOL = 1e-4, 3e-2, 5e-2
 
@@ -47,8 +51,6 @@ def _rel(a: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _propagator(size: int, dev: torch.device) -> float:
-    from phasegan_hpc.physics import FresnelPropagator, object_wavefield
-
     g = torch.Generator().manual_seed(1)
     psi = object_wavefield(-torch.rand(4, size, size, generator=g), 0.01 * torch.rand(4, size, size, generator=g))
     prop = FresnelPropagator((size, size), pixel_size_m=1e-6, distance_m=0.1, wavelength_m=1e-10)
@@ -58,8 +60,6 @@ def _propagator(size: int, dev: torch.device) -> float:
 
 def _paganin(size: int, dev: torch.device) -> float:
     """Padded Paganin (float32 on ``dev``) against the same retrieval in float64 numpy on the CPU."""
-    from phasegan_hpc.physics import paganin
-
     rng = np.random.default_rng(3)
     frames = 1.0 + 0.02 * rng.standard_normal((4, size, size + 16))
     kw = {"pixel_size_m": 1e-6, "distance_m": 0.1, "wavelength_m": 1e-10, "delta_beta": 1000.0}
@@ -93,10 +93,6 @@ def _reconstruct(archive: Path, model: Path, tmp: Path, batch: int, dev: torch.d
 
 
 def _train(tmp: Path, size: int, dev: torch.device) -> float:
-    from phasegan_hpc.config import load_config, with_overrides
-    from phasegan_hpc.simulate import simulate_dataset
-    from phasegan_hpc.train.local import train_local
-
     cfg = with_overrides(load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.toml"), {
         "simulate.size": size, "simulate.n_train": 16, "simulate.n_paired": 0, "simulate.n_val": 4,
         "train.data_dir": str(tmp / "data"), "train.runs_dir": str(tmp / "runs"), "train.method": "phasegan",
