@@ -6,19 +6,47 @@ with exit status 1; no traceback.
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from phasegan_hpc import __version__
 from phasegan_hpc.bench import bench_command
 from phasegan_hpc.cluster import interrupt_on_sigterm
 from phasegan_hpc.errors import PhaseganError
+from phasegan_hpc.files import atomic_write_text
+from phasegan_hpc.ui import (
+    console,
+    error_line,
+    metrics_table,
+    progress_bar,
+    reconstruction_table,
+    search_table,
+    training_progress,
+)
 
-_err = Console(stderr=True)
+_err = console(stderr=True)
+
+
+class _FiniteRange(click.FloatRange):
+    """A float range that also refuses nan and inf (which compare false to every bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
+#: Argument ranges, checked by click before anything runs (one line, exit 1: see :func:`main`).
+COUNT = click.IntRange(min=1)  # sizes, frames, workers, epochs, steps
+NATURAL = click.IntRange(min=0)  # seeds, optional counts where 0 means none
+POSITIVE = _FiniteRange(min=0, min_open=True)  # lengths [m], energies, delta/beta, photons, CPUs
+NONNEGATIVE = _FiniteRange(min=0)  # weights, GPUs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,14 +59,14 @@ def cli() -> None:
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="TOML config (default: built-in paper §3 values, as in configs/synthetic.toml).")
-@click.option("--train", "n_train", type=int, default=None, help="Objects and detector frames (each).")
-@click.option("--val", "n_val", type=int, default=None, help="Paired validation frames.")
-@click.option("--paired", "n_paired", type=int, default=None,
+@click.option("--train", "n_train", type=COUNT, default=None, help="Objects and detector frames (each).")
+@click.option("--val", "n_val", type=NATURAL, default=None, help="Paired validation frames.")
+@click.option("--paired", "n_paired", type=COUNT, default=None,
               help="Paired training frames (paired.h5) for the paired / pix2pix baselines.")
-@click.option("--size", type=int, default=None, help="Frame side in pixels (>= 16).")
-@click.option("--seed", type=int, default=None, help="Random seed.")
-@click.option("--workers", type=int, default=None, help="Processes (default: one per CPU core).")
-@click.option("--movie", "n_movie", type=int, default=0, show_default=True,
+@click.option("--size", type=COUNT, default=None, help="Frame side in pixels (>= 16).")
+@click.option("--seed", type=NATURAL, default=None, help="Random seed.")
+@click.option("--workers", type=COUNT, default=None, help="Processes (default: one per CPU core).")
+@click.option("--movie", "n_movie", type=NATURAL, default=0, show_default=True,
               help="Also write movie.h5: an N-frame raw-detector archive (DXchange, uint16) for reconstruct.")
 @click.option("--overwrite", is_flag=True, help="Replace the data set in a non-empty OUT_DIR.")
 def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val: int | None,
@@ -51,7 +79,6 @@ def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val
     """
     from phasegan_hpc.config import load_config, with_overrides
     from phasegan_hpc.simulate import simulate_dataset
-    from phasegan_hpc.ui import progress_bar
 
     cfg = with_overrides(load_config(config_path), {
         "simulate.n_train": n_train, "simulate.n_val": n_val, "simulate.n_paired": n_paired, "simulate.size": size,
@@ -71,10 +98,10 @@ def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("configs/foam.toml"),
               show_default=True, help="TOML config; its [foam], [physics] and [phantom] sections set the experiment.")
-@click.option("--photron-frames", type=int, default=None, help="Photron (TIE camera) frames.")
-@click.option("--shimadzu-frames", type=int, default=None, help="Shimadzu (MHz camera) training frames.")
-@click.option("--validation-frames", type=int, default=None, help="Frames of the held-out movies.")
-@click.option("--seed", type=int, default=None, help="Random seed.")
+@click.option("--photron-frames", type=COUNT, default=None, help="Photron (TIE camera) frames.")
+@click.option("--shimadzu-frames", type=COUNT, default=None, help="Shimadzu (MHz camera) training frames.")
+@click.option("--validation-frames", type=COUNT, default=None, help="Frames of the held-out movies.")
+@click.option("--seed", type=NATURAL, default=None, help="Random seed.")
 @click.option("--overwrite", is_flag=True, help="Replace the files in a non-empty OUT_DIR.")
 def simulate_foam(out_dir: Path, config_path: Path, photron_frames: int | None, shimadzu_frames: int | None,
                   validation_frames: int | None, seed: int | None, overwrite: bool) -> None:
@@ -86,7 +113,6 @@ def simulate_foam(out_dir: Path, config_path: Path, photron_frames: int | None, 
     """
     from phasegan_hpc.config import load_config, with_overrides
     from phasegan_hpc.simulate.foam import simulate_foam as run
-    from phasegan_hpc.ui import progress_bar
 
     cfg = with_overrides(load_config(config_path), {
         "foam.photron_frames": photron_frames, "foam.shimadzu_frames": shimadzu_frames,
@@ -100,19 +126,19 @@ def simulate_foam(out_dir: Path, config_path: Path, photron_frames: int | None, 
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--dataset", default=None, help="Frames dataset (default: DXchange, NXtomo or the only >= 3-D one).")
-@click.option("--energy-kev", type=float, default=None, help="Photon energy [keV] (default: archive attribute).")
-@click.option("--distance-m", type=float, default=None, help="Propagation distance [m] (default: attribute).")
-@click.option("--pixel-size-m", type=float, default=None, help="Detector pixel size [m] (default: attribute).")
-@click.option("--delta-beta", type=float, default=None, help="delta/beta of the material (default: attributes).")
-@click.option("--resample-pixel-size-m", type=float, default=None,
+@click.option("--energy-kev", type=POSITIVE, default=None, help="Photon energy [keV] (default: archive attribute).")
+@click.option("--distance-m", type=POSITIVE, default=None, help="Propagation distance [m] (default: attribute).")
+@click.option("--pixel-size-m", type=POSITIVE, default=None, help="Detector pixel size [m] (default: attribute).")
+@click.option("--delta-beta", type=POSITIVE, default=None, help="delta/beta of the material (default: attributes).")
+@click.option("--resample-pixel-size-m", type=POSITIVE, default=None,
               help="Interpolate to this pixel size first (paper §4: 1.6e-6 from 2e-6 Photron pixels).")
-@click.option("--tv-weight", type=float, default=0.01, show_default=True,
+@click.option("--tv-weight", type=NONNEGATIVE, default=0.01, show_default=True,
               help="scikit-image denoise_tv_chambolle weight on transmission images (0: no denoising).")
-@click.option("--tv-iterations", type=int, default=100, show_default=True, help="TV iterations (paper: 100).")
+@click.option("--tv-iterations", type=COUNT, default=100, show_default=True, help="TV iterations (paper: 100).")
 @click.option("--backend", type=click.Choice(["local", "ray", "mpi"]), default="local", show_default=True,
               help="ray: spread the frames over the Ray cluster (RAY_ADDRESS or local).")
-@click.option("--workers", type=int, default=None, help="Ray actors (default: one per CPU).")
-@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--workers", type=COUNT, default=None, help="Ray actors (default: one per CPU).")
+@click.option("--batch-size", type=COUNT, default=16, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a finished OUTPUT.")
 def tie(archive: Path, output: Path, dataset: str | None, energy_kev: float | None, distance_m: float | None,
         pixel_size_m: float | None, delta_beta: float | None, resample_pixel_size_m: float | None, tv_weight: float,
@@ -134,7 +160,7 @@ def tie(archive: Path, output: Path, dataset: str | None, energy_kev: float | No
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--dataset", default=None, help="Frames dataset (default: DXchange, NXtomo or the only >= 3-D one).")
-@click.option("--pixel-size-m", type=float, default=None, help="Pixel size [m] (default: archive attribute).")
+@click.option("--pixel-size-m", type=POSITIVE, default=None, help="Pixel size [m] (default: archive attribute).")
 @click.option("--backend", type=click.Choice(["local", "ray", "mpi"]), default="local", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace a finished OUTPUT.")
 def correct(archive: Path, output: Path, dataset: str | None, pixel_size_m: float | None, backend: str,
@@ -148,17 +174,14 @@ def _pipeline(archive: Path, report: Path | None = None, **options) -> None:
     """Run a reconstruction-pipeline command (a ``ReconstructRequest`` of ``options``) with a progress bar and
     print its summary (and, with ``report``, write it as JSON)."""
     from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
-    from phasegan_hpc.ui import progress_bar, reconstruction_table
 
     request = ReconstructRequest(archive, **{"preview": False, **options})
     with progress_bar(request.method.name, unit="frames") as progress:
         summary = reconstruct(request, progress=progress)
     if summary is not None:  # None on MPI ranks other than 0
-        Console().print(reconstruction_table(summary))
+        console().print(reconstruction_table(summary))
         if report is not None:
-            import json
-
-            report.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+            atomic_write_text(report, json.dumps(summary.as_dict(), indent=2) + "\n")
 
 
 @cli.command("movie-figure")
@@ -181,7 +204,7 @@ def movie_figure(archive: Path, reconstruction: Path, truth: Path | None, out_gi
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_png", type=click.Path(path_type=Path), default=None,
               help="PNG to write (default: DATA_DIR/preview.png).")
-@click.option("-n", "n", type=int, default=4, show_default=True, help="Frames to show.")
+@click.option("-n", "n", type=COUNT, default=4, show_default=True, help="Frames to show.")
 def preview(data_dir: Path, out_png: Path | None, n: int) -> None:
     """Write a figure of a few objects and their holograms from a simulated data set."""
     from phasegan_hpc.simulate.preview import preview_dataset
@@ -197,16 +220,16 @@ def preview(data_dir: Path, out_png: Path | None, n: int) -> None:
               help="Data directory from `phasegan-hpc simulate` (default: [train] data_dir).")
 @click.option("--method", type=click.Choice(["phasegan", "cyclegan", "pix2pix", "paired"]), default=None,
               help="Training method (default: [train] method, phasegan).")
-@click.option("--epochs", type=int, default=None, help="Epochs (default: [train] epochs).")
+@click.option("--epochs", type=COUNT, default=None, help="Epochs (default: [train] epochs).")
 @click.option("--name", default=None, help="Run name: results in STORAGE/NAME; the same name resumes.")
 @click.option("--storage", "runs_dir", type=click.Path(path_type=Path), default=None,
               help="Storage path of runs (default: [train] runs_dir, ./runs); shared by all nodes.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Data-parallel Ray Train workers.")
-@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True)
-@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="> 0: CUDA and NCCL.")
-@click.option("--max-failures", type=int, default=3, show_default=True,
+@click.option("--workers", type=COUNT, default=1, show_default=True, help="Data-parallel Ray Train workers.")
+@click.option("--cpus-per-worker", type=POSITIVE, default=1.0, show_default=True)
+@click.option("--gpus-per-worker", type=NONNEGATIVE, default=0.0, show_default=True, help="> 0: CUDA and NCCL.")
+@click.option("--max-failures", type=NATURAL, default=3, show_default=True,
               help="Worker failures to recover from (restarting from the latest checkpoint).")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (resume later).")
+@click.option("--max-steps", type=COUNT, default=None, help="Stop after this many steps (resume later).")
 def train(config_path: Path | None, data_dir: Path | None, method: str | None, epochs: int | None,
           name: str | None, runs_dir: Path | None, workers: int, cpus_per_worker: float, gpus_per_worker: float,
           max_failures: int, max_steps: int | None) -> None:
@@ -216,7 +239,6 @@ def train(config_path: Path | None, data_dir: Path | None, method: str | None, e
     """
     from phasegan_hpc.config import load_config, with_overrides
     from phasegan_hpc.train.fit import fit
-    from phasegan_hpc.ui import training_progress
 
     cfg = with_overrides(load_config(config_path), {
         "train.data_dir": None if data_dir is None else str(data_dir), "train.method": method,
@@ -231,7 +253,7 @@ def train(config_path: Path | None, data_dir: Path | None, method: str | None, e
 
 
 @cli.command()
-@click.option("--trials", type=int, default=64, show_default=True, help="Trials (training runs).")
+@click.option("--trials", type=COUNT, default=64, show_default=True, help="Trials (training runs).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
               help="TOML config; its [tune] section sets the search (default: built-in values).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
@@ -239,11 +261,11 @@ def train(config_path: Path | None, data_dir: Path | None, method: str | None, e
 @click.option("--name", default="search", show_default=True, help="Results in STORAGE/tune-NAME.")
 @click.option("--storage", "runs_dir", type=click.Path(path_type=Path), default=None,
               help="Default: [train] runs_dir (./runs).")
-@click.option("--gpus-per-trial", type=float, default=0.0, show_default=True)
-@click.option("--cpus-per-trial", type=float, default=1.0, show_default=True)
-@click.option("--workers-per-trial", type=int, default=1, show_default=True,
+@click.option("--gpus-per-trial", type=NONNEGATIVE, default=0.0, show_default=True)
+@click.option("--cpus-per-trial", type=POSITIVE, default=1.0, show_default=True)
+@click.option("--workers-per-trial", type=COUNT, default=1, show_default=True,
               help="> 1: each trial runs a Ray Train TorchTrainer with this many workers.")
-@click.option("--max-epochs", type=int, default=None, help="Epochs per trial (default: [tune] max_epochs).")
+@click.option("--max-epochs", type=COUNT, default=None, help="Epochs per trial (default: [tune] max_epochs).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted search without redoing finished trials.")
 def tune(trials: int, config_path: Path | None, data_dir: Path | None, name: str, runs_dir: Path | None,
          gpus_per_trial: float, cpus_per_trial: float, workers_per_trial: int, max_epochs: int | None,
@@ -251,7 +273,6 @@ def tune(trials: int, config_path: Path | None, data_dir: Path | None, name: str
     """Search the loss weights alpha_cyc / alpha_frc with Ray Tune (Optuna TPE + ASHA)."""
     from phasegan_hpc.config import load_config, with_overrides
     from phasegan_hpc.tune.search import run_search
-    from phasegan_hpc.ui import search_table
 
     cfg = with_overrides(load_config(config_path), {
         "train.data_dir": None if data_dir is None else str(data_dir),
@@ -259,7 +280,7 @@ def tune(trials: int, config_path: Path | None, data_dir: Path | None, name: str
     result = run_search(cfg, trials=trials, name=name, workers_per_trial=workers_per_trial,
                         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
                         resume=resume)
-    Console().print(search_table(result.rows, cfg.tune.metric, f"{result.directory}"))
+    console().print(search_table(result.rows, cfg.tune.metric, f"{result.directory}"))
     _err.print(f"wrote {', '.join(str(p) for p in result.files.values())}")
 
 
@@ -270,20 +291,17 @@ def tune(trials: int, config_path: Path | None, data_dir: Path | None, name: str
               help="Paired validation file (validation.h5).")
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["paganin"]),
               help="Classical baseline to score too (repeatable).")
-@click.option("--frames", type=int, default=0, help="Score only the first N frames (default: all).")
+@click.option("--frames", type=NATURAL, default=0, help="Score only the first N frames (default: all).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
 def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ...], frames: int,
              json_path: Path | None) -> None:
     """Table of L2, DSSIM and FRCM (mean ± std) for phase and attenuation (paper Table 1)."""
-    import json
-
     from phasegan_hpc.evaluate import evaluate as run_evaluation
-    from phasegan_hpc.ui import metrics_table
 
     rows = run_evaluation(model_path, validation, tuple(baselines), max_frames=frames)
-    Console().print(metrics_table(rows, f"{validation}"))
+    console().print(metrics_table(rows, f"{validation}"))
     if json_path is not None:
-        json_path.write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
 
 
 @cli.command()
@@ -295,18 +313,18 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--dataset", default=None, help="Frames dataset (default: DXchange, NXtomo or the only >= 3-D one).")
 @click.option("--backend", type=click.Choice(["ray", "mpi", "local"]), default="ray", show_default=True,
               help="ray: RAY_ADDRESS or a local Ray; mpi: under mpirun; local: this process.")
-@click.option("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU slot).")
-@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True, help="CPUs (torch threads) each.")
-@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True, help="GPUs per Ray actor.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Frames per forward pass.")
+@click.option("--workers", type=COUNT, default=None, help="Ray actors (default: one per GPU, else per CPU slot).")
+@click.option("--cpus-per-worker", type=POSITIVE, default=1.0, show_default=True, help="CPUs (torch threads) each.")
+@click.option("--gpus-per-worker", type=NONNEGATIVE, default=0.0, show_default=True, help="GPUs per Ray actor.")
+@click.option("--batch-size", type=COUNT, default=32, show_default=True, help="Frames per forward pass.")
 @click.option("--method", type=click.Choice(["phasegan", "paganin"]), default="phasegan", show_default=True,
               help="paganin: the classical single-material baseline through the same pipeline.")
-@click.option("--shard-frames", type=int, default=None, help="Frames per shard (default: ~256 MiB of input).")
+@click.option("--shard-frames", type=COUNT, default=None, help="Frames per shard (default: ~256 MiB of input).")
 @click.option("--device", default=None, help="torch device of local/mpi workers (default: cuda if present).")
-@click.option("--delta-beta", type=float, default=None, help="Paganin: delta/beta (default: archive attributes).")
-@click.option("--pixel-size-m", type=float, default=None, help="Paganin: pixel size [m].")
-@click.option("--distance-m", type=float, default=None, help="Paganin: propagation distance [m].")
-@click.option("--energy-kev", type=float, default=None, help="Paganin: photon energy [keV].")
+@click.option("--delta-beta", type=POSITIVE, default=None, help="Paganin: delta/beta (default: archive attributes).")
+@click.option("--pixel-size-m", type=POSITIVE, default=None, help="Paganin: pixel size [m].")
+@click.option("--distance-m", type=POSITIVE, default=None, help="Paganin: propagation distance [m].")
+@click.option("--energy-kev", type=POSITIVE, default=None, help="Paganin: photon energy [keV].")
 @click.option("--compile/--no-compile", "compile_model", default=None,
               help="torch.compile G_O and G_D (default: on with CUDA, off on CPUs).")
 @click.option("--no-preview", is_flag=True, help="Do not write the PNG preview.")
@@ -365,7 +383,8 @@ def _comma_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def _int_option(name: str, default: int | None, help: str) -> Callable:
     """``--NAME N``, shown with this benchmark's default (None: the benchmark chooses, as ``help`` says)."""
-    return click.option(name, type=int, default=default, show_default=default is not None, help=help)
+    return click.option(name, type=COUNT, default=default, show_default=default is not None,
+                        help=help)
 
 
 def _size(default: int) -> Callable:
@@ -500,7 +519,7 @@ def bench_inference(**options) -> None:
 @_list_option("--methods", "paired, pix2pix, cyclegan, phasegan", "all")
 @click.option("--weights", default="paper", show_default=True,
               help="CycleGAN's loss weights: 'paper' (20, 4, x2.5) or 'equal' (PhaseGAN's).")
-@click.option("--photons", type=float, default=None, help="Photons per detector pixel (default: the paper's ~1007).")
+@click.option("--photons", type=POSITIVE, default=None, help="Photons per detector pixel (default: the paper's ~1007).")
 @click.option("--set", "settings", multiple=True, help="[METHOD:]section.key=value config override (repeatable), "
               "e.g. model.output=phase_attenuation or phasegan:loss.object_cycle_weight=1.5.")
 @_bench_options
@@ -529,11 +548,11 @@ def main() -> None:
     try:
         cli(standalone_mode=False)
     except PhaseganError as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _err.print(error_line(str(exc)))
         sys.exit(1)
     except (click.exceptions.Abort, KeyboardInterrupt):
         _err.print("interrupted; rerun the same command to resume")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # a bad argument: one line too, not click's usage block
+        _err.print(error_line(exc.format_message()))
+        sys.exit(1)

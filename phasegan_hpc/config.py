@@ -447,9 +447,11 @@ def load_config(path: str | Path | None = None) -> Config:
         return Config()
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
     try:
         return config_from_dict(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:

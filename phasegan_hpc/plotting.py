@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from phasegan_hpc.files import atomic_file
+
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the non-interactive Agg backend (matplotlib is imported only here, on use)."""
@@ -26,7 +28,8 @@ def save(fig: Any, path: str | Path) -> Path:
     """Lay out ``fig``, write it to ``path`` (80 dpi) and close it; returns the path."""
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=80)
+    with atomic_file(path) as f:  # a temporary file of its own, renamed when complete
+        fig.savefig(f, dpi=80, format=path.suffix.lstrip(".") or "png")
     pyplot().close(fig)
     return path
 

@@ -1,4 +1,7 @@
-"""Terminal presentation shared by CLI commands: progress on stderr."""
+"""Terminal presentation shared by CLI commands: progress on stderr, tables, messages.
+
+Everything is printed literally (:func:`console`): a path like ``a/scan[raw].h5`` or a config section
+``[train2]`` in a message is never read as rich markup."""
 
 from __future__ import annotations
 
@@ -22,26 +25,37 @@ from rich.text import Text
 from phasegan_hpc.progress import ProgressFn
 
 
+def console(stderr: bool = False) -> Console:
+    """A rich console that prints text literally (no markup, no highlighting), wrapping only where the text
+    does."""
+    return Console(stderr=stderr, markup=False, highlight=False, soft_wrap=True)
+
+
+def error_line(message: str) -> Text:
+    """``error: MESSAGE`` with "error:" in bold red and the message literal."""
+    return Text.assemble(("error: ", "bold red"), message)
+
+
 @contextmanager
 def training_progress(description: str) -> Iterator[Callable[[int, int, dict[str, float]], None]]:
     """Progress of a training run with its current losses; yields ``update(step, total, losses)``."""
-    console = Console(stderr=True)
+    term = console(stderr=True)
     shown = ("loss_g", "loss_d", "cyc_i", "frc_i", "mse")
-    if not console.is_terminal:
+    if not term.is_terminal:
         last = {"t": 0.0}
 
         def update_plain(step: int, total: int, losses: dict[str, float]) -> None:
             now = time.monotonic()
             if now - last["t"] >= 30 or step == total:
                 text = " ".join(f"{k}={losses[k]:.4g}" for k in shown if k in losses)
-                console.print(f"{description}: step {step}/{total} {text}", highlight=False)
+                term.print(f"{description}: step {step}/{total} {text}", highlight=False)
                 last["t"] = now
 
         yield update_plain
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=term) as bar:
         task = bar.add_task(description, total=None, losses="")
 
         def update(step: int, total: int, losses: dict[str, float]) -> None:
@@ -98,11 +112,11 @@ def progress_bar(description: str, unit: str | None = None) -> Iterator[Progress
     (a Slurm log, a pipe) it prints a plain line at every further 10 % and at most every 30 s, so batch
     logs show progress without control characters.
     """
-    console = Console(stderr=True)
-    if console.is_terminal:
+    term = console(stderr=True)
+    if term.is_terminal:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    *((_RateColumn(unit),) if unit else ()), TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console) as bar:
+        with Progress(*columns, console=term) as bar:
             tasks: list = []
 
             def update_bar(done: int, total: int, info: Mapping[str, float]) -> None:
@@ -124,7 +138,7 @@ def progress_bar(description: str, unit: str | None = None) -> Iterator[Progress
         frac = done / max(total, 1)
         if frac >= state["next"] or now - last_time >= 30 or done >= total:
             rate = f", {(done - state['first']) / max(now - start, 1e-9):,.0f} {unit}/s" if unit else ""
-            console.print(f"{description}: {done}/{total} ({100 * frac:.0f} %), {now - start:.0f} s{rate}",
+            term.print(f"{description}: {done}/{total} ({100 * frac:.0f} %), {now - start:.0f} s{rate}",
                           highlight=False)
             state["next"] = frac + 0.1
             last_time = now

@@ -32,3 +32,25 @@ def test_overwrite_never_deletes_a_directory_it_did_not_write(movie_model, movie
         reconstruct(ReconstructRequest(archive, model=movie_model, backend="local", overwrite=True, preview=False))
     assert (foreign / "notes.txt").read_text() == "mine\n" and not (tmp_path / "b_phasegan.h5").exists()
 
+
+
+def test_links_planted_at_temporary_names_are_never_followed(movie_model, movie, tmp_path):
+    """In a shared directory anyone may plant a link at the predictable partial names; the run removes the
+    link and writes its own file, and the link's target is untouched."""
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=6)
+    request = ReconstructRequest(archive, model=movie_model, output=tmp_path / "o.h5", backend="local",
+                                 batch_size=4, shard_frames=3, preview=False)
+    ref = read(reconstruct(request).output)
+    victims = {name: tmp_path / f"victim-{name}.txt" for name in ("output", "shard")}
+    for v in victims.values():
+        v.write_text("precious\n")
+    shards = tmp_path / "o.shards"
+    (tmp_path / "o.h5").unlink()
+    (shards / "shard-000001.h5").unlink()
+    (tmp_path / ".o.h5.partial").symlink_to(victims["output"])
+    (shards / ".shard-000001.h5.partial").symlink_to(victims["shard"])
+    s = reconstruct(request)  # resumes: shard 1 and the output are written again
+    assert s.reused_shards == 1
+    assert_identical(ref, read(s.output))
+    assert all(v.read_text() == "precious\n" for v in victims.values())
+    assert not (tmp_path / ".o.h5.partial").is_symlink() and not list(shards.glob(".*.partial"))

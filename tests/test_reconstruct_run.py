@@ -89,7 +89,7 @@ def test_bad_input_is_one_line_and_changes_nothing(movie_model, movie, tmp_path)
         ((good, "--model", d / "other.pt", "--backend", "local"), "not a phasegan-hpc model file"),
         ((good, "--backend", "local"), "no model: give --model"),
         ((good, "--method", "paganin", "--backend", "local"), "needs --delta-beta"),
-        ((good, *m, "--batch-size", "0"), "--batch-size must be >= 1"),
+        ((good, *m, "--batch-size", "0"), "'--batch-size': 0 is not in the range x>=1"),
     ]
     env = {k: v for k, v in os.environ.items() if k != "PHASEGAN_HPC_MODEL"}
     for args, needle in cases:

@@ -12,13 +12,11 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from phasegan_hpc.errors import PhaseganError
-from phasegan_hpc.ui import bench_table
+from phasegan_hpc.files import atomic_write_text
+from phasegan_hpc.ui import bench_table, console
 
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> float:
@@ -94,11 +92,11 @@ def bench_command(name: str, json_path: str | None = None, **options: Any) -> di
             the JSON are written.
     """
     if name == "table1":  # hours of training: say which cell is running
-        options["progress"] = lambda message: Console(stderr=True, soft_wrap=True).print(message, style="dim")
+        options["progress"] = lambda message: console(stderr=True).print(message, style="dim")
     result = run_benchmark(name, **options)
-    Console().print(bench_table(result))
+    console().print(bench_table(result))
     if json_path is not None:
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
     if result.get("ok") is False:
         failed = ", ".join(k for k, c in result["checks"].items() if not c["ok"])
         raise PhaseganError(f"bench {name}: over tolerance: {failed}")

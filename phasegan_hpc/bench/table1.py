@@ -41,9 +41,9 @@ import torch
 from phasegan_hpc.bench import machine
 from phasegan_hpc.bench.figures import convergence_figure, ranked_distributions, table1_figure
 from phasegan_hpc.config import Config, load_config, with_overrides
-from phasegan_hpc.data.h5io import atomic_write_text
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.evaluate import evaluate, paganin_pad
+from phasegan_hpc.files import atomic_write_text
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.physics import paganin
 from phasegan_hpc.simulate import simulate_dataset

@@ -1,13 +1,16 @@
-"""HDF5 conventions shared by every writer: compression, chunking, atomic publication.
+"""Conventions shared by every writer: compression, chunking, and safe atomic publication.
 
 A file is written under a hidden temporary name and renamed into place only when complete, so a crash
-never leaves a file that looks finished (DESIGN.md §4).
+never leaves a file that looks finished (DESIGN.md §4). Temporary files are always created exclusively
+(``O_CREAT | O_EXCL``, which never follows a symbolic link): a link planted at a temporary name, as anyone
+sharing a group-writable beamline directory could, is never written through. Every writer of the package
+(HDF5 files here; ``model.pt``, figures, JSON and TOML records through
+:func:`phasegan_hpc.files.atomic_file`) creates its files so.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +18,8 @@ from typing import Any
 
 import h5py
 import hdf5plugin
+
+from phasegan_hpc.errors import DataError
 
 
 def compression() -> dict[str, Any]:
@@ -46,10 +51,24 @@ def partial_path(path: Path) -> Path:
 
 @contextmanager
 def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
-    """Open ``path``'s partial name for writing; on clean exit rename it to ``path``, on error delete it."""
+    """Create ``path``'s partial name for writing; on clean exit rename it to ``path``, on error delete it.
+
+    The partial name is predictable (a resumed run and its tests can see which shard is being written), so
+    whatever stands there first (a crashed run's leftover, or a planted link) is removed, never opened, and the
+    file is created exclusively (h5py mode "x").
+
+    Raises:
+        DataError: something reappeared at the partial name between removal and creation.
+    """
     path = Path(path)
     tmp = partial_path(path)
-    f = h5py.File(tmp, "w")
+    if os.path.lexists(tmp):
+        tmp.unlink()  # a link is removed itself; its target is not touched
+    try:
+        f = h5py.File(tmp, "x")
+    except FileExistsError:
+        raise DataError(f"{tmp} appeared while it was being created (another run on this output, or a planted "
+                        "file); remove it and rerun") from None
     try:
         yield f
     except BaseException:
@@ -58,18 +77,3 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
         raise
     f.close()
     os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a small text file (JSON, Markdown) atomically: a temporary file of a unique name beside it
-    (created exclusively, so a planted symlink is never followed), then renamed over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

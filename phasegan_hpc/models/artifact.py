@@ -17,7 +17,6 @@ existed (no ``output`` in the normalisation) load as "phase_attenuation" with pe
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -31,6 +30,7 @@ from phasegan_hpc import __version__
 from phasegan_hpc.config import Config, ModelConfig
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, PhysicsError
+from phasegan_hpc.files import atomic_file
 from phasegan_hpc.models.registry import GENERATORS, build_from_arch, generator_arch
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
 from phasegan_hpc.physics.consistency import SIGMA_PX, fresnel_residual, onto_frames, relative_l1
@@ -183,9 +183,8 @@ class PhaseModel:
         if self.detector is not None:
             payload["detector"] = {"arch": dict(self.detector_arch), "state_dict": _cpu_state(self.detector),
                                    "pad": self.geometry.pad, "pad_mode": self.geometry.pad_mode}
-        tmp = path.with_name(f".{path.name}.partial")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as f:
+            torch.save(payload, f)
         self.sha256 = file_sha256(path)
         return path
 

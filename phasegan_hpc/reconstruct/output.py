@@ -24,8 +24,9 @@ import numpy as np
 
 from phasegan_hpc import __version__
 from phasegan_hpc.data.archive import Archive
-from phasegan_hpc.data.h5io import atomic_h5, partial_path
+from phasegan_hpc.data.h5io import atomic_h5
 from phasegan_hpc.errors import DataError
+from phasegan_hpc.files import atomic_write_text
 from phasegan_hpc.reconstruct.methods import Layout
 from phasegan_hpc.reconstruct.plan import Shard
 from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS
@@ -102,9 +103,7 @@ def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) ->
                             f"({', '.join(changed) or 'unreadable plan'}); add --overwrite to start over")
         return d, True
     d.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(mf)
-    tmp.write_text(json.dumps(wanted, indent=1) + "\n")
-    os.replace(tmp, mf)
+    atomic_write_text(mf, json.dumps(wanted, indent=1) + "\n")
     return d, False
 
 

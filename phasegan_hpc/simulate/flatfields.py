@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 from skimage.transform import resize
 
+from phasegan_hpc.data.h5io import atomic_h5
 from phasegan_hpc.errors import DataError
 
 #: Flat fields are clipped below at this fraction of the mean beam, so the illumination stays positive.
@@ -107,7 +108,7 @@ def pca_basis(flats: np.ndarray, n_components: int) -> FlatfieldBasis:
 
 def save_basis(path: str | Path, basis: FlatfieldBasis) -> None:
     """Write a basis to HDF5 (``/mean``, ``/components``, ``/std``) for ``[flatfield] basis_file``."""
-    with h5py.File(path, "w") as f:
+    with atomic_h5(path) as f:
         f["mean"] = basis.mean
         f["components"] = basis.components
         f["std"] = basis.std

@@ -29,6 +29,7 @@ from phasegan_hpc.data.augment import center_crop_pad, crop_flip_rotate_pad
 from phasegan_hpc.data.frames import FrameStack, TrainingData, open_training_data
 from phasegan_hpc.data.normalise import Normalisation, compute_normalisation
 from phasegan_hpc.errors import DataError, TrainingError
+from phasegan_hpc.files import atomic_write_text
 from phasegan_hpc.losses.metrics import METRICS, wasserstein_1d
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.models.cycle import GeneratorPair
@@ -107,7 +108,7 @@ class MetricsLog:
                 if rec.get("step", 0) <= resume_step:
                     self.records.append(rec)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -270,7 +271,7 @@ class TrainingRun:
                         "total_steps": self.total})
         if self.rank0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(config_to_toml(self.cfg))
+            atomic_write_text(self.run_dir / "config.toml", config_to_toml(self.cfg))
         self.figure_batch = _figure_batch(self.data, self.paired, t)
         objects = self.data.objects
         self.reference_objects = None if self.paired else objects[np.arange(min(max(t.val_frames, 1), len(objects)))]

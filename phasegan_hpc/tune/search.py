@@ -34,6 +34,7 @@ from phasegan_hpc.config import Config, config_from_dict, config_to_toml, with_o
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.data.normalise import Normalisation
 from phasegan_hpc.errors import DataError, ResourceError
+from phasegan_hpc.files import atomic_file, atomic_write_text
 from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.train.fit import make_trainer
@@ -201,8 +202,8 @@ def _write_outputs(base: Config, directory: Path, results, geometry: Geometry, e
     if "lr_scale" in best:
         best_cfg = with_overrides(best_cfg, {"train.lr_g": base.train.lr_g * best["lr_scale"],
                                              "train.lr_d": base.train.lr_d * best["lr_scale"]})
-    files["best.toml"].write_text(f"# best trial {best['trial']} of {directory.name}: {metric} = "
-                                  f"{best[metric]:.6g}\n" + config_to_toml(best_cfg))
+    atomic_write_text(files["best.toml"], f"# best trial {best['trial']} of {directory.name}: {metric} = "
+                                          f"{best[metric]:.6g}\n" + config_to_toml(best_cfg))
     _export_best(best, best_cfg, geometry, files["model.pt"], directory / TRIALS_DIR / best["trial"])
     link_latest(directory)
     search_figure(files["search.png"], rows, metric)
@@ -215,7 +216,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     lead = ["trial", "alpha_cyc", "alpha_frc", "lr_scale"]
     present = {k for r in rows for k in r if k != "checkpoint"}
     keys = [k for k in lead if k in present] + sorted(present - set(lead))
-    with path.open("w", newline="") as f:
+    with atomic_file(path, "w") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for r in rows:

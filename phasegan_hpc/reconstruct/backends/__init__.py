@@ -80,9 +80,23 @@ def backend_named(name: str, *, workers: int | None = None, cpus_per_worker: flo
     raise DataError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
+def check_device(requested: str) -> str:
+    """``requested`` if torch can parse it as a device ("cpu", "cuda", "cuda:1", ...).
+
+    Raises:
+        DataError: not a device name.
+    """
+    try:
+        torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise DataError(f"--device {requested!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    return requested
+
+
 def local_device(requested: str | None) -> str:
     """``requested`` (CUDA only where this process sees it), else CUDA if present, else the CPU."""
     if requested:
+        check_device(requested)
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise DataError(f"device {requested} requested but this machine has no CUDA device")
         return requested

@@ -19,7 +19,7 @@ import ray
 
 from phasegan_hpc.cluster import check_resources, connect_ray, disconnect_ray
 from phasegan_hpc.errors import DataError, PhaseganError, ResourceError
-from phasegan_hpc.reconstruct.backends import Advance
+from phasegan_hpc.reconstruct.backends import Advance, check_device
 from phasegan_hpc.reconstruct.plan import Shard
 from phasegan_hpc.reconstruct.source import ShardSource
 from phasegan_hpc.reconstruct.worker import Job, ShardRunner
@@ -66,7 +66,7 @@ class RayBackend:
         """``requested`` as given (the actors' machines are checked by Ray's GPU accounting), else CUDA exactly
         when the actors have GPUs."""
         if requested:
-            return requested
+            return check_device(requested)
         return "cuda" if self.gpus_per_worker > 0 else "cpu"
 
     def run(self, job: Job, source: ShardSource, progress: Advance) -> list[dict[str, Any]]:

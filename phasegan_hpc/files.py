@@ -1,0 +1,56 @@
+"""Safe atomic publication of any file (no HDF5 here; see ``data/h5io.atomic_h5`` for HDF5 files).
+
+A file is written to a new temporary file of an unpredictable name beside it, created exclusively
+(``mkstemp``: ``O_CREAT | O_EXCL``, which never follows a symbolic link), and renamed over its final name
+only when complete: a crash never leaves a file that looks finished, and a link planted at a temporary
+name (anyone sharing a group-writable beamline directory could plant one) is never written through.
+Light on purpose: the CLI imports it at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+def _umask_mode() -> int:
+    """0o666 without this process's umask: the mode ``open()`` would give a new file (mkstemp gives 0o600)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """A file object on a new temporary file of an unpredictable name beside ``path`` (created exclusively:
+    never a planted file or link), renamed over ``path`` on a clean exit and deleted on an error. The file
+    gets the mode a plain ``open()`` would give it.
+
+    Args:
+        mode: "wb" or "w" (text, UTF-8), or with ``newline`` handling as :func:`os.fdopen` takes it.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        os.fchmod(fd, _umask_mode())
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a small text file (JSON, Markdown, TOML) atomically through :func:`atomic_file`."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
+    return Path(path)

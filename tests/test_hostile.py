@@ -1,0 +1,117 @@
+"""Hostile and careless input, as a table: each case runs the real CLI entry point in-process (``main``, the
+console script's function) and must give exit status 1, exactly one line on stderr that says what is wrong
+(printed literally: brackets in a path are not markup), no traceback, and leave every input file as it was
+(sha256 before and after) with no output started. Adding a case is one line in :data:`CASES`.
+
+Signals, crashes and full disks need real subprocesses; they live with the modules they test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from movies import write_dxchange
+
+from phasegan_hpc.cli import main
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, movie, movie_model) -> Path:
+    """A directory of good and bad inputs (read-only to every case)."""
+    d = tmp_path_factory.mktemp("hostile")
+    write_dxchange(d / "good.h5", movie, n=6)
+    (d / "text.h5").write_text("not hdf5\n")
+    (d / "model.pt").write_bytes(Path(movie_model).read_bytes())
+    torch.save({"weights": torch.zeros(3)}, d / "other.pt")
+    with h5py.File(d / "flat2d.h5", "w") as f:
+        f["image"] = np.ones((64, 64), np.float32)
+    (d / "latin1.toml").write_bytes("[train]\nname = 'caf\xe9'\n".encode("latin-1"))
+    (d / "section.toml").write_text("[train2]\nepochs = 1\n")
+    (d / "data_file").write_text("a file, not a directory\n")
+    return d
+
+
+# (id, arguments with {d} for the inputs directory, the text the one error line must hold)
+CASES = [
+    # reconstruct: paths and values
+    ("missing-with-brackets", "reconstruct {d}/scan[raw].h5 --backend local", "scan[raw].h5 not found"),
+    ("text-file", "reconstruct {d}/text.h5 --model {d}/model.pt --backend local", "is not an HDF5 file"),
+    ("no-frames", "reconstruct {d}/flat2d.h5 --model {d}/model.pt --backend local", "no frames dataset"),
+    ("not-a-model", "reconstruct {d}/good.h5 --model {d}/other.pt --backend local", "not a phasegan-hpc model"),
+    ("bogus-device", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --device bogus",
+     "--device 'bogus' is not a torch device"),
+    ("batch-0", "reconstruct {d}/good.h5 --batch-size 0", "'--batch-size': 0 is not in the range x>=1"),
+    ("shard-frames-0", "reconstruct {d}/good.h5 --shard-frames 0", "'--shard-frames': 0 is not in the range"),
+    ("workers-0", "reconstruct {d}/good.h5 --workers 0", "'--workers': 0 is not in the range"),
+    ("cpus-0", "reconstruct {d}/good.h5 --cpus-per-worker 0", "'--cpus-per-worker': 0.0 is not in the range"),
+    ("gpus-negative", "reconstruct {d}/good.h5 --gpus-per-worker -1", "'--gpus-per-worker': -1.0 is not in"),
+    ("delta-beta-negative", "reconstruct {d}/good.h5 --method paganin --delta-beta -5", "'--delta-beta'"),
+    ("pixel-negative", "reconstruct {d}/good.h5 --pixel-size-m -1", "'--pixel-size-m': -1.0 is not in"),
+    ("distance-0", "reconstruct {d}/good.h5 --distance-m 0", "'--distance-m': 0.0 is not in the range"),
+    ("energy-nan", "reconstruct {d}/good.h5 --energy-kev nan", "'--energy-kev': nan is not a finite number"),
+    ("delta-beta-inf", "reconstruct {d}/good.h5 --delta-beta inf", "'--delta-beta': inf is not a finite number"),
+    ("flag-by-unknown", "reconstruct {d}/good.h5 --flag-by sharpness", "'--flag-by': 'sharpness' is not one of"),
+    ("method-unknown", "reconstruct {d}/good.h5 --method magic", "'--method': 'magic' is not one of"),
+    ("unknown-option", "reconstruct {d}/good.h5 --frobnicate", "No such option '--frobnicate'"),
+    ("batch-not-a-number", "reconstruct {d}/good.h5 --batch-size many", "'many' is not a valid integer"),
+    # tie and correct
+    ("tie-iterations-negative", "tie {d}/good.h5 {d}/objects.h5 --tv-iterations -5", "'--tv-iterations': -5"),
+    ("tie-weight-negative", "tie {d}/good.h5 {d}/objects.h5 --tv-weight -1", "'--tv-weight': -1.0 is not in"),
+    ("tie-resample-negative", "tie {d}/good.h5 {d}/objects.h5 --resample-pixel-size-m -1",
+     "'--resample-pixel-size-m': -1.0"),
+    ("tie-batch-0", "tie {d}/good.h5 {d}/objects.h5 --batch-size 0", "'--batch-size': 0 is not in the range"),
+    ("correct-pixel-negative", "correct {d}/good.h5 {d}/i.h5 --pixel-size-m -1", "'--pixel-size-m': -1.0"),
+    ("correct-missing", "correct {d}/none.h5 {d}/i.h5", "none.h5 not found"),
+    # simulate
+    ("simulate-movie-negative", "simulate {d}/sim --movie -5", "'--movie': -5 is not in the range x>=0"),
+    ("simulate-size-0", "simulate {d}/sim --size 0", "'--size': 0 is not in the range x>=1"),
+    ("simulate-train-0", "simulate {d}/sim --train 0", "'--train': 0 is not in the range x>=1"),
+    ("simulate-seed-negative", "simulate {d}/sim --seed -1", "'--seed': -1 is not in the range x>=0"),
+    ("simulate-latin1-config", "simulate {d}/sim --config {d}/latin1.toml", "not UTF-8 text"),
+    ("simulate-unknown-section", "simulate {d}/sim --config {d}/section.toml", "[train2]"),
+    ("simulate-foam-frames-0", "simulate-foam {d}/foam --photron-frames 0", "'--photron-frames': 0 is not in"),
+    # train, tune, evaluate, preview, bench
+    ("train-epochs-0", "train --epochs 0", "'--epochs': 0 is not in the range x>=1"),
+    ("train-max-steps-negative", "train --max-steps -5", "'--max-steps': -5 is not in the range x>=1"),
+    ("train-workers-0", "train --workers 0", "'--workers': 0 is not in the range x>=1"),
+    ("train-max-failures-negative", "train --max-failures -1", "'--max-failures': -1 is not in the range"),
+    ("train-latin1-config", "train --config {d}/latin1.toml", "not UTF-8 text"),
+    ("tune-trials-0", "tune --trials 0", "'--trials': 0 is not in the range x>=1"),
+    ("tune-gpus-negative", "tune --gpus-per-trial -1", "'--gpus-per-trial': -1.0 is not in the range"),
+    ("evaluate-frames-negative", "evaluate --data {d}/good.h5 --frames -1", "'--frames': -1 is not in the range"),
+    ("evaluate-missing", "evaluate --data {d}/none.h5 --baseline paganin", "none.h5"),
+    ("preview-n-0", "preview {d} -n 0", "'-n': 0 is not in the range x>=1"),
+    ("bench-size-0", "bench propagator --size 0", "'--size': 0 is not in the range x>=1"),
+    ("bench-foreign-option", "bench propagator --frames 4", "bench propagator takes no --frames"),
+    ("unknown-command", "reconstrct {d}/good.h5", "No such command 'reconstrct'"),
+]
+
+
+def _snapshot(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("args", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_literal_line_and_changes_nothing(inputs, tmp_path, monkeypatch, capsys, args, needle):
+    monkeypatch.chdir(tmp_path)  # no runs/latest/model.pt to fall back on
+    monkeypatch.delenv("PHASEGAN_HPC_MODEL", raising=False)
+    monkeypatch.setattr(sys, "argv", ["phasegan-hpc", *args.format(d=inputs).split()])
+    before = _snapshot(inputs)
+    with pytest.raises(SystemExit) as stop:
+        main()
+    out, err = capsys.readouterr()
+    assert stop.value.code == 1, err + out
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err + out, err
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    assert _snapshot(inputs) == before
+    assert not os.listdir(tmp_path)  # nothing started in the working directory either
+
