@@ -158,6 +158,9 @@ def reconstruction_table(summary) -> Table:
     if summary.pipeline_seconds > 0:
         table.add_row("after start-up", f"{summary.pipeline_frames_per_s:,.1f} frames/s "
                                         f"(worker start-up {summary.setup_seconds:.1f} s)")
+    if summary.rejected_shards:
+        shown = ", ".join(map(str, summary.rejected_shards[:10]))
+        table.add_row("shards redone", f"{len(summary.rejected_shards)} did not verify: {shown}")
     if summary.replaced_workers:
         table.add_row("workers replaced", f"{summary.replaced_workers} (lost mid-run; their shards redone)")
     table.add_row("flag threshold", f"{summary.flag_by} > {summary.threshold:.3g}")

@@ -1,13 +1,18 @@
 """The output (reconstruct/output.py): virtual datasets that move with their shards; --overwrite never
 deletes a directory it did not write."""
 
+import json
 import shutil
 
+import h5py
 import pytest
 from movies import assert_identical, read, write_dxchange
 
+from phasegan_hpc.data.archive import open_archive
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
+from phasegan_hpc.reconstruct.output import plan_id, verify_shard
+from phasegan_hpc.reconstruct.plan import make_plan
 
 pytestmark = pytest.mark.slow
 
@@ -54,3 +59,25 @@ def test_links_planted_at_temporary_names_are_never_followed(movie_model, movie,
     assert_identical(ref, read(s.output))
     assert all(v.read_text() == "precious\n" for v in victims.values())
     assert not (tmp_path / ".o.h5.partial").is_symlink() and not list(shards.glob(".*.partial"))
+
+
+def test_resume_reuses_only_shards_that_verify(movie_model, movie, tmp_path):
+    """A shard file is reused only if it carries this plan's identity, its own index and range, and content
+    matching its checksum; anything else is redone (and said), and the result equals an uninterrupted run."""
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=12)
+    request = ReconstructRequest(archive, model=movie_model, output=tmp_path / "o.h5", backend="local",
+                                 batch_size=4, shard_frames=3, preview=False)
+    ref = read(reconstruct(request).output)
+    shards = tmp_path / "o.shards"
+    (tmp_path / "o.h5").unlink()
+    shutil.copy(shards / "shard-000000.h5", shards / "shard-000001.h5")  # another shard's file
+    (shards / "shard-000002.h5").write_bytes(b"\x89HDF\r\n\x1a\n garbage")  # not HDF5 at all
+    with h5py.File(shards / "shard-000003.h5", "r+") as f:  # one value changed after the fact
+        f["phase"][0, 0, 0] += 1.0
+    s = reconstruct(request)
+    assert s.rejected_shards == [1, 2, 3] and s.reused_shards == 1 and s.computed_frames == 9
+    assert_identical(ref, read(s.output))
+    plan = make_plan(open_archive(archive), 4, 3)
+    pid = plan_id(json.loads((shards / "plan.json").read_text()))
+    assert all(verify_shard(shards / sh.name, sh, pid) is None for sh in plan)  # all redone shards verify
+    assert "plan_sha256" in verify_shard(shards / plan[0].name, plan[0], "0" * 64)  # not another plan's

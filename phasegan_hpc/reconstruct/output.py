@@ -13,6 +13,7 @@ every shard is finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from phasegan_hpc.errors import DataError
 from phasegan_hpc.files import atomic_write_text
 from phasegan_hpc.reconstruct.methods import Layout
 from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS
+from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS, ContentHash
 
 MANIFEST = "plan.json"
 MANIFEST_VERSION = 1
@@ -107,9 +108,61 @@ def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) ->
     return d, False
 
 
-def finished(shards_dir: Path, plan: list[Shard]) -> set[int]:
-    """Indices of shards whose file is complete (renamed into place)."""
-    return {s.index for s in plan if (shards_dir / s.name).is_file()}
+def plan_id(wanted: dict[str, Any]) -> str:
+    """The identity of a plan: sha256 of its manifest (archive, method, model, settings, every shard)."""
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
+
+
+#: Rows read at a time when a shard's checksum is verified (bounded memory whatever the shard's size).
+VERIFY_ROWS = 256
+
+
+def verify_shard(path: Path, shard: Shard, plan: str) -> str | None:
+    """Why the file at ``path`` is not ``shard`` of the plan ``plan``, or None when it is: it must open, carry
+    this plan's identity, index, start, stop and frame count, hold every dataset with the shard's rows, and
+    its content must match the checksum its writer recorded last (``worker.ContentHash``). A copy of
+    another shard, a shard of another plan, a truncated or garbled file and a modified value all fail."""
+    try:
+        with h5py.File(path, "r") as f:
+            a = f.attrs
+            want = {"plan_sha256": plan, "shard": shard.index, "start": shard.start, "stop": shard.stop,
+                    "frames": shard.frames}
+            for key, value in want.items():
+                if key not in a:
+                    return f"no {key} attribute"
+                if (a[key].decode() if isinstance(a[key], bytes) else a[key]) != value:
+                    return f"{key} is {a[key]}, not {value}"
+            rows = shard.row_stop - shard.row_start
+            content = ContentHash()
+            for name in sorted(f):
+                ds = f[name]
+                if not isinstance(ds, h5py.Dataset) or ds.shape[:1] != (rows,):
+                    return f"{name} is not a dataset of {rows} rows"
+                for r in range(0, rows, VERIFY_ROWS):
+                    content.update(name, ds[r:r + VERIFY_ROWS])
+            if set(f) < set(SCALAR_DATASETS):
+                return "datasets are missing"
+            if content.hexdigest() != a.get("checksum"):
+                return "its content does not match its checksum"
+    except (OSError, KeyError, ValueError) as exc:
+        return f"unreadable ({type(exc).__name__})"
+    return None
+
+
+def verified(shards_dir: Path, plan: list[Shard], plan_sha256: str) -> tuple[set[int], dict[int, str]]:
+    """(indices of the shards whose file verifies, {index: why not} for files that exist but do not)."""
+    good: set[int] = set()
+    bad: dict[int, str] = {}
+    for s in plan:
+        path = shards_dir / s.name
+        if not os.path.lexists(path):
+            continue
+        why = verify_shard(path, s, plan_sha256) if path.is_file() and not path.is_symlink() else "not a file"
+        if why is None:
+            good.add(s.index)
+        else:
+            bad[s.index] = why
+    return good, bad
 
 
 def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard], layout: Layout,

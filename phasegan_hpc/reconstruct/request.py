@@ -124,6 +124,7 @@ class Summary:
     setup_seconds: float = 0.0  # the slowest worker's start-up (model load, compilation)
     pipeline_seconds: float = 0.0  # the busiest worker's time inside shards (read, compute, write)
     replaced_workers: int = 0  # workers lost (killed, node gone) and replaced during the run
+    rejected_shards: list[int] = field(default_factory=list)  # shard files that did not verify, redone
 
     @property
     def frames_per_s(self) -> float:
@@ -144,5 +145,5 @@ class Summary:
                 "pipeline_seconds": self.pipeline_seconds, "frames_per_s": self.frames_per_s,
                 "pipeline_frames_per_s": self.pipeline_frames_per_s, "threshold": self.threshold,
                 "flagged": self.flagged, "flag_by": self.flag_by, "nonfinite": self.nonfinite,
-                "replaced_workers": self.replaced_workers,
+                "replaced_workers": self.replaced_workers, "rejected_shards": self.rejected_shards,
                 "preview": str(self.preview) if self.preview else None}

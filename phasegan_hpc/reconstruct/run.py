@@ -29,10 +29,11 @@ from phasegan_hpc.reconstruct.output import (
     assemble,
     check_output,
     default_output,
-    finished,
     manifest,
+    plan_id,
     prepare_shards_dir,
     read_scores,
+    verified,
 )
 from phasegan_hpc.reconstruct.plan import Shard, make_plan
 from phasegan_hpc.reconstruct.request import ReconstructRequest, Summary
@@ -49,7 +50,8 @@ class Prepared:
 
     job: Job
     plan: list[Shard]
-    pending: list[Shard]  # the plan's shards without a finished file
+    pending: list[Shard]  # the plan's shards without a file that verifies
+    rejected: dict[int, str]  # shards whose file did not verify (redone), and why
     output: Path
     layout: Layout
     attrs: dict[str, Any]  # the output's attributes
@@ -85,12 +87,16 @@ def reconstruct(request: ReconstructRequest, *, progress: ProgressFn | None = No
     seconds = time.perf_counter() - t0
     if not driver:
         return None
-    missing = set(s.index for s in plan) - finished(Path(job.shards_dir), plan)
-    if missing:  # a worker returned without its file: never assemble a partial volume
-        raise DataError(f"shards {sorted(missing)[:5]} did not finish; rerun the same command to resume")
+    good, bad = verified(Path(job.shards_dir), plan, job.plan_id)  # every shard, before anything is published
+    missing = sorted(set(s.index for s in plan) - good)
+    if missing:  # never assemble a partial or mixed volume
+        why = f" ({bad[missing[0]]})" if missing[0] in bad else ""
+        raise DataError(f"shards {missing[:5]} did not finish or do not verify{why}; rerun the same command "
+                        "to resume")
     assemble(out, Path(job.shards_dir), job.archive, plan, prepared.layout, prepared.attrs)
     summary = _summarise(out, job, plan, pending, rows, seconds, request)
     summary.replaced_workers = backend.replaced
+    summary.rejected_shards = sorted(prepared.rejected)
     return summary
 
 
@@ -151,11 +157,12 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
     identity = {"method": method.name, "model_sha256": loaded.sha256 if loaded else None,
                 "batch_size": r.batch_size, "physics": _identity_physics(geometry, delta_beta),
                 "tie": method.options()}
-    shards_dir, _resumed = prepare_shards_dir(out, manifest(archive, identity, plan), r.overwrite)
-    done = finished(shards_dir, plan)
+    wanted = manifest(archive, identity, plan)
+    shards_dir, _resumed = prepare_shards_dir(out, wanted, r.overwrite)
+    done, rejected = verified(shards_dir, plan, plan_id(wanted))  # a resumed run reuses only what verifies
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
               delta_beta, r.batch_size, device, max(1, int(r.cpus_per_worker)), archive.lead_shape[1:],
-              device.startswith("cuda") if r.compile is None else r.compile)
+              device.startswith("cuda") if r.compile is None else r.compile, plan_id(wanted))
     attrs = {
         "method": method.name, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),
@@ -167,7 +174,7 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
                                            "method": method.name, "dataset": archive.dataset,
                                            "shard_frames": r.shard_frames}),
     }
-    return Prepared(job, plan, [s for s in plan if s.index not in done], out, layout, attrs)
+    return Prepared(job, plan, [s for s in plan if s.index not in done], rejected, out, layout, attrs)
 
 
 def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], rows: list[dict[str, Any]],

@@ -9,6 +9,7 @@ whatever the archive's size. Only a small summary row is returned. Nothing here 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -51,6 +52,7 @@ class Job:
     threads: int = 1
     lead_tail: tuple[int, ...] = field(default=())  # leading axes after the first (e.g. pulses)
     compile: bool = False  # torch.compile G_O and G_D (the CUDA default; see bench inference)
+    plan_id: str = ""  # sha256 of the plan's manifest: every shard records it (``output.verify_shard``)
 
 
 def shard_path(job: Job, shard: Shard) -> Path:
@@ -129,15 +131,38 @@ def _prefetch(it: Iterator[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
         thread.join(timeout=5)
 
 
+class ContentHash:
+    """A shard's content checksum: sha256 of each dataset's bytes in C order (fed in write order, which is
+    C order), combined over the dataset names in sorted order. The writer feeds it batch by batch; the
+    verifier (``output.verify_shard``) feeds it the datasets read back."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, Any] = {}
+
+    def update(self, name: str, array: np.ndarray) -> None:
+        self._parts.setdefault(name, hashlib.sha256()).update(np.ascontiguousarray(array).tobytes())
+
+    def hexdigest(self) -> str:
+        total = hashlib.sha256()
+        for name in sorted(self._parts):
+            total.update(f"{name}:{self._parts[name].hexdigest()};".encode())
+        return total.hexdigest()
+
+
 class _FlatWriter:
-    """Writes per-frame results at flat frame offsets into datasets shaped (rows, *lead_tail[, H, W])."""
+    """Writes per-frame results at flat frame offsets into datasets shaped (rows, *lead_tail[, H, W]), and
+    feeds what it writes to a :class:`ContentHash`."""
 
     def __init__(self, datasets: dict[str, Any], lead_tail: tuple[int, ...]) -> None:
         self.datasets = datasets
         self.lead_tail = lead_tail
         self.per_row = int(np.prod(lead_tail))
+        self.hash = ContentHash()
 
     def write(self, offset: int, arrays: dict[str, np.ndarray]) -> None:
+        arrays = {k: np.asarray(a, dtype=self.datasets[k].dtype) for k, a in arrays.items()}
+        for k, a in arrays.items():  # frames arrive in flat order, which is the datasets' C order
+            self.hash.update(k, a)
         n = len(next(iter(arrays.values())))
         if self.per_row == 1:
             for k, a in arrays.items():
@@ -175,12 +200,11 @@ class ShardRunner:
         self.reader.close()
 
     def run(self, shard: Shard, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        """Process ``shard`` unless its file is already complete; returns its summary row."""
+        """Process ``shard`` (whatever stands at its file is replaced when the new one is complete); returns its
+        summary row."""
         path = shard_path(self.job, shard)
-        row: dict[str, Any] = {"shard": shard.index, "frames": shard.frames, "skipped": path.is_file(),
+        row: dict[str, Any] = {"shard": shard.index, "frames": shard.frames,
                                "worker": f"{os.uname().nodename}:{os.getpid()}"}
-        if row["skipped"]:
-            return row
         row["setup_seconds"], self.setup_seconds = self.setup_seconds or 0.0, None
         t0 = time.perf_counter()
         self.frames_done = 0
@@ -212,6 +236,8 @@ class ShardRunner:
                 pending = launched
             if pending is not None:
                 offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
+            # Written last: the shard's identity in its plan and its content checksum (output.verify_shard).
+            f.attrs.update({"plan_sha256": self.job.plan_id, "frames": offset, "checksum": writer.hash.hexdigest()})
         row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite)
         return row
 
