@@ -35,6 +35,10 @@ def inputs(tmp_path_factory, movie, movie_model) -> Path:
     (d / "latin1.toml").write_bytes("[train]\nname = 'caf\xe9'\n".encode("latin-1"))
     (d / "section.toml").write_text("[train2]\nepochs = 1\n")
     (d / "data_file").write_text("a file, not a directory\n")
+    with h5py.File(d / "swapped.h5", "w") as f:  # flats and darks swapped: no pixel's flat is above its dark
+        f["exchange/data"] = np.full((6, 64, 64), 400, np.uint16)
+        f["exchange/data_white"] = np.full((2, 64, 64), 50, np.uint16)
+        f["exchange/data_dark"] = np.full((2, 64, 64), 900, np.uint16)
     return d
 
 
@@ -45,6 +49,8 @@ CASES = [
     ("text-file", "reconstruct {d}/text.h5 --model {d}/model.pt --backend local", "is not an HDF5 file"),
     ("no-frames", "reconstruct {d}/flat2d.h5 --model {d}/model.pt --backend local", "no frames dataset"),
     ("not-a-model", "reconstruct {d}/good.h5 --model {d}/other.pt --backend local", "not a phasegan-hpc model"),
+    ("flats-below-darks", "reconstruct {d}/swapped.h5 --model {d}/model.pt --backend local",
+     "100% of the pixels of"),
     ("bogus-device", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --device bogus",
      "--device 'bogus' is not a torch device"),
     ("batch-0", "reconstruct {d}/good.h5 --batch-size 0", "'--batch-size': 0 is not in the range x>=1"),

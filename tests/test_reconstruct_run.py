@@ -11,9 +11,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from movies import assert_identical, assert_one_line_error, read, run_cli, sha, snapshot, write_dxchange
+from movies import assert_identical, assert_one_line_error, counts, read, run_cli, sha, snapshot, write_dxchange
 from tools import EXE
 
+from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
 
 pytestmark = pytest.mark.slow
@@ -115,3 +116,29 @@ def test_bad_input_is_one_line_and_changes_nothing(movie_model, movie, tmp_path)
     assert_one_line_error(refused, "unfinished reconstruction with other")
     assert sha(good) == before["good.h5"]
 
+
+
+def test_bad_pixels_are_counted_and_an_all_bad_volume_is_an_error(movie_model, movie, tmp_path):
+    """Absolute rules beside the relative one: pixels whose flat is not above the dark are counted in every
+    frame; a frame with more than 1 % bad pixels is flagged whatever the others look like; a volume in which
+    every frame is flagged is an error, never "0 flagged"."""
+    t = movie["transmission"][:6].copy()
+    t[2, 20:30, :10] = np.nan  # 100 px = 2.4 % of frame 2: flagged by the absolute rule
+    flat = np.stack([counts(movie, np.ones((64, 64)))] * 2)
+    flat[:, 0, :12] = 40  # 12 px (0.3 %) whose flat is below the dark (50): counted, not flagged
+    raw = counts(movie, np.nan_to_num(t, nan=1.0)).astype(np.float32)
+    raw[2, 20:30, :10] = np.nan
+    archive = tmp_path / "bad.h5"
+    with h5py.File(archive, "w") as f:
+        f["exchange/data"] = raw
+        f["exchange/data_white"] = flat
+        f["exchange/data_dark"] = np.stack([np.full((64, 64), 50, np.uint16)] * 2)
+    s = reconstruct(ReconstructRequest(archive, model=movie_model, backend="local", batch_size=4, preview=False))
+    per_frame = dict(s.nonfinite)
+    assert per_frame == {0: 12, 1: 12, 2: 112, 3: 12, 4: 12, 5: 12}
+    assert 2 in [i for i, _ in s.flagged] and len(s.flagged) < 6
+    nothing = tmp_path / "nan.h5"
+    with h5py.File(nothing, "w") as f:
+        f["frames"] = np.full((6, 64, 64), np.nan, np.float32)
+    with pytest.raises(DataError, match="every one of the 6 frames was flagged"):
+        reconstruct(ReconstructRequest(nothing, model=movie_model, backend="local", batch_size=4, preview=False))

@@ -225,8 +225,12 @@ class FrameReader:
         self.dark = _mean_reference(self.file, archive.darks)
         if self.flat is not None and self.dark is None:
             self.dark = np.zeros_like(self.flat)
-        # float32 affine form of the correction, precomputed once (the hot loop of every worker)
-        self._corrector = FlatfieldCorrector(self.flat, self.dark) if self.flat is not None else None
+        # float32 affine form of the correction, precomputed once (the hot loop of every worker). Pixels whose
+        # flat is not above the dark carry no signal: NaN, so that every frame counts them (nonfinite_pixels).
+        self._corrector = (FlatfieldCorrector(self.flat, self.dark, dead_value=np.nan)
+                           if self.flat is not None else None)
+        #: the fraction of pixels whose flat is not above the dark (0 without flats)
+        self.dead_fraction = self._corrector.dead_fraction if self._corrector is not None else 0.0
         self._dark32 = None if self.dark is None else self.dark.astype(np.float32)
 
     def close(self) -> None:

@@ -53,23 +53,30 @@ class FlatfieldCorrector:
     """The same correction as :func:`flatfield_correct`, precomputed for a stream of numpy frames.
 
     ``(I - dark) * gain + offset`` in float32, with gain = 1 / (flat - dark) and offset 0 where flat - dark > eps,
-    and gain 0, offset 1 (transmission 1.0) elsewhere: one conversion and three in-place passes per frame
+    and gain 0, offset ``dead_value`` elsewhere (1.0, the free beam, as :func:`flatfield_correct`; NaN marks
+    such dead pixels for the reconstruction's counts): one conversion and three in-place passes per frame
     instead of float64 temporaries (the reconstruction reader's hot loop; ``bench reconstruct``). Agrees with
     the float64 reference to float32 rounding (relative ~1e-7 of the transmission).
 
     Args:
         flats: flat fields (H, W) or a stack (..., H, W). darks: dark fields, likewise (zeros if None).
         eps: as :func:`flatfield_correct`.
+        dead_value: the transmission given to pixels whose flat is not above the dark.
+
+    Attributes:
+        dead_fraction: the fraction of pixels whose flat is not above the dark (0..1).
     """
 
-    def __init__(self, flats: np.ndarray, darks: np.ndarray | None, *, eps: float = 1e-6) -> None:
+    def __init__(self, flats: np.ndarray, darks: np.ndarray | None, *, eps: float = 1e-6,
+                 dead_value: float = 1.0) -> None:
         flat = np.asarray(_mean_frame(np.asarray(flats), 2), dtype=np.float64)
         dark = np.zeros_like(flat) if darks is None else np.asarray(_mean_frame(np.asarray(darks), 2), np.float64)
         denom = flat - dark
         good = denom > eps
         self.dark = dark.astype(np.float32)
         self.gain = np.where(good, 1.0 / np.where(good, denom, 1.0), 0.0).astype(np.float32)
-        self.offset = np.where(good, 0.0, 1.0).astype(np.float32)
+        self.offset = np.where(good, 0.0, dead_value).astype(np.float32)
+        self.dead_fraction = float(1.0 - good.mean())
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """raw (..., H, W) of any real dtype -> float32 transmission, same shape (a new array)."""

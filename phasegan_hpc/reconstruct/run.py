@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from phasegan_hpc.data.archive import Archive, open_archive
+from phasegan_hpc.data.archive import Archive, FrameReader, open_archive
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.evaluate import check_compatible
 from phasegan_hpc.models.artifact import PhaseModel, load_model
@@ -40,8 +40,13 @@ from phasegan_hpc.reconstruct.request import ReconstructRequest, Summary
 from phasegan_hpc.reconstruct.source import FixedShards
 from phasegan_hpc.reconstruct.worker import Job
 
-#: A frame is flagged when its score (``flag_by``) exceeds median + FLAG_MADS x (1.4826 MAD) of all frames.
+#: A frame is flagged when its score (``flag_by``) exceeds median + FLAG_MADS x (1.4826 MAD) of all frames,
 FLAG_MADS = 5.0
+#: or, whatever the others look like, when more than this fraction of its pixels were not finite (or had a
+#: flat field not above the dark), or its score is not finite.
+MAX_BAD_PIXEL_FRACTION = 0.01
+#: A run is refused when more than this fraction of the flat-field pixels are not above the dark.
+MAX_DEAD_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,10 @@ def reconstruct(request: ReconstructRequest, *, progress: ProgressFn | None = No
     summary = _summarise(out, job, plan, pending, rows, seconds, request)
     summary.replaced_workers = backend.replaced
     summary.rejected_shards = sorted(prepared.rejected)
+    if summary.frames > 1 and len(summary.flagged) == summary.frames:
+        raise DataError(f"every one of the {summary.frames} frames was flagged (non-finite input or output, or "
+                        f"{summary.flag_by} far from the rest): check the archive's flats and darks, the model and "
+                        f"the geometry; {out} is kept for inspection")
     return summary
 
 
@@ -144,6 +153,12 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
     """
     r, method = request, request.method
     archive = open_archive(r.archive, r.dataset)
+    reader = FrameReader(archive)
+    dead = reader.dead_fraction
+    reader.close()
+    if dead > MAX_DEAD_FRACTION:
+        raise DataError(f"{dead:.0%} of the pixels of {archive.path} have a flat field not above the dark: the "
+                        "flats or darks are wrong (swapped, empty, or of another detector)")
     model_path = r.model_path()
     loaded = load_model(model_path) if model_path is not None else None
     if loaded is not None and method.model_geometry:
@@ -181,14 +196,16 @@ def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], row
                seconds: float, request: ReconstructRequest) -> Summary:
     scores, nonfinite = read_scores(out, request.flag_by)
     finite = scores[np.isfinite(scores)]
-    threshold = float("nan")
-    flagged: list[tuple[int, float]] = []
+    threshold = float("nan")  # no finite score: every frame is flagged by the absolute rules below
     if len(finite):
         med = float(np.median(finite))
         mad = 1.4826 * float(np.median(np.abs(finite - med)))
         threshold = med + FLAG_MADS * max(mad, 1e-3 * abs(med), 1e-12)
-        bad = np.flatnonzero(~np.isfinite(scores) | (scores > threshold))
-        flagged = [(int(i), float(scores[i])) for i in bad]
+    pixels = int(np.prod(job.archive.frame_shape))
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~np.isfinite(scores) | (scores > threshold)
+                             | (nonfinite > MAX_BAD_PIXEL_FRACTION * pixels))
+    flagged = [(int(i), float(scores[i])) for i in bad]
     busy: dict[str, float] = {}
     for r in rows:
         if "seconds" in r:
