@@ -35,6 +35,23 @@ def inputs(tmp_path_factory, movie, movie_model) -> Path:
     (d / "latin1.toml").write_bytes("[train]\nname = 'caf\xe9'\n".encode("latin-1"))
     (d / "section.toml").write_text("[train2]\nepochs = 1\n")
     (d / "data_file").write_text("a file, not a directory\n")
+    payload = torch.load(movie_model, weights_only=True)
+    crafted = {  # model files a careless or hostile hand made from a real one
+        "huge.pt": {**payload, "arch": {**payload["arch"], "base_filters": 4096}},
+        "noarch.pt": {k: v for k, v in payload.items() if k != "arch"},
+        "archlist.pt": {**payload, "arch": [1, 2]},
+        "nophysics.pt": {k: v for k, v in payload.items() if k != "physics"},
+        "strphysics.pt": {**payload, "physics": {**payload["physics"], "distance_m": "far"}},
+        "badweights.pt": {**payload, "state_dict": {"w": [1, 2, 3]}},
+    }
+    for name, content in crafted.items():
+        torch.save(content, d / name)
+    with h5py.File(d / "textattrs.h5", "w") as f:
+        f["frames"] = np.ones((4, 64, 64), np.float32)
+        f.attrs.update({"pixel_size_m": "one micron", "distance_m": 0.1, "wavelength_m": 1e-10})
+    with h5py.File(d / "arrayattrs.h5", "w") as f:
+        f["frames"] = np.ones((4, 64, 64), np.float32)
+        f.attrs.update({"pixel_size_m": [1e-6, 2e-6], "distance_m": 0.1, "wavelength_m": 1e-10})
     with h5py.File(d / "swapped.h5", "w") as f:  # flats and darks swapped: no pixel's flat is above its dark
         f["exchange/data"] = np.full((6, 64, 64), 400, np.uint16)
         f["exchange/data_white"] = np.full((2, 64, 64), 50, np.uint16)
@@ -51,6 +68,21 @@ CASES = [
     ("not-a-model", "reconstruct {d}/good.h5 --model {d}/other.pt --backend local", "not a phasegan-hpc model"),
     ("flats-below-darks", "reconstruct {d}/swapped.h5 --model {d}/model.pt --backend local",
      "100% of the pixels of"),
+    ("model-huge-architecture", "reconstruct {d}/good.h5 --model {d}/huge.pt --backend local",
+     "architecture does not match the stored weights"),
+    ("model-no-arch", "reconstruct {d}/good.h5 --model {d}/noarch.pt --backend local",
+     "unknown generator architecture"),
+    ("model-arch-list", "reconstruct {d}/good.h5 --model {d}/archlist.pt --backend local",
+     "unknown generator architecture 'list'"),
+    ("model-no-physics", "reconstruct {d}/good.h5 --model {d}/nophysics.pt --backend local", "no geometry"),
+    ("model-text-physics", "reconstruct {d}/good.h5 --model {d}/strphysics.pt --backend local",
+     "'distance_m' of"),
+    ("model-bad-weights", "reconstruct {d}/good.h5 --model {d}/badweights.pt --backend local",
+     "the weights are not a dict of tensors"),
+    ("archive-text-attribute", "reconstruct {d}/textattrs.h5 --method paganin --delta-beta 100 --backend local",
+     "attribute 'pixel_size_m' of"),
+    ("archive-array-attribute", "reconstruct {d}/arrayattrs.h5 --method paganin --delta-beta 100 --backend local",
+     "not a finite number"),
     ("bogus-device", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --device bogus",
      "--device 'bogus' is not a torch device"),
     ("batch-0", "reconstruct {d}/good.h5 --batch-size 0", "'--batch-size': 0 is not in the range x>=1"),

@@ -15,7 +15,7 @@ import hdf5plugin  # noqa: F401  (registers the Blosc / LZ4 / Zstd filters)
 import numpy as np
 
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.physics.geometry import Geometry
+from phasegan_hpc.physics.geometry import Geometry, attr_float
 
 #: Files up to this size are held in memory during training.
 IN_MEMORY_BYTES = 2 << 30
@@ -171,11 +171,12 @@ def open_training_data(data_dir: str | Path, paired: bool, upsample: int = 1) ->
         if len(s) == 0 and s is not validation:
             raise DataError(f"{s.path} holds no frames")
     attrs = stacks[0].attrs
-    detector_pixel = (intensities or pairs).attrs.get("pixel_size_m")  # the frames' own file, else upsample x
+    frames = intensities or pairs  # the frames' own file gives their pixel, else upsample x the objects'
+    detector_pixel = (attr_float(frames.attrs, "pixel_size_m", str(frames.path))
+                      if frames is not None and "pixel_size_m" in frames.attrs else None)
     if detector_pixel is None and "pixel_size_m" in attrs:
-        detector_pixel = float(attrs["pixel_size_m"]) * upsample
-    geometry = Geometry.from_attrs(attrs, str(stacks[0].path),
-                                   detector_pixel_size_m=None if detector_pixel is None else float(detector_pixel))
+        detector_pixel = attr_float(attrs, "pixel_size_m", str(stacks[0].path)) * upsample
+    geometry = Geometry.from_attrs(attrs, str(stacks[0].path), detector_pixel_size_m=detector_pixel)
     if abs(geometry.upsample - upsample) > 1e-6 * upsample:
         raise DataError(f"{d}: detector pixels of {geometry.detector_pixel_size_m:g} m and object pixels of "
                         f"{geometry.pixel_size_m:g} m (ratio {geometry.upsample:g}) do not fit [model] upsample = "

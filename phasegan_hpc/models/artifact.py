@@ -54,8 +54,20 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _build(arch: dict[str, Any], state: Mapping[str, torch.Tensor]) -> nn.Module:
-    if arch.get("name") not in GENERATORS:
-        raise KeyError(f"unknown generator architecture {arch.get('name')!r}")
+    """The network of ``arch`` with the weights ``state``. The architecture is first built on torch's "meta"
+    device (shapes, no memory) and its parameter shapes compared with the stored ones, so that a small file
+    declaring a huge network is refused before anything is allocated."""
+    if not isinstance(arch, dict) or arch.get("name") not in GENERATORS:
+        raise KeyError(f"unknown generator architecture {arch.get('name') if isinstance(arch, dict) else arch!r}")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TypeError("the weights are not a dict of tensors")
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build_from_arch(arch).state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in state.items()}
+    if shapes != stored:
+        diff = sorted(set(shapes) ^ set(stored)) or [k for k in shapes if shapes[k] != stored[k]]
+        raise ValueError(f"{len(diff)} tensors differ, first {diff[0]}: architecture {shapes.get(diff[0])}, "
+                         f"stored {stored.get(diff[0])}")
     net = build_from_arch(arch)
     net.load_state_dict(state)
     return net
@@ -145,10 +157,14 @@ class PhaseModel:
         if payload.get("format_version") != FORMAT_VERSION:
             raise DataError(f"{p}: model format version {payload.get('format_version')!r}, this software reads "
                             f"{FORMAT_VERSION}")
-        arch = payload["arch"]
-        if arch.get("name") not in GENERATORS:
-            raise DataError(f"{p}: unknown generator architecture {arch.get('name')!r}")
-        detector = payload.get("detector")
+        arch, detector = payload.get("arch"), payload.get("detector")
+        if not isinstance(arch, dict) or arch.get("name") not in GENERATORS:
+            raise DataError(f"{p}: unknown generator architecture "
+                            f"{arch.get('name') if isinstance(arch, dict) else type(arch).__name__!r}")
+        if detector is not None and not isinstance(detector, dict):
+            raise DataError(f"{p}: malformed detector entry ({type(detector).__name__})")
+        if not isinstance(payload.get("physics"), dict):
+            raise DataError(f"{p}: no geometry (physics) in the model file")
         try:
             generator = _build(arch, payload["state_dict"])
             norm = Normalisation.from_dict(payload["normalisation"])
@@ -160,7 +176,7 @@ class PhaseModel:
             geometry = Geometry.from_attrs(payload["physics"], str(p)).with_padding(
                 int(detector.get("pad", 0)) if detector else 0, str(detector.get("pad_mode", "edge")) if detector
                 else "edge")
-        except (PhysicsError, ValueError) as exc:
+        except (PhysicsError, ValueError, TypeError, KeyError) as exc:
             raise DataError(f"{p}: unusable geometry ({exc})") from None
         model = cls(generator, arch, norm, geometry, str(payload["method"]), dict(payload.get("info", {})), g_d,
                     dict(detector["arch"]) if detector else None, file_sha256(p))

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from phasegan_hpc.errors import DataError
@@ -22,6 +23,22 @@ from phasegan_hpc.physics.propagator import PAD_MODES, FresnelPropagator, contra
 
 #: The attributes every data file and model carries (the detector pixel is optional: it defaults to these).
 GEOMETRY_ATTRS = ("pixel_size_m", "wavelength_m", "distance_m")
+
+
+def attr_float(attrs: Mapping, key: str, where: str = "") -> float:
+    """``attrs[key]`` as a finite float: a number, or an array or string holding exactly one.
+
+    Raises:
+        DataError: anything else (text, an array of several values, nan, inf), naming the attribute.
+    """
+    value = attrs[key]
+    try:
+        number = float(np.asarray(value, dtype=np.float64).reshape(-1)[0]) if np.size(value) == 1 else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not np.isfinite(number):
+        raise DataError(f"attribute {key!r} of {where or 'the file'} is {value!r}, not a finite number")
+    return number
 
 
 @dataclass(frozen=True)
@@ -75,9 +92,10 @@ class Geometry:
         absent = [k for k in GEOMETRY_ATTRS if k not in attrs]
         if absent:
             raise DataError(f"{where or 'the file'} lacks the physics attribute(s) {', '.join(absent)}")
-        det = detector_pixel_size_m if detector_pixel_size_m is not None else attrs.get("detector_pixel_size_m", 0.0)
-        return cls(float(attrs["wavelength_m"]), float(attrs["pixel_size_m"]), float(attrs["distance_m"]),
-                   float(det), pad, pad_mode)
+        det = (detector_pixel_size_m if detector_pixel_size_m is not None
+               else attr_float(attrs, "detector_pixel_size_m", where) if "detector_pixel_size_m" in attrs else 0.0)
+        return cls(attr_float(attrs, "wavelength_m", where), attr_float(attrs, "pixel_size_m", where),
+                   attr_float(attrs, "distance_m", where), float(det), pad, pad_mode)
 
     def to_attrs(self) -> dict[str, float]:
         """Plain floats for HDF5 attributes and ``model.pt`` (the keys :meth:`from_attrs` reads)."""
@@ -120,5 +138,6 @@ class Geometry:
         ours = {"pixel_size_m": self.detector_pixel_size_m, "wavelength_m": self.wavelength_m,
                 "distance_m": self.distance_m}
         for key, value in ours.items():
-            if key in attrs and not math.isclose(float(attrs[key]), value, rel_tol=rtol, abs_tol=0.0):
-                raise DataError(f"{where}: {key} = {float(attrs[key]):g}, but the model was trained for {value:g}")
+            if key in attrs and not math.isclose(theirs := attr_float(attrs, key, where), value, rel_tol=rtol,
+                                                 abs_tol=0.0):
+                raise DataError(f"{where}: {key} = {theirs:g}, but the model was trained for {value:g}")

@@ -19,7 +19,7 @@ from phasegan_hpc.data.archive import Archive, FrameReader, open_archive
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.evaluate import check_compatible
 from phasegan_hpc.models.artifact import PhaseModel, load_model
-from phasegan_hpc.physics.geometry import Geometry
+from phasegan_hpc.physics.geometry import Geometry, attr_float
 from phasegan_hpc.physics.optics import resolve_wavelength_m
 from phasegan_hpc.progress import ProgressFn, Tally
 from phasegan_hpc.reconstruct.backends import Backend, backend_named
@@ -118,8 +118,9 @@ def _geometry(method: Method, model: PhaseModel | None, archive: Archive,
     if "energy_kev" in given:
         given["wavelength_m"] = resolve_wavelength_m(None, given.pop("energy_kev"))
     delta_beta = given.get("delta_beta")
-    if delta_beta is None and "delta" in attrs and "beta" in attrs and float(attrs["beta"]) > 0:
-        delta_beta = float(attrs["delta"]) / float(attrs["beta"])
+    where = str(archive.path)
+    if delta_beta is None and "delta" in attrs and "beta" in attrs and attr_float(attrs, "beta", where) > 0:
+        delta_beta = attr_float(attrs, "delta", where) / attr_float(attrs, "beta", where)
     if method.needs_delta_beta and delta_beta is None:
         raise DataError(f"--method {method.name} needs --delta-beta (the archive has no delta/beta attributes)")
     if model is not None and method.model_geometry:  # the geometry it was trained for
@@ -132,7 +133,7 @@ def _geometry(method: Method, model: PhaseModel | None, archive: Archive,
         elif key in known:
             values[key] = float(known[key])
         elif key in attrs:
-            values[key] = float(attrs[key])
+            values[key] = attr_float(attrs, key, where)
         else:
             flag = "--" + key.replace("_", "-")
             raise DataError(f"{archive.path} has no attribute {key!r}: give {flag}")
