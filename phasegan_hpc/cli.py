@@ -18,7 +18,7 @@ from phasegan_hpc import __version__
 from phasegan_hpc.bench import bench_command
 from phasegan_hpc.cluster import interrupt_on_sigterm
 from phasegan_hpc.errors import PhaseganError
-from phasegan_hpc.files import atomic_write_text
+from phasegan_hpc.files import atomic_write_text, check_writable
 from phasegan_hpc.ui import (
     console,
     error_line,
@@ -175,6 +175,8 @@ def _pipeline(archive: Path, report: Path | None = None, **options) -> None:
     print its summary (and, with ``report``, write it as JSON)."""
     from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
 
+    if report is not None:
+        check_writable(report, "--report")
     request = ReconstructRequest(archive, **{"preview": False, **options})
     with progress_bar(request.method.name, unit="frames") as progress:
         summary = reconstruct(request, progress=progress)
@@ -298,6 +300,8 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
     """Table of L2, DSSIM and FRCM (mean ± std) for phase and attenuation (paper Table 1)."""
     from phasegan_hpc.evaluate import evaluate as run_evaluation
 
+    if json_path is not None:
+        check_writable(json_path, "--json")
     rows = run_evaluation(model_path, validation, tuple(baselines), max_frames=frames)
     console().print(metrics_table(rows, f"{validation}"))
     if json_path is not None:

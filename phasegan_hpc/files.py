@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from phasegan_hpc.errors import DataError
+
 
 def _umask_mode() -> int:
     """0o666 without this process's umask: the mode ``open()`` would give a new file (mkstemp gives 0o600)."""
@@ -54,3 +56,21 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_file(path, "w") as f:
         f.write(text)
     return Path(path)
+
+
+def check_writable(path: str | Path, what: str = "output") -> Path:
+    """``path`` as a file that can be written: its directory exists and is writable, and it is not a
+    directory itself. Checked before long work, so that a report is not lost after hours of it.
+
+    Raises:
+        DataError: naming the problem.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise DataError(f"{what} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{what} {path}: directory {parent} is not writable")
+    return path

@@ -83,6 +83,11 @@ CASES = [
      "attribute 'pixel_size_m' of"),
     ("archive-array-attribute", "reconstruct {d}/arrayattrs.h5 --method paganin --delta-beta 100 --backend local",
      "not a finite number"),
+    ("report-missing-directory", "reconstruct {d}/good.h5 --report {d}/nowhere/r.json --backend local",
+     "--report {d}/nowhere/r.json: directory {d}/nowhere does not exist"),
+    ("evaluate-json-missing-directory", "evaluate --data {d}/good.h5 --json {d}/nowhere/e.json",
+     "directory {d}/nowhere does not exist"),
+    ("bench-json-missing-directory", "bench propagator --json {d}/nowhere/b.json", "does not exist"),
     ("bogus-device", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --device bogus",
      "--device 'bogus' is not a torch device"),
     ("batch-0", "reconstruct {d}/good.h5 --batch-size 0", "'--batch-size': 0 is not in the range x>=1"),
@@ -149,7 +154,7 @@ def test_bad_input_is_one_literal_line_and_changes_nothing(inputs, tmp_path, mon
     assert stop.value.code == 1, err + out
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in err + out, err
-    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    assert lines[0].startswith("error: ") and needle.format(d=inputs) in lines[0], lines[0]
     assert _snapshot(inputs) == before
     assert not os.listdir(tmp_path)  # nothing started in the working directory either
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from phasegan_hpc.errors import PhaseganError
-from phasegan_hpc.files import atomic_write_text
+from phasegan_hpc.files import atomic_write_text, check_writable
 from phasegan_hpc.ui import bench_table, console
 
 
@@ -91,6 +91,8 @@ def bench_command(name: str, json_path: str | None = None, **options: Any) -> di
         PhaseganError: a check of the record is over its tolerance (``bench check``), after the table and
             the JSON are written.
     """
+    if json_path is not None:
+        check_writable(json_path, "--json")
     if name == "table1":  # hours of training: say which cell is running
         options["progress"] = lambda message: console(stderr=True).print(message, style="dim")
     result = run_benchmark(name, **options)
