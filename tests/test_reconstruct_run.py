@@ -4,7 +4,9 @@ redoing finished shards; bad input is one line and changes nothing."""
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 
 import faults
 import h5py
@@ -142,3 +144,23 @@ def test_bad_pixels_are_counted_and_an_all_bad_volume_is_an_error(movie_model, m
         f["frames"] = np.full((6, 64, 64), np.nan, np.float32)
     with pytest.raises(DataError, match="every one of the 6 frames was flagged"):
         reconstruct(ReconstructRequest(nothing, model=movie_model, backend="local", batch_size=4, preview=False))
+
+
+def test_a_second_run_on_one_output_is_refused_and_a_killed_holder_frees_it(movie_model, movie, tmp_path):
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=4)
+    out = tmp_path / "o.h5"
+    request = ReconstructRequest(archive, model=movie_model, output=out, backend="local", preview=False)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from phasegan_hpc.reconstruct.output import OutputLock\n"
+        "with OutputLock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"), str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DataError, match=rf"o\.h5 is in use by {socket.gethostname()}:{holder.pid} since 20"):
+            reconstruct(request)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".o.h5.lock", "a.h5"]  # nothing started
+    finally:
+        faults.kill(holder.pid)  # SIGKILL, as a lost process: the kernel drops its lock
+        holder.wait()
+    s = reconstruct(request)
+    assert s.computed_frames == 4 and not (tmp_path / ".o.h5.lock").exists()

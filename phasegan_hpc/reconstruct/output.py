@@ -13,10 +13,13 @@ every shard is finished.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,57 @@ MANIFEST_VERSION = 1
 def default_output(archive: Path, method: str) -> Path:
     """``<stem>_phasegan.h5`` (``_paganin`` for the baseline) next to the archive."""
     return archive.with_name(f"{archive.stem}_{method}.h5")
+
+
+class OutputLock:
+    """An exclusive lock on an output for the length of a run (``.NAME.lock`` beside it, ``fcntl.flock``):
+    a second run on the same output is refused with who holds it, instead of two runs writing one shard
+    directory. The file records ``HOST:PID since TIME``; the kernel releases the lock when its process ends
+    however it ends (kill -9 included), so a lock is never stale on a local or NFSv4 file system, and the file
+    is removed on release. Without the output's directory (made later) there is nothing to lock yet.
+
+    Raises (on entry):
+        DataError: another run holds the lock, or the lock's name is not a plain file (a planted link).
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.path = output.with_name(f".{output.name}.lock")
+        self.output = output
+        self.fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        if not self.path.parent.is_dir():
+            return self
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                raise DataError(f"cannot lock {self.output}: {self.path}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+                os.close(fd)
+                raise DataError(f"{self.output} is in use by {holder}; wait for it or choose another --output") \
+                    from None
+            try:  # the file may have been removed by its last holder between our open and our lock
+                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()}:{os.getpid()} since {since}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held: the next run creates a fresh one
+            os.close(self.fd)
+            self.fd = None
 
 
 def shards_dir_of(output: Path) -> Path:

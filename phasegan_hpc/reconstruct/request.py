@@ -10,6 +10,7 @@ from typing import Any
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct.backends import BACKENDS
 from phasegan_hpc.reconstruct.methods import SCORES, Method, PhaseGAN, method_named
+from phasegan_hpc.reconstruct.output import default_output
 
 MODEL_ENV = "PHASEGAN_HPC_MODEL"
 DEFAULT_MODEL = Path("runs/latest/model.pt")
@@ -84,6 +85,12 @@ class ReconstructRequest:
         if unknown:
             raise DataError(f"unknown geometry {', '.join(unknown)}; choose from {', '.join(GEOMETRY_OVERRIDES)}")
         self.method.check()
+
+    def output_path(self) -> Path:
+        """``output`` as an absolute path, else ``<stem>_<method>.h5`` next to the (resolved) archive."""
+        if self.output is not None:
+            return self.output.expanduser().absolute()
+        return default_output(self.archive.expanduser().resolve(), self.method.name)
 
     def model_path(self) -> Path | None:
         """``model``, else ``$PHASEGAN_HPC_MODEL``, else ``./runs/latest/model.pt``; None if there is none and the

@@ -7,6 +7,7 @@ ones are redone from their start, and the result is identical to an uninterrupte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -26,9 +27,9 @@ from phasegan_hpc.reconstruct.backends import Backend, backend_named
 from phasegan_hpc.reconstruct.figures import reconstruction_preview
 from phasegan_hpc.reconstruct.methods import Layout, Method
 from phasegan_hpc.reconstruct.output import (
+    OutputLock,
     assemble,
     check_output,
-    default_output,
     manifest,
     plan_id,
     prepare_shards_dir,
@@ -81,6 +82,12 @@ def reconstruct(request: ReconstructRequest, *, progress: ProgressFn | None = No
     if backend is None:
         backend = backend_named(request.backend, workers=request.workers, cpus_per_worker=request.cpus_per_worker,
                                 gpus_per_worker=request.gpus_per_worker)
+    with OutputLock(request.output_path()) if backend.is_driver() else contextlib.nullcontext():
+        return _run(request, backend, progress)
+
+
+def _run(request: ReconstructRequest, backend: Backend, progress: ProgressFn | None) -> Summary | None:
+    """:func:`reconstruct` with the output locked (by the driver)."""
     prepared = backend.prepare(lambda: prepare(request, backend))
     job, plan, pending, out = prepared.job, prepared.plan, prepared.pending, prepared.output
     driver = backend.is_driver()
@@ -165,7 +172,7 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
     if loaded is not None and method.model_geometry:
         check_compatible(loaded.geometry, archive.attrs, archive.frame_shape, str(archive.path))
     geometry, delta_beta = _geometry(method, loaded, archive, r.physics)
-    out = r.output.expanduser().absolute() if r.output else default_output(archive.path, method.name)
+    out = r.output_path()
     check_output(out, archive.path, r.overwrite)
     plan = make_plan(archive, r.batch_size, r.shard_frames)
     device = backend.device(r.device)
