@@ -76,3 +76,11 @@ def assert_one_line_error(proc, needle):
 def snapshot(d: Path) -> dict[str, str]:
     return {str(p.relative_to(d)): sha(p) for p in sorted(d.rglob("*")) if p.is_file()}
 
+
+
+def run_dir(output: Path) -> Path | None:
+    """The run directory of ``output``'s shards (``<stem>.shards/RUN``), None before there is one."""
+    root = output.with_name(f"{output.stem}.shards")
+    runs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    assert len(runs) <= 1, runs
+    return runs[0] if runs else None

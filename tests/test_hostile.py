@@ -88,6 +88,8 @@ CASES = [
     ("evaluate-json-missing-directory", "evaluate --data {d}/good.h5 --json {d}/nowhere/e.json",
      "directory {d}/nowhere does not exist"),
     ("bench-json-missing-directory", "bench propagator --json {d}/nowhere/b.json", "does not exist"),
+    ("overwrite-foreign-file", "reconstruct {d}/good.h5 --model {d}/model.pt --output {d}/flat2d.h5 --overwrite "
+     "--backend local", "flat2d.h5 is not a phasegan-hpc reconstruction: --overwrite replaces only those"),
     ("bogus-device", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --device bogus",
      "--device 'bogus' is not a torch device"),
     ("batch-0", "reconstruct {d}/good.h5 --batch-size 0", "'--batch-size': 0 is not in the range x>=1"),

@@ -10,7 +10,7 @@ import faults
 import h5py
 import numpy as np
 import pytest
-from movies import DATASETS, assert_identical, corrected_reference, g_o_reference, read, sha, write_dxchange
+from movies import DATASETS, assert_identical, corrected_reference, g_o_reference, read, run_dir, sha, write_dxchange
 from tools import EXE, MPIEXEC
 
 from phasegan_hpc.models.artifact import load_model
@@ -60,14 +60,18 @@ def test_killed_worker_is_replaced_with_identical_result(ray_cluster, movie_mode
     archive = write_dxchange(tmp_path / "a.h5", movie)
     ref = reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "ref.h5", backend="local",
                                          batch_size=4, shard_frames=8, preview=False))
-    shards = tmp_path / "faulty.shards"
+    out = tmp_path / "faulty.h5"
+
+    def writer_of_shard_1():  # the actor holding shard 1's partial file open, once the run directory exists
+        d = run_dir(out)
+        return d and faults.first(faults.find("ray::_RayWorker", holding=d / ".shard-000001.h5.partial"))
+
     # The actor writing shard 1 is killed from outside mid-shard, as a lost node would be.
-    partial = shards / ".shard-000001.h5.partial"
-    killer = faults.Killer(lambda: faults.first(faults.find("ray::_RayWorker", holding=partial)),
-                           "a Ray actor writing shard 1",
-                           after=lambda _: (time.time_ns(), (shards / "shard-000001.h5").exists()))
-    s = reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "faulty.h5", backend="ray",
+    killer = faults.Killer(writer_of_shard_1, "a Ray actor writing shard 1",
+                           after=lambda _: (time.time_ns(), (run_dir(out) / "shard-000001.h5").exists()))
+    s = reconstruct(ReconstructRequest(archive, model=movie_model, output=out, backend="ray",
                                        workers=2, batch_size=4, shard_frames=8, preview=False))
+    shards = run_dir(out)
     dead, (killed_ns, finished) = killer.result()
     assert not faults.alive(dead.pid) and not finished  # it did die, mid-shard
     assert (shards / "shard-000001.h5").stat().st_mtime_ns > killed_ns  # its shard was redone by another
@@ -142,7 +146,7 @@ def test_backends_serve_a_source_that_grows_while_they_run(ray_cluster, movie_mo
     assert sorted(r["shard"] for r in rows) == [0, 1, 2, 3] == sorted(source.taken)  # each once, none early lost
     assert sum(frames) == 22
     for s in prepared.plan:  # every shard file as the uninterrupted reference wrote it
-        with h5py.File(tmp_path / "ref.shards" / s.name, "r") as a, h5py.File(tmp_path / "grown.shards" / s.name,
-                                                                              "r") as b:
+        with h5py.File(run_dir(tmp_path / "ref.h5") / s.name, "r") as a, \
+                h5py.File(run_dir(tmp_path / "grown.h5") / s.name, "r") as b:
             for k in DATASETS:
                 np.testing.assert_array_equal(a[k][()], b[k][()], err_msg=f"{s.name} {k}")

@@ -3,15 +3,18 @@ deletes a directory it did not write."""
 
 import json
 import shutil
+import subprocess
 
+import faults
 import h5py
 import pytest
-from movies import assert_identical, read, write_dxchange
+from movies import assert_identical, read, run_dir, write_dxchange
+from tools import EXE
 
 from phasegan_hpc.data.archive import open_archive
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
-from phasegan_hpc.reconstruct.output import plan_id, verify_shard
+from phasegan_hpc.reconstruct.output import plan_id, published_run, verify_shard
 from phasegan_hpc.reconstruct.plan import make_plan
 
 pytestmark = pytest.mark.slow
@@ -49,7 +52,7 @@ def test_links_planted_at_temporary_names_are_never_followed(movie_model, movie,
     victims = {name: tmp_path / f"victim-{name}.txt" for name in ("output", "shard")}
     for v in victims.values():
         v.write_text("precious\n")
-    shards = tmp_path / "o.shards"
+    shards = run_dir(tmp_path / "o.h5")
     (tmp_path / "o.h5").unlink()
     (shards / "shard-000001.h5").unlink()
     (tmp_path / ".o.h5.partial").symlink_to(victims["output"])
@@ -68,7 +71,7 @@ def test_resume_reuses_only_shards_that_verify(movie_model, movie, tmp_path):
     request = ReconstructRequest(archive, model=movie_model, output=tmp_path / "o.h5", backend="local",
                                  batch_size=4, shard_frames=3, preview=False)
     ref = read(reconstruct(request).output)
-    shards = tmp_path / "o.shards"
+    shards = run_dir(tmp_path / "o.h5")
     (tmp_path / "o.h5").unlink()
     shutil.copy(shards / "shard-000000.h5", shards / "shard-000001.h5")  # another shard's file
     (shards / "shard-000002.h5").write_bytes(b"\x89HDF\r\n\x1a\n garbage")  # not HDF5 at all
@@ -81,3 +84,34 @@ def test_resume_reuses_only_shards_that_verify(movie_model, movie, tmp_path):
     pid = plan_id(json.loads((shards / "plan.json").read_text()))
     assert all(verify_shard(shards / sh.name, sh, pid) is None for sh in plan)  # all redone shards verify
     assert "plan_sha256" in verify_shard(shards / plan[0].name, plan[0], "0" * 64)  # not another plan's
+
+
+def test_overwrite_is_transactional(movie_model, movie, tmp_path):
+    """--overwrite builds the new result beside the published one: a run killed midway leaves the previous
+    output readable and unchanged; the rerun finishes, publishes with one rename, and only then removes the
+    previous run's own files (a user's file among them stays)."""
+    archive = write_dxchange(tmp_path / "a.h5", movie)
+    out = tmp_path / "o.h5"
+    first = reconstruct(ReconstructRequest(archive, model=movie_model, output=out, backend="local", batch_size=4,
+                                           shard_frames=3, preview=False))
+    old_dir, before = run_dir(out), read(out)
+    (old_dir / "notes.txt").write_text("mine\n")
+    expected = read(reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "ref.h5",
+                                                   backend="local", batch_size=2, shard_frames=3,
+                                                   preview=False)).output)
+    args = [EXE, "reconstruct", archive, "--model", movie_model, "--output", out, "--backend", "local",
+            "--batch-size", 2, "--shard-frames", 3, "--overwrite", "--no-preview"]
+    proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    root = tmp_path / "o.shards"
+    new = faults.wait_for(lambda: [p for p in root.glob("*/shard-000000.h5") if p.parent != old_dir] or None,
+                          120, "the new run's first shard")[0].parent
+    faults.freeze(proc.pid)
+    faults.kill(proc.pid)
+    proc.wait()
+    assert_identical(before, read(out))  # the previous result, as it was
+    assert sorted(p.name for p in root.iterdir()) == sorted([old_dir.name, new.name])
+    done = subprocess.run(list(map(str, args)), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert_identical(expected, read(out))
+    assert published_run(out) == new.resolve() and first.frames == 22
+    assert [p.name for p in old_dir.iterdir()] == ["notes.txt"]  # the previous run's files went, not the user's

@@ -13,7 +13,17 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from movies import assert_identical, assert_one_line_error, counts, read, run_cli, sha, snapshot, write_dxchange
+from movies import (
+    assert_identical,
+    assert_one_line_error,
+    counts,
+    read,
+    run_cli,
+    run_dir,
+    sha,
+    snapshot,
+    write_dxchange,
+)
 from tools import EXE
 
 from phasegan_hpc.errors import DataError
@@ -28,17 +38,17 @@ def test_killed_driver_resumes_without_redoing_finished_shards(ray_cluster, movi
     ref = reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "ref.h5", backend="local",
                                          batch_size=4, shard_frames=6, preview=False))
     out = tmp_path / "out.h5"
-    shards = tmp_path / "out.shards"
     args = ["reconstruct", archive, "--model", movie_model, "--output", out, "--batch-size", 4,
             "--shard-frames", 6, "--workers", 2, "--no-preview"]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     proc = subprocess.Popen([EXE, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     # The actor on shard 0 hangs mid-shard (frozen from outside, as on a stuck node); the other does the rest.
-    partial = shards / ".shard-000000.h5.partial"
-    hung = faults.wait_for(lambda: faults.first(faults.find("ray::_RayWorker", holding=partial)), 180,
-                           "a Ray actor writing shard 0")
+    hung = faults.wait_for(lambda: (d := run_dir(out)) and faults.first(
+        faults.find("ray::_RayWorker", holding=d / ".shard-000000.h5.partial")), 180, "a Ray actor writing shard 0")
     faults.freeze(hung.pid)
+    shards = run_dir(out)
+    partial = shards / ".shard-000000.h5.partial"
     others = [shards / f"shard-{i:06d}.h5" for i in (1, 2, 3)]
     try:
         faults.wait_for(lambda: all(p.is_file() for p in others) or proc.poll() is not None, 180, "shards 1-3")

@@ -3,12 +3,17 @@
     run42_phasegan.h5            /phase, /attenuation (leading shape of the frames, H, W), /consistency,
                                  /nonfinite_pixels (leading shape): HDF5 virtual datasets over the shards,
                                  with units, physics, source, model sha256, version and config as attributes
-    run42_phasegan.shards/       plan.json (the plan and what it was made from), shard-NNNNNN.h5 (finished),
-                                 .shard-NNNNNN.h5.partial (being written; never mistaken for finished)
+    run42_phasegan.shards/RUN/   one directory per run (RUN: the plan's sha256, 12 digits, and -N for a
+                                 second run of the same plan): plan.json (the plan and what it was made
+                                 from), shard-NNNNNN.h5 (finished and verifiable), .shard-NNNNNN.h5.partial
+                                 (being written; never mistaken for finished)
 
 The virtual datasets name their shards by relative path, so the output file and its shard directory move
 together. The output file itself is written under a temporary name and renamed: it exists only when
-every shard is finished.
+every shard is finished and verified. ``--overwrite`` is transactional: the new run writes its own RUN
+directory beside the published one, the output file is replaced by one atomic rename, and only then are
+the previous run's files removed (:func:`retire`): only the files a run wrote (plan.json, its shards, their
+partials), never another file. A failing new run leaves the previous result as it was.
 """
 
 from __future__ import annotations
@@ -100,16 +105,21 @@ def shards_dir_of(output: Path) -> Path:
 
 
 def check_output(output: Path, archive: Path, overwrite: bool) -> None:
-    """Refuse an output that would replace the archive, a finished output (without ``overwrite``), or a
-    directory that cannot be written. Changes nothing."""
+    """Refuse an output that would replace the archive, a finished output (without ``overwrite``), a file at
+    the output that is not a reconstruction (even with ``overwrite``), or a directory that cannot be written.
+    Changes nothing."""
     if output.resolve() == archive.resolve() or shards_dir_of(output).resolve() == archive.resolve():
         raise DataError(f"output {output} is the archive itself; choose another --output")
     if output.suffix.lower() not in (".h5", ".hdf5", ".nxs"):
         raise DataError(f"output {output} must end in .h5")
     if output.is_dir():
         raise DataError(f"output {output} is a directory")
-    if output.exists() and not overwrite:
-        raise DataError(f"output {output} exists; add --overwrite to replace it")
+    if os.path.lexists(output):
+        if not overwrite:
+            raise DataError(f"output {output} exists; add --overwrite to replace it")
+        if published_run(output) is None:
+            raise DataError(f"output {output} is not a phasegan-hpc reconstruction: --overwrite replaces only "
+                            "those; choose another --output")
     parent = output.parent  # created when missing: check the nearest existing ancestor instead
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -117,6 +127,31 @@ def check_output(output: Path, archive: Path, overwrite: bool) -> None:
         raise DataError(f"output directory {output.parent} cannot be made: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DataError(f"output directory {parent} is not writable")
+
+
+def published_run(output: Path) -> Path | None:
+    """The run directory the reconstruction at ``output`` reads its shards from; None when ``output`` is not
+    a readable reconstruction of this software (or is a link)."""
+    if output.is_symlink() or not output.is_file():
+        return None
+    try:
+        with h5py.File(output, "r") as f:
+            if f.attrs.get("software") != "phasegan-hpc" or "shards" not in f.attrs:
+                return None
+            return (output.parent / str(f.attrs["shards"])).resolve()
+    except (OSError, ValueError):
+        return None
+
+
+def _read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    mf = run_dir / MANIFEST
+    if mf.is_symlink() or not mf.is_file():
+        return None
+    try:
+        have = json.loads(mf.read_text())
+    except (OSError, ValueError):
+        return None
+    return have if isinstance(have, dict) else None
 
 
 def manifest(archive: Archive, job_identity: dict[str, Any], plan: list[Shard]) -> dict[str, Any]:
@@ -132,34 +167,93 @@ def manifest(archive: Archive, job_identity: dict[str, Any], plan: list[Shard]) 
 
 
 def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[Path, bool]:
-    """Create (or, to resume, reuse) the shard directory. Returns (directory, resumed).
-
-    With ``overwrite``, an existing output and shard directory are removed first.
+    """The run directory for the plan ``wanted``: an unfinished one of the same plan to resume, else a new
+    one. Returns (directory, resumed). Nothing is deleted here (see :func:`retire`).
 
     Raises:
-        DataError: a shard directory of another plan (other archive, model or settings) exists.
+        DataError: the shard directory holds something a reconstruction did not write; or, without
+            ``overwrite``, an unfinished run of another plan (other archive, model or settings).
     """
-    d = shards_dir_of(output)
-    mf = d / MANIFEST
-    if d.exists() and not (d.is_dir() and (mf.is_file() or not any(d.iterdir()))):
-        raise DataError(f"{d} exists and is not a reconstruction's shard directory; remove it or choose "
+    root = shards_dir_of(output)
+    if os.path.lexists(root) and (root.is_symlink() or not root.is_dir()):
+        raise DataError(f"{root} exists and is not a reconstruction's shard directory; remove it or choose "
                         "another --output")
-    if overwrite:  # only what a reconstruction wrote: the output and a shard directory with its plan.json
-        output.unlink(missing_ok=True)
-        shutil.rmtree(d, ignore_errors=True)
-    if d.is_dir() and mf.is_file():
-        try:
-            have = json.loads(mf.read_text())
-        except (OSError, ValueError):
-            have = None
-        if have != wanted:
-            changed = sorted(k for k in wanted if not isinstance(have, dict) or have.get(k) != wanted[k])
-            raise DataError(f"{d} holds an unfinished reconstruction with other settings "
-                            f"({', '.join(changed) or 'unreadable plan'}); add --overwrite to start over")
-        return d, True
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(mf, json.dumps(wanted, indent=1) + "\n")
+    entries = sorted(root.iterdir()) if root.is_dir() else []
+    runs = {e: _read_manifest(e) for e in entries if e.is_dir() and not e.is_symlink()}
+    foreign = [e for e in entries if runs.get(e) is None]
+    if foreign:
+        raise DataError(f"{root} holds {foreign[0].name}, which no reconstruction wrote: it is not a "
+                        "reconstruction's shard directory; remove it or choose another --output")
+    published = published_run(output)
+    unfinished = {e: m for e, m in runs.items() if e.resolve() != published}
+    for e, m in unfinished.items():
+        if m == wanted:
+            return e, True
+    if unfinished and not overwrite:
+        have = next(iter(unfinished.values()))
+        changed = sorted(k for k in wanted if have.get(k) != wanted[k])
+        raise DataError(f"{root} holds an unfinished reconstruction with other settings "
+                        f"({', '.join(changed) or 'unreadable plan'}); add --overwrite to start over")
+    base = plan_id(wanted)[:12]
+    name, n = base, 1
+    while os.path.lexists(root / name):
+        n += 1
+        name = f"{base}-{n}"
+    d = root / name
+    d.mkdir(parents=True)
+    atomic_write_text(d / MANIFEST, json.dumps(wanted, indent=1) + "\n")
     return d, False
+
+
+def retire(output: Path, keep: Path) -> list[Path]:
+    """After ``output`` was published over ``keep``: remove the files other runs of this shard directory
+    wrote (their plan.json, the shards their plan names, partials of those), and each such run directory once
+    it is empty. A file a run did not write stays, with its directory. Returns the directories removed."""
+    root = shards_dir_of(output)
+    removed = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        have = _read_manifest(d) if d.is_dir() and not d.is_symlink() else None
+        if have is None or d.resolve() == keep.resolve():
+            continue
+        names = [f"shard-{int(sh['index']):06d}.h5" for sh in have.get("shards", []) if isinstance(sh, dict)]
+        for name in names:
+            for p in (d / name, d / f".{name}.partial"):
+                if p.is_file() or p.is_symlink():
+                    p.unlink()
+        (d / MANIFEST).unlink()
+        try:
+            d.rmdir()
+            removed.append(d)
+        except OSError:  # something else is in it: not ours to delete
+            pass
+    return removed
+
+
+def retire_empty(run_dir: Path) -> None:
+    """Remove a run directory this run has just made (only its plan.json in it), e.g. when a check fails
+    after it was made; the shard directory goes too if nothing else is in it."""
+    (run_dir / MANIFEST).unlink(missing_ok=True)
+    for d in (run_dir, run_dir.parent):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def check_space(directory: Path, need_bytes: int, what: str) -> None:
+    """Refuse when the file system of ``directory`` (or its nearest existing ancestor) has less than
+    ``need_bytes`` free.
+
+    Raises:
+        DataError: naming the need and what is free.
+    """
+    d = directory
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    free = shutil.disk_usage(d).free
+    if free < need_bytes:
+        raise DataError(f"{what} needs up to {need_bytes / 2**30:.2f} GiB and {d} has {free / 2**30:.2f} GiB "
+                        "free; free space or choose another --output")
 
 
 def plan_id(wanted: dict[str, Any]) -> str:

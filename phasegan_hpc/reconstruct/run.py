@@ -30,16 +30,19 @@ from phasegan_hpc.reconstruct.output import (
     OutputLock,
     assemble,
     check_output,
+    check_space,
     manifest,
     plan_id,
     prepare_shards_dir,
     read_scores,
+    retire,
+    retire_empty,
     verified,
 )
 from phasegan_hpc.reconstruct.plan import Shard, make_plan
 from phasegan_hpc.reconstruct.request import ReconstructRequest, Summary
 from phasegan_hpc.reconstruct.source import FixedShards
-from phasegan_hpc.reconstruct.worker import Job
+from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS, Job
 
 #: A frame is flagged when its score (``flag_by``) exceeds median + FLAG_MADS x (1.4826 MAD) of all frames,
 FLAG_MADS = 5.0
@@ -105,7 +108,8 @@ def _run(request: ReconstructRequest, backend: Backend, progress: ProgressFn | N
         why = f" ({bad[missing[0]]})" if missing[0] in bad else ""
         raise DataError(f"shards {missing[:5]} did not finish or do not verify{why}; rerun the same command "
                         "to resume")
-    assemble(out, Path(job.shards_dir), job.archive, plan, prepared.layout, prepared.attrs)
+    assemble(out, Path(job.shards_dir), job.archive, plan, prepared.layout, prepared.attrs)  # one rename
+    retire(out, Path(job.shards_dir))  # only now: the files of the run it replaced
     summary = _summarise(out, job, plan, pending, rows, seconds, request)
     summary.replaced_workers = backend.replaced
     summary.rejected_shards = sorted(prepared.rejected)
@@ -181,8 +185,16 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
                 "batch_size": r.batch_size, "physics": _identity_physics(geometry, delta_beta),
                 "tie": method.options()}
     wanted = manifest(archive, identity, plan)
-    shards_dir, _resumed = prepare_shards_dir(out, wanted, r.overwrite)
+    shards_dir, resumed = prepare_shards_dir(out, wanted, r.overwrite)
     done, rejected = verified(shards_dir, plan, plan_id(wanted))  # a resumed run reuses only what verifies
+    frame_bytes = 4 * len(layout.outputs) * int(np.prod(layout.shape)) + 8 * len(SCALAR_DATASETS)
+    try:  # beside the previous result, if any: it stays until the new one is complete
+        check_space(shards_dir, sum(s.frames for s in plan if s.index not in done) * frame_bytes,
+                    f"the reconstruction of {archive.n_frames} frames (uncompressed)")
+    except DataError:
+        if not resumed:
+            retire_empty(shards_dir)
+        raise
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
               delta_beta, r.batch_size, device, max(1, int(r.cpus_per_worker)), archive.lead_shape[1:],
               device.startswith("cuda") if r.compile is None else r.compile, plan_id(wanted))
