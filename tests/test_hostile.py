@@ -52,6 +52,9 @@ def inputs(tmp_path_factory, movie, movie_model) -> Path:
     with h5py.File(d / "arrayattrs.h5", "w") as f:
         f["frames"] = np.ones((4, 64, 64), np.float32)
         f.attrs.update({"pixel_size_m": [1e-6, 2e-6], "distance_m": 0.1, "wavelength_m": 1e-10})
+    with h5py.File(d / "declared.h5", "w") as f:  # 1.6 kB declaring 2^40 frames (no chunk written)
+        f.create_dataset("frames", shape=(2**40, 64, 64), dtype="uint16", chunks=(1, 64, 64))
+        f.attrs.update({"pixel_size_m": 1e-6, "distance_m": 0.1, "wavelength_m": 1e-10})
     with h5py.File(d / "swapped.h5", "w") as f:  # flats and darks swapped: no pixel's flat is above its dark
         f["exchange/data"] = np.full((6, 64, 64), 400, np.uint16)
         f["exchange/data_white"] = np.full((2, 64, 64), 50, np.uint16)
@@ -90,6 +93,8 @@ CASES = [
     ("bench-json-missing-directory", "bench propagator --json {d}/nowhere/b.json", "does not exist"),
     ("overwrite-foreign-file", "reconstruct {d}/good.h5 --model {d}/model.pt --output {d}/flat2d.h5 --overwrite "
      "--backend local", "flat2d.h5 is not a phasegan-hpc reconstruction: --overwrite replaces only those"),
+    ("declared-2^40-frames", "reconstruct {d}/declared.h5 --method paganin --delta-beta 100 --backend local",
+     "declares 1,099,511,627,776 frames"),
     ("bogus-device", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --device bogus",
      "--device 'bogus' is not a torch device"),
     ("batch-0", "reconstruct {d}/good.h5 --batch-size 0", "'--batch-size': 0 is not in the range x>=1"),

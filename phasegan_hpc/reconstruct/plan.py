@@ -15,6 +15,9 @@ from phasegan_hpc.errors import DataError
 
 #: Default shard size: this many bytes of float32 input frames (4096 frames of 128 x 128).
 SHARD_BYTES = 256 << 20
+#: The most shards a plan may have (the plan and its manifest are O(shards)): 10^6 shards of the default size
+#: are 256 TiB of input; more means a wrong declaration or a far too small --shard-frames.
+MAX_SHARDS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ def make_plan(archive: Archive, batch_size: int, shard_frames: int | None = None
     per_row, unit = archive.frames_per_row, archive.chunk_rows
     rows = max(1, round(target / (per_row * unit))) * unit
     n_rows = archive.lead_shape[0]
+    count = -(-n_rows // rows)  # counted before any shard is made: planning is O(shards), refused above this
+    if count > MAX_SHARDS:
+        raise DataError(f"{archive.path} declares {archive.n_frames:,} frames: {count:,} shards of {rows * per_row:,} "
+                        f"frames, more than {MAX_SHARDS:,}; check the archive, or give a larger --shard-frames")
     shards = []
     for i, r0 in enumerate(range(0, n_rows, rows)):
         r1 = min(n_rows, r0 + rows)
