@@ -17,7 +17,7 @@ import click
 from phasegan_hpc import __version__
 from phasegan_hpc.bench import bench_command
 from phasegan_hpc.cluster import interrupt_on_sigterm
-from phasegan_hpc.errors import PhaseganError
+from phasegan_hpc.errors import PhaseganError, storage_error
 from phasegan_hpc.files import atomic_write_text, check_writable
 from phasegan_hpc.ui import (
     console,
@@ -553,6 +553,12 @@ def main() -> None:
         cli(standalone_mode=False)
     except PhaseganError as exc:
         _err.print(error_line(str(exc)))
+        sys.exit(1)
+    except OSError as exc:  # a full or read-only disk is the user's to fix, anywhere it happens
+        err = storage_error(exc)
+        if err is None:
+            raise
+        _err.print(error_line(str(err)))
         sys.exit(1)
     except (click.exceptions.Abort, KeyboardInterrupt):
         _err.print("interrupted; rerun the same command to resume")

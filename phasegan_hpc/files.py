@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from phasegan_hpc.errors import DataError
+from phasegan_hpc.errors import DataError, storage_error
 
 
 def _umask_mode() -> int:
@@ -40,14 +40,20 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         mode: "wb" or "w" (text, UTF-8), or with ``newline`` handling as :func:`os.fdopen` takes it.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(exc, path) or exc from None
     try:
         os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        err = storage_error(exc, path)
+        if err is not None:
+            raise err from None
         raise
 
 

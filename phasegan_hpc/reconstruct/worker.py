@@ -212,7 +212,8 @@ class ShardRunner:
         layout = self.retriever.layout
         rows = shard.row_stop - shard.row_start
         tail = self.job.lead_tail
-        with atomic_h5(path) as f:
+        frame_bytes = 4 * len(layout.outputs) * int(np.prod(layout.shape)) + 8 * len(SCALAR_DATASETS)
+        with atomic_h5(path, reserve=shard.frames * frame_bytes) as f:  # a full disk fails here, cleanly
             ds = {}
             for name, (units, desc) in {**layout.outputs, **SCALAR_DATASETS}.items():
                 spatial = layout.shape if name in layout.outputs else ()

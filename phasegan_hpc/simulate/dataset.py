@@ -205,7 +205,7 @@ def simulate_dataset(
         datasets: dict[int, dict[str, object]] = {}
         for stream in counts:
             name, names = STREAMS[stream]
-            f = stack.enter_context(atomic_h5(paths[name]))
+            f = stack.enter_context(atomic_h5(paths[name], reserve=4 * counts[stream] * len(names) * sim.size**2))
             f.attrs.update(file_attrs(cfg, name.removesuffix(".h5")))
             datasets[stream] = {
                 k: create_frames(f, k, counts[stream], shape, units=UNITS[k][0], description=UNITS[k][1])
