@@ -20,6 +20,7 @@ import torch
 from movies import write_dxchange
 
 from phasegan_hpc.cli import main
+from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,11 @@ def inputs(tmp_path_factory, movie, movie_model) -> Path:
     with h5py.File(d / "arrayattrs.h5", "w") as f:
         f["frames"] = np.ones((4, 64, 64), np.float32)
         f.attrs.update({"pixel_size_m": [1e-6, 2e-6], "distance_m": 0.1, "wavelength_m": 1e-10})
+    done = reconstruct(ReconstructRequest(d / "good.h5", model=movie_model, output=d / "o.h5", backend="local",
+                                          preview=False))
+    (d / "moved").mkdir()
+    (d / "moved" / "orphan.h5").write_bytes(done.output.read_bytes())  # moved without its .shards directory
+    write_dxchange(d / "four.h5", movie, n=4)
     with h5py.File(d / "declared.h5", "w") as f:  # 1.6 kB declaring 2^40 frames (no chunk written)
         f.create_dataset("frames", shape=(2**40, 64, 64), dtype="uint16", chunks=(1, 64, 64))
         f.attrs.update({"pixel_size_m": 1e-6, "distance_m": 0.1, "wavelength_m": 1e-10})
@@ -95,6 +101,9 @@ CASES = [
      "--backend local", "flat2d.h5 is not a phasegan-hpc reconstruction: --overwrite replaces only those"),
     ("declared-2^40-frames", "reconstruct {d}/declared.h5 --method paganin --delta-beta 100 --backend local",
      "declares 1,099,511,627,776 frames"),
+    ("figure-of-an-orphan-output", "movie-figure {d}/good.h5 {d}/moved/orphan.h5", "orphan.h5: shard file o.shards/"),
+    ("figure-mismatched-reconstruction", "movie-figure {d}/four.h5 {d}/o.h5", "is not a reconstruction of the 4"),
+    ("figure-not-gif", "movie-figure {d}/good.h5 {d}/o.h5 --out {d}/x.h5", "--out {d}/x.h5 must end in .gif"),
     ("bogus-device", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --device bogus",
      "--device 'bogus' is not a torch device"),
     ("batch-0", "reconstruct {d}/good.h5 --batch-size 0", "'--batch-size': 0 is not in the range x>=1"),

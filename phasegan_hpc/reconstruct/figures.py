@@ -15,6 +15,7 @@ import numpy as np
 from phasegan_hpc.data.archive import Archive, FrameReader, open_archive
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.plotting import image_grid, pyplot
+from phasegan_hpc.reconstruct.output import open_reconstruction
 
 
 def reconstruction_preview(output: str | Path, archive: Archive, out_png: str | Path, n: int = 4) -> Path:
@@ -30,7 +31,7 @@ def reconstruction_preview(output: str | Path, archive: Archive, out_png: str | 
     reader = FrameReader(archive)
     rows = []
     try:
-        with h5py.File(output, "r") as f:
+        with open_reconstruction(output) as f:
             for i in picks:
                 idx = np.unravel_index(i, archive.lead_shape)
                 row = idx[0]
@@ -54,6 +55,9 @@ def movie_figure(archive: str | Path, reconstruction: str | Path, out_gif: str |
     Returns:
         (GIF path, PNG path: the GIF's path with suffix .png).
     """
+    out_gif = Path(out_gif)
+    if out_gif.suffix.lower() != ".gif":
+        raise DataError(f"--out {out_gif} must end in .gif (the PNG strip goes beside it)")
     plt = pyplot()
     from matplotlib.animation import FuncAnimation, PillowWriter  # lazy: matplotlib only to draw, Agg set first
 
@@ -65,7 +69,9 @@ def movie_figure(archive: str | Path, reconstruction: str | Path, out_gif: str |
     finally:
         reader.close()
     try:
-        with h5py.File(reconstruction, "r") as f:
+        with open_reconstruction(reconstruction) as f:
+            if "phase" not in f or f["phase"].size // int(np.prod(f["phase"].shape[-2:])) != n:
+                raise DataError(f"{reconstruction} is not a reconstruction of the {n} frames of {arc.path}")
             phase = f["phase"][()].reshape(n, *f["phase"].shape[-2:])
             att = f["attenuation"][()].reshape(n, *f["attenuation"].shape[-2:])
         true_phase = None
@@ -95,7 +101,6 @@ def movie_figure(archive: str | Path, reconstruction: str | Path, out_gif: str |
         title.set_text(f"frame {i}")
         return images
 
-    out_gif = Path(out_gif)
     out_gif.parent.mkdir(parents=True, exist_ok=True)
     FuncAnimation(fig, show, frames=n, blit=False).save(out_gif, writer=PillowWriter(fps=fps))
     plt.close(fig)

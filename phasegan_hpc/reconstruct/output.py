@@ -345,7 +345,32 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
     return output
 
 
+def open_reconstruction(output: str | Path) -> h5py.File:
+    """Open a reconstruction read-only, refusing one whose shard files are missing: HDF5 reads a virtual
+    dataset with a missing source as its fill value (NaN for every frame), without a word.
+
+    Raises:
+        DataError: not readable, or a shard file missing (moved without its ``.shards`` directory).
+    """
+    output = Path(output)
+    try:
+        f = h5py.File(output, "r")
+    except (OSError, FileNotFoundError) as exc:
+        raise DataError(f"cannot read {output} ({type(exc).__name__})") from None
+    try:
+        for ds in f.values():
+            if isinstance(ds, h5py.Dataset) and ds.is_virtual:
+                for source in {vs.file_name for vs in ds.virtual_sources()}:
+                    if source != "." and not (output.parent / source).is_file():
+                        raise DataError(f"{output}: shard file {source} is missing (an output moves with its "
+                                        f"{shards_dir_of(output).name} directory)")
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 def read_scores(output: Path, score: str = "consistency") -> tuple[np.ndarray, np.ndarray]:
     """Flat per-frame (``score``, nonfinite_pixels) of a finished output."""
-    with h5py.File(output, "r") as f:
+    with open_reconstruction(output) as f:
         return f[score][()].reshape(-1), f["nonfinite_pixels"][()].reshape(-1)
