@@ -142,6 +142,7 @@ CASES = [
     ("train-workers-0", "train --workers 0", "'--workers': 0 is not in the range x>=1"),
     ("train-max-failures-negative", "train --max-failures -1", "'--max-failures': -1 is not in the range"),
     ("train-latin1-config", "train --config {d}/latin1.toml", "not UTF-8 text"),
+    ("train-data-is-a-file", "train --data {d}/data_file", "data_file is a file, not a data directory"),
     ("tune-trials-0", "tune --trials 0", "'--trials': 0 is not in the range x>=1"),
     ("tune-gpus-negative", "tune --gpus-per-trial -1", "'--gpus-per-trial': -1.0 is not in the range"),
     ("evaluate-frames-negative", "evaluate --data {d}/good.h5 --frames -1", "'--frames': -1 is not in the range"),

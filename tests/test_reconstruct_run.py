@@ -26,7 +26,7 @@ from movies import (
 )
 from tools import EXE
 
-from phasegan_hpc.errors import DataError
+from phasegan_hpc.errors import DataError, ResourceError
 from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
 
 pytestmark = pytest.mark.slow
@@ -174,3 +174,11 @@ def test_a_second_run_on_one_output_is_refused_and_a_killed_holder_frees_it(movi
         holder.wait()
     s = reconstruct(request)
     assert s.computed_frames == 4 and not (tmp_path / ".o.h5.lock").exists()
+
+
+def test_a_run_that_fails_before_any_shard_leaves_nothing(ray_cluster, movie_model, movie, tmp_path):
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=4)
+    with pytest.raises(ResourceError, match="64"):  # refused by the Ray backend, after the plan was made
+        reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "o.h5", backend="ray",
+                                       cpus_per_worker=64, preview=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]  # no .shards, no plan.json, no lock

@@ -142,6 +142,9 @@ def open_training_data(data_dir: str | Path, paired: bool, upsample: int = 1) ->
             sizes, or missing physics attributes.
     """
     d = Path(data_dir)
+    if d.exists() and not d.is_dir():
+        raise DataError(f"{d} is a file, not a data directory (give the directory that holds objects.h5 and "
+                        "intensities.h5)")
     if not d.is_dir():
         raise DataError(f"data directory {d} not found (make one with `phasegan-hpc simulate {d}`)")
     need = ["paired.h5"] if paired else ["objects.h5", "intensities.h5"]

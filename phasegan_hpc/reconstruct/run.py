@@ -61,6 +61,7 @@ class Prepared:
     plan: list[Shard]
     pending: list[Shard]  # the plan's shards without a file that verifies
     rejected: dict[int, str]  # shards whose file did not verify (redone), and why
+    created: bool  # the run directory was made by this run (not resumed)
     output: Path
     layout: Layout
     attrs: dict[str, Any]  # the output's attributes
@@ -92,6 +93,17 @@ def reconstruct(request: ReconstructRequest, *, progress: ProgressFn | None = No
 def _run(request: ReconstructRequest, backend: Backend, progress: ProgressFn | None) -> Summary | None:
     """:func:`reconstruct` with the output locked (by the driver)."""
     prepared = backend.prepare(lambda: prepare(request, backend))
+    try:
+        return _run_prepared(request, backend, progress, prepared)
+    except BaseException:
+        run_dir = Path(prepared.job.shards_dir)
+        if backend.is_driver() and prepared.created and not any(run_dir.glob("shard-*.h5")):
+            retire_empty(run_dir)  # failed before any shard: leave nothing behind, not even plan.json
+        raise
+
+
+def _run_prepared(request: ReconstructRequest, backend: Backend, progress: ProgressFn | None,
+                  prepared: Prepared) -> Summary | None:
     job, plan, pending, out = prepared.job, prepared.plan, prepared.pending, prepared.output
     driver = backend.is_driver()
     n = job.archive.n_frames
@@ -209,7 +221,7 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
                                            "method": method.name, "dataset": archive.dataset,
                                            "shard_frames": r.shard_frames}),
     }
-    return Prepared(job, plan, [s for s in plan if s.index not in done], rejected, out, layout, attrs)
+    return Prepared(job, plan, [s for s in plan if s.index not in done], rejected, not resumed, out, layout, attrs)
 
 
 def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], rows: list[dict[str, Any]],
