@@ -104,6 +104,11 @@ CASES = [
     ("figure-of-an-orphan-output", "movie-figure {d}/good.h5 {d}/moved/orphan.h5", "orphan.h5: shard file o.shards/"),
     ("figure-mismatched-reconstruction", "movie-figure {d}/four.h5 {d}/o.h5", "is not a reconstruction of the 4"),
     ("figure-not-gif", "movie-figure {d}/good.h5 {d}/o.h5 --out {d}/x.h5", "--out {d}/x.h5 must end in .gif"),
+    ("batch-beyond-memory", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --compile "
+     "--batch-size 100000000", "a batch of 100,000,000 frames of 64 x 64 px needs"),
+    ("tie-resample-beyond-memory", "tie {d}/good.h5 {d}/objects.h5 --delta-beta 100 --pixel-size-m 1e-6 "
+     "--distance-m 0.1 --energy-kev 12.4 --resample-pixel-size-m 1e-9",
+     "raise --resample-pixel-size-m"),
     ("bogus-device", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --device bogus",
      "--device 'bogus' is not a torch device"),
     ("batch-0", "reconstruct {d}/good.h5 --batch-size 0", "'--batch-size': 0 is not in the range x>=1"),

@@ -193,6 +193,9 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
     plan = make_plan(archive, r.batch_size, r.shard_frames)
     device = backend.device(r.device)
     layout = method.layout(loaded, archive.frame_shape, geometry)
+    compiled = device.startswith("cuda") if r.compile is None else r.compile
+    _check_batch_memory(r.batch_size if compiled else min(r.batch_size, max(s.frames for s in plan)),
+                        archive.frame_shape, layout)
     identity = {"method": method.name, "model_sha256": loaded.sha256 if loaded else None,
                 "batch_size": r.batch_size, "physics": _identity_physics(geometry, delta_beta),
                 "tie": method.options()}
@@ -209,7 +212,7 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
         raise
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
               delta_beta, r.batch_size, device, max(1, int(r.cpus_per_worker)), archive.lead_shape[1:],
-              device.startswith("cuda") if r.compile is None else r.compile, plan_id(wanted))
+              compiled, plan_id(wanted))
     attrs = {
         "method": method.name, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),
@@ -222,6 +225,35 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
                                            "shard_frames": r.shard_frames}),
     }
     return Prepared(job, plan, [s for s in plan if s.index not in done], rejected, not resumed, out, layout, attrs)
+
+
+#: Copies of a batch a worker holds at once (prefetched input, the batch, its results, the previous results).
+BATCH_COPIES = 4
+
+
+def _check_batch_memory(frames: int, frame_shape: tuple[int, int], layout: Layout) -> None:
+    """Refuse a batch (``frames`` frames in, ``layout`` out; compiled networks pad every batch to the full
+    batch size) whose arrays alone exceed this machine's available memory, before anything is allocated: a
+    huge ``--batch-size`` or a tiny ``--resample-pixel-size-m`` (TIE) would otherwise take a worker down.
+    The networks' activations come on top; this is the floor of what a worker needs."""
+    per_frame = 4 * int(np.prod(frame_shape)) + 4 * len(layout.outputs) * int(np.prod(layout.shape))
+    need = BATCH_COPIES * frames * per_frame
+    have = memory_available()
+    if have is not None and need > have:
+        raise DataError(f"a batch of {frames:,} frames of {layout.shape[0]} x {layout.shape[1]} px needs "
+                        f"{need / 2**30:,.1f} GiB of memory per worker, more than the {have / 2**30:,.1f} GiB "
+                        "available; lower --batch-size (or raise --resample-pixel-size-m)")
+
+
+def memory_available() -> int | None:
+    """This machine's available memory [bytes] (Linux ``MemAvailable``), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], rows: list[dict[str, Any]],
