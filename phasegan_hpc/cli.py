@@ -19,6 +19,7 @@ from phasegan_hpc.bench import bench_command
 from phasegan_hpc.cluster import interrupt_on_sigterm
 from phasegan_hpc.errors import PhaseganError, storage_error
 from phasegan_hpc.files import atomic_write_text, check_writable
+from phasegan_hpc.supervise import run_supervised
 from phasegan_hpc.ui import (
     console,
     error_line,
@@ -547,7 +548,13 @@ def bench_check(**options) -> None:
 
 
 def main() -> None:
-    """Console-script entry point: run the CLI, turning user errors into one line and exit status 1."""
+    """Console-script entry point: the command under a supervisor (``phasegan_hpc.supervise``), so that even
+    a crash in C code is one line and exit status 1."""
+    run_supervised(_main, lambda message: _err.print(error_line(message)))
+
+
+def _main() -> None:
+    """Run the CLI, turning user errors into one line and exit status 1."""
     interrupt_on_sigterm()  # SIGTERM (Slurm preemption, scancel) unwinds like Ctrl-C: nothing half-written
     try:
         cli(standalone_mode=False)

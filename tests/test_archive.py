@@ -1,13 +1,15 @@
 """The movie-archive reader (data/archive.py) on the layouts beamlines write: DXchange, NXtomo (image_key),
-4-D trains x pulses with Blosc, and the simulator's raw-count DXchange movie."""
+4-D trains x pulses with Blosc, and the simulator's raw-count DXchange movie; corrupt compressed chunks."""
 
+import subprocess
+from pathlib import Path
 
 import h5py
 import hdf5plugin
 import numpy as np
 import pytest
-from movies import corrected_reference, counts, g_o_reference, read, sha
-from tools import REPO
+from movies import corrected_reference, counts, g_o_reference, read, sha, write_dxchange
+from tools import EXE, REPO
 
 from phasegan_hpc.config import load_config, with_overrides
 from phasegan_hpc.data.archive import open_archive
@@ -74,3 +76,39 @@ def test_simulated_movie_is_a_dxchange_archive_of_raw_counts(tmp_path):
     with pytest.raises(DataError, match="exists"):
         simulate_movie(path, cfg, 4)
 
+
+
+def corrupt_chunk(path: Path, chunk: int, at: int, data: bytes) -> None:
+    """Overwrite bytes ``at`` bytes into the stored (compressed) chunk ``chunk`` of /exchange/data."""
+    with h5py.File(path, "r") as f:
+        info = f["exchange/data"].id.get_chunk_info(chunk)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + at)
+        fh.write(data)
+
+
+def test_a_chunk_hdf5_refuses_gives_nan_frames_and_the_run_goes_on(movie_model, movie, tmp_path):
+    archive = write_dxchange(tmp_path / "a.h5", movie)  # bitshuffle-LZ4, chunks of 3 frames
+    ref = read(reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "ref.h5",
+                                              backend="local", batch_size=4, preview=False)).output)
+    corrupt_chunk(archive, 2, 0, b"\xff" * 12)  # frames 6-8: a header the decoder rejects
+    s = reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "bad.h5", backend="local",
+                                       batch_size=4, preview=False))
+    assert [i for i, _ in s.nonfinite] == [6, 7, 8] and all(n == 64 * 64 for _, n in s.nonfinite)
+    assert {6, 7, 8} <= {i for i, _ in s.flagged}
+    out = read(s.output)
+    assert np.isnan(out["phase"][6:9]).all()
+    keep = [i for i in range(22) if i not in (6, 7, 8)]
+    np.testing.assert_array_equal(out["phase"][keep], ref["phase"][keep])
+
+
+def test_a_chunk_that_crashes_the_decoder_is_one_line(movie_model, movie, tmp_path):
+    archive = write_dxchange(tmp_path / "a.h5", movie)
+    corrupt_chunk(archive, 2, 12, b"\x7f\xff\xff\xff")  # frames 6-8: a block size that crashes the decoder
+    proc = subprocess.run([EXE, "reconstruct", str(archive), "--model", movie_model, "--backend", "local",
+                           "--batch-size", "4", "--no-preview"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("phasegan:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: the run crashed (SIGSEGV) while reading rows 6-11 of ")  # 2 chunks a block
+    assert not (tmp_path / "a_phasegan.h5").exists()  # nothing published

@@ -168,6 +168,7 @@ def _snapshot(d: Path) -> dict[str, str]:
 def test_bad_input_is_one_literal_line_and_changes_nothing(inputs, tmp_path, monkeypatch, capsys, args, needle):
     monkeypatch.chdir(tmp_path)  # no runs/latest/model.pt to fall back on
     monkeypatch.delenv("PHASEGAN_HPC_MODEL", raising=False)
+    monkeypatch.setenv("PHASEGAN_HPC_NO_SUPERVISOR", "1")  # in-process: no fork of the test process
     monkeypatch.setattr(sys, "argv", ["phasegan-hpc", *args.format(d=inputs).split()])
     before = _snapshot(inputs)
     with pytest.raises(SystemExit) as stop:

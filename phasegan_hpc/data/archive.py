@@ -20,6 +20,7 @@ import numpy as np
 
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.physics.flatfield import FlatfieldCorrector
+from phasegan_hpc.supervise import note
 
 #: NXtomo image_key values (NeXus).
 PROJECTION, FLAT, DARK = 0, 1, 2
@@ -229,6 +230,8 @@ class FrameReader:
         # flat is not above the dark carry no signal: NaN, so that every frame counts them (nonfinite_pixels).
         self._corrector = (FlatfieldCorrector(self.flat, self.dark, dead_value=np.nan)
                            if self.flat is not None else None)
+        #: output frame indices whose raw data could not be read (see :meth:`raw_rows`)
+        self.unreadable: list[int] = []
         #: the fraction of pixels whose flat is not above the dark (0 without flats)
         self.dead_fraction = self._corrector.dead_fraction if self._corrector is not None else 0.0
         self._dark32 = None if self.dark is None else self.dark.astype(np.float32)
@@ -246,17 +249,35 @@ class FrameReader:
         return out
 
     def raw_rows(self, r0: int, r1: int) -> np.ndarray:
-        """Rows [r0, r1) of the leading axis of the output, as raw frames (n, H, W)."""
+        """Rows [r0, r1) of the leading axis of the output, as raw frames (n, H, W).
+
+        A read that HDF5 refuses (a corrupt chunk whose decoder reports it) is retried row by row; the rows
+        that still fail are returned as NaN frames (float32), counted by the worker as non-finite and listed
+        in the summary, and their output indices are added to :attr:`unreadable`. The run goes on."""
+        a = self.archive
+        note(f"reading rows {r0}-{r1 - 1} of {a.path}:{a.dataset}")  # named if a decoder crashes
+        try:
+            block = self._read(r0, r1)
+        except OSError:
+            parts = []
+            for r in range(r0, r1):
+                try:
+                    parts.append(self._read(r, r + 1).astype(np.float32))
+                except OSError:
+                    parts.append(np.full((1, *a.lead_shape[1:], *a.frame_shape), np.nan, np.float32))
+                    self.unreadable.extend(range(r * a.frames_per_row, (r + 1) * a.frames_per_row))
+            block = np.concatenate(parts)
+        note("")
+        return block.reshape(-1, *a.frame_shape)
+
+    def _read(self, r0: int, r1: int) -> np.ndarray:
         a = self.archive
         if a.select is None:
-            block = self.ds[r0:r1]
-        else:
-            rows = a.select[r0:r1]
-            if rows[-1] - rows[0] + 1 == len(rows):
-                block = self.ds[int(rows[0]):int(rows[-1]) + 1]
-            else:
-                block = self.ds[rows.tolist()]
-        return block.reshape(-1, *a.frame_shape)
+            return self.ds[r0:r1]
+        rows = a.select[r0:r1]
+        if rows[-1] - rows[0] + 1 == len(rows):
+            return self.ds[int(rows[0]):int(rows[-1]) + 1]
+        return self.ds[rows.tolist()]
 
     def blocks(self, start: int, stop: int, min_frames: int) -> Iterator[np.ndarray]:
         """Corrected frames [start, stop) in blocks of whole chunk rows of at least ``min_frames`` frames.
