@@ -28,6 +28,9 @@ QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_D
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
+    # Once: Slurm signals every process of a step, so the command gets SIGTERM from Slurm and again from its
+    # supervisor (phasegan_hpc.supervise); a second KeyboardInterrupt must not cut the clean-up short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt  # SIGTERM (Slurm preemption, scancel) unwinds like Ctrl-C: nothing half-written
 
 

@@ -105,8 +105,11 @@ def test_overwrite_is_transactional(movie_model, movie, tmp_path):
     root = tmp_path / "o.shards"
     new = faults.wait_for(lambda: [p for p in root.glob("*/shard-000000.h5") if p.parent != old_dir] or None,
                           120, "the new run's first shard")[0].parent
-    faults.freeze(proc.pid)
-    faults.kill(proc.pid)
+    run = [proc.pid] + [p.pid for p in faults.descendants(proc.pid)]  # the supervisor and its command
+    for pid in run:
+        faults.freeze(pid)
+    for pid in run:
+        faults.kill(pid)
     proc.wait()
     assert_identical(before, read(out))  # the previous result, as it was
     assert sorted(p.name for p in root.iterdir()) == sorted([old_dir.name, new.name])
