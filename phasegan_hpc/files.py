@@ -58,15 +58,18 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a small text file (JSON, Markdown, TOML) atomically through :func:`atomic_file`."""
+    """Write a small text file (JSON, Markdown, TOML) atomically through :func:`atomic_file`, making its
+    directory if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, "w") as f:
         f.write(text)
     return Path(path)
 
 
 def check_writable(path: str | Path, what: str = "output") -> Path:
-    """``path`` as a file that can be written: its directory exists and is writable, and it is not a
-    directory itself. Checked before long work, so that a report is not lost after hours of it.
+    """``path`` as a file that can be written: not a directory itself, and its directory either exists and is
+    writable or can be made (its nearest existing ancestor is a writable directory). Checked before long
+    work, so that a report is not lost after hours of it; :func:`atomic_write_text` makes the directory.
 
     Raises:
         DataError: naming the problem.
@@ -75,8 +78,10 @@ def check_writable(path: str | Path, what: str = "output") -> Path:
     if path.is_dir():
         raise DataError(f"{what} {path} is a directory")
     parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
     if not parent.is_dir():
-        raise DataError(f"{what} {path}: directory {parent} does not exist")
+        raise DataError(f"{what} {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DataError(f"{what} {path}: directory {parent} is not writable")
     return path
