@@ -35,7 +35,7 @@ from phasegan_hpc import __version__
 from phasegan_hpc.data.archive import Archive
 from phasegan_hpc.data.h5io import atomic_h5
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.files import atomic_write_text
+from phasegan_hpc.files import atomic_write_text, check_writable
 from phasegan_hpc.reconstruct.methods import Layout
 from phasegan_hpc.reconstruct.plan import Shard
 from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS, ContentHash
@@ -112,21 +112,13 @@ def check_output(output: Path, archive: Path, overwrite: bool) -> None:
         raise DataError(f"output {output} is the archive itself; choose another --output")
     if output.suffix.lower() not in (".h5", ".hdf5", ".nxs"):
         raise DataError(f"output {output} must end in .h5")
-    if output.is_dir():
-        raise DataError(f"output {output} is a directory")
+    check_writable(output, "output")  # its directory is made when missing
     if os.path.lexists(output):
         if not overwrite:
             raise DataError(f"output {output} exists; add --overwrite to replace it")
         if published_run(output) is None:
             raise DataError(f"output {output} is not a phasegan-hpc reconstruction: --overwrite replaces only "
                             "those; choose another --output")
-    parent = output.parent  # created when missing: check the nearest existing ancestor instead
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise DataError(f"output directory {output.parent} cannot be made: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataError(f"output directory {parent} is not writable")
 
 
 def published_run(output: Path) -> Path | None:
