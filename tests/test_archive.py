@@ -87,11 +87,15 @@ def corrupt_chunk(path: Path, chunk: int, at: int, data: bytes) -> None:
         fh.write(data)
 
 
-def test_a_chunk_hdf5_refuses_gives_nan_frames_and_the_run_goes_on(movie_model, movie, tmp_path):
+@pytest.mark.parametrize("at, garbage", [(0, b"\xff" * 12), (12, b"\x7f\xff\xff\xff")],
+                         ids=["a header the decoder rejects", "a block size that crashes h5py's decoder"])
+def test_a_corrupt_chunk_gives_nan_frames_and_the_run_goes_on(movie_model, movie, tmp_path, at, garbage):
+    """Chunks are decoded in Python (data/chunks.py): the corrupt chunk's frames are NaN, counted and flagged,
+    the others equal an intact run's, where h5py's C decoder segfaulted on the second corruption."""
     archive = write_dxchange(tmp_path / "a.h5", movie)  # bitshuffle-LZ4, chunks of 3 frames
     ref = read(reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "ref.h5",
                                               backend="local", batch_size=4, preview=False)).output)
-    corrupt_chunk(archive, 2, 0, b"\xff" * 12)  # frames 6-8: a header the decoder rejects
+    corrupt_chunk(archive, 2, at, garbage)  # frames 6-8
     s = reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "bad.h5", backend="local",
                                        batch_size=4, preview=False))
     assert [i for i, _ in s.nonfinite] == [6, 7, 8] and all(n == 64 * 64 for _, n in s.nonfinite)
@@ -103,12 +107,21 @@ def test_a_chunk_hdf5_refuses_gives_nan_frames_and_the_run_goes_on(movie_model, 
 
 
 def test_a_chunk_that_crashes_the_decoder_is_one_line(movie_model, movie, tmp_path):
-    archive = write_dxchange(tmp_path / "a.h5", movie)
-    corrupt_chunk(archive, 2, 12, b"\x7f\xff\xff\xff")  # frames 6-8: a block size that crashes the decoder
+    """Behind a virtual dataset the chunks are h5py's to decode, and a corrupt one still crashes HDF5's C
+    filter: the supervisor turns the crash into one line naming what was being read."""
+    source = write_dxchange(tmp_path / "a.h5", movie)
+    corrupt_chunk(source, 2, 12, b"\x7f\xff\xff\xff")  # frames 6-8: a block size that crashes the decoder
+    archive = tmp_path / "vds.h5"
+    with h5py.File(source, "r") as src, h5py.File(archive, "w") as f:
+        layout = h5py.VirtualLayout(shape=src["exchange/data"].shape, dtype=src["exchange/data"].dtype)
+        layout[...] = h5py.VirtualSource(src["exchange/data"])
+        f.create_virtual_dataset("exchange/data", layout)
+        for name in ("exchange/data_white", "exchange/data_dark"):
+            f[name] = src[name][()]
     proc = subprocess.run([EXE, "reconstruct", str(archive), "--model", movie_model, "--backend", "local",
                            "--batch-size", "4", "--no-preview"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("phasegan:")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("error: the run crashed (SIGSEGV) while reading rows 6-11 of ")  # 2 chunks a block
-    assert not (tmp_path / "a_phasegan.h5").exists()  # nothing published
+    assert lines[0].startswith("error: the run crashed (SIGSEGV) while reading rows 4-7 of "), lines  # 4 a block
+    assert not (tmp_path / "vds_phasegan.h5").exists()  # nothing published

@@ -10,7 +10,8 @@ The archive is only ever opened read-only (``h5py.File(path, "r")``). Nothing he
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers bitshuffle, Blosc, LZ4, Zstd... for reading)
 import numpy as np
 
+from phasegan_hpc.data.chunks import ChunkRows
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.physics.flatfield import FlatfieldCorrector
 from phasegan_hpc.supervise import note
@@ -215,13 +217,15 @@ class FrameReader:
     """Reads output frames [start, stop) of an archive as flat-/dark-corrected float32 (n, H, W).
 
     Opens the archive itself (read-only), so each worker process has its own handle. Reads are aligned to
-    the dataset's chunks along axis 0, so every chunk is decompressed once.
+    the dataset's chunks along axis 0, so every chunk is decompressed once, and decoded in Python
+    (:mod:`phasegan_hpc.data.chunks`): a corrupt chunk gives NaN frames, not a crash.
     """
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
         self.file = _open(archive.path)
         self.ds = self.file[archive.dataset]
+        self.rows = ChunkRows(self.ds)
         self.flat = _mean_reference(self.file, archive.flats)
         self.dark = _mean_reference(self.file, archive.darks)
         if self.flat is not None and self.dark is None:
@@ -248,42 +252,34 @@ class FrameReader:
             out -= self._dark32
         return out
 
-    def raw_rows(self, r0: int, r1: int) -> np.ndarray:
+    def dataset_rows(self, r0: int, r1: int) -> np.ndarray:
+        """The frames dataset's rows holding rows [r0, r1) of the output's leading axis (int64)."""
+        a = self.archive
+        return np.arange(r0, r1, dtype=np.int64) if a.select is None else a.select[r0:r1].astype(np.int64)
+
+    def raw_rows(self, r0: int, r1: int, sink: Callable[[bytes], object] | None = None) -> np.ndarray:
         """Rows [r0, r1) of the leading axis of the output, as raw frames (n, H, W).
 
-        A read that HDF5 refuses (a corrupt chunk whose decoder reports it) is retried row by row; the rows
-        that still fail are returned as NaN frames (float32), counted by the worker as non-finite and listed
-        in the summary, and their output indices are added to :attr:`unreadable`. The run goes on."""
+        Chunks are decoded in Python (:class:`~phasegan_hpc.data.chunks.ChunkRows`): the rows of a chunk that
+        does not read or decode come back as NaN frames (float32), counted by the worker as non-finite and
+        listed in the summary, and their output indices are added to :attr:`unreadable`. The run goes on.
+        ``sink`` receives the rows' stored bytes (see :meth:`input_sha256`)."""
         a = self.archive
-        note(f"reading rows {r0}-{r1 - 1} of {a.path}:{a.dataset}")  # named if a decoder crashes
-        try:
-            block = self._read(r0, r1)
-        except OSError:
-            parts = []
-            for r in range(r0, r1):
-                try:
-                    parts.append(self._read(r, r + 1).astype(np.float32))
-                except OSError:
-                    parts.append(np.full((1, *a.lead_shape[1:], *a.frame_shape), np.nan, np.float32))
-                    self.unreadable.extend(range(r * a.frames_per_row, (r + 1) * a.frames_per_row))
-            block = np.concatenate(parts)
+        note(f"reading rows {r0}-{r1 - 1} of {a.path}:{a.dataset}")  # named if a C decoder crashes (h5py path)
+        block, bad = self.rows.read(self.dataset_rows(r0, r1), sink)
         note("")
+        if bad.any():
+            block = block.astype(np.float32)
+            block[bad] = np.nan
+            per_row = a.frames_per_row
+            for i in np.flatnonzero(bad):
+                self.unreadable.extend(range((r0 + int(i)) * per_row, (r0 + int(i) + 1) * per_row))
         return block.reshape(-1, *a.frame_shape)
 
-    def _read(self, r0: int, r1: int) -> np.ndarray:
-        a = self.archive
-        if a.select is None:
-            return self.ds[r0:r1]
-        rows = a.select[r0:r1]
-        if rows[-1] - rows[0] + 1 == len(rows):
-            return self.ds[int(rows[0]):int(rows[-1]) + 1]
-        return self.ds[rows.tolist()]
-
-    def blocks(self, start: int, stop: int, min_frames: int) -> Iterator[np.ndarray]:
-        """Corrected frames [start, stop) in blocks of whole chunk rows of at least ``min_frames`` frames.
-
-        ``start`` must be a multiple of :attr:`Archive.frames_per_row` (shards are whole rows).
-        """
+    def spans(self, start: int, stop: int, min_frames: int) -> Iterator[tuple[int, int]]:
+        """Row ranges [r0, r1) of the output's leading axis covering frames [start, stop): whole chunk rows of
+        the dataset, at least ``min_frames`` frames each (the last one smaller). ``start`` must be a multiple of
+        :attr:`Archive.frames_per_row` (shards are whole rows)."""
         a = self.archive
         per_row = a.frames_per_row
         unit = a.chunk_rows
@@ -292,5 +288,29 @@ class FrameReader:
         while r < r_stop:
             # Align block ends to chunk boundaries of the dataset (rows counted from 0).
             r1 = min(r_stop, (r // unit) * unit + rows_per_block)
-            yield self.correct(self.raw_rows(r, r1))
+            yield r, r1
             r = r1
+
+    def blocks(self, start: int, stop: int, min_frames: int,
+               sink: Callable[[bytes], object] | None = None) -> Iterator[np.ndarray]:
+        """Corrected frames [start, stop), a block per :meth:`spans`; ``sink`` receives the stored bytes read
+        (see :meth:`input_sha256`)."""
+        for r0, r1 in self.spans(start, stop, min_frames):
+            yield self.correct(self.raw_rows(r0, r1, sink))
+
+    def input_sha256(self, start: int, stop: int, min_frames: int) -> str:
+        """sha256 of what :meth:`blocks` reads for frames [start, stop): the stored bytes of the chunks (with
+        their offsets and filter masks), read but not decoded, so a rewritten archive is recognised at the cost
+        of reading it, not of decompressing it. Equal to the digest of the bytes ``blocks`` feeds its sink."""
+        h = hashlib.sha256()
+        for r0, r1 in self.spans(start, stop, min_frames):
+            self.rows.digest(self.dataset_rows(r0, r1), h.update)
+        return h.hexdigest()
+
+    @property
+    def references_sha256(self) -> str:
+        """sha256 of the mean flat and dark used for the correction ("" without either)."""
+        h = hashlib.sha256()
+        for ref in (self.flat, self.dark):
+            h.update(b"-" if ref is None else np.ascontiguousarray(ref, np.float64).tobytes())
+        return h.hexdigest() if self.flat is not None or self.dark is not None else ""

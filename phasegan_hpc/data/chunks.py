@@ -1,0 +1,267 @@
+"""Rows of an HDF5 dataset read chunk by chunk: raw bytes from HDF5, decoded in Python (DESIGN.md §4).
+
+``h5py`` runs a dataset's filters (deflate, Blosc, bitshuffle...) in C inside the HDF5 library, where a
+corrupt chunk can crash the process. Here each chunk's stored bytes are read with ``read_direct_chunk`` and
+decoded by imagecodecs (a maintained binding of the same codec libraries, which reports bad input as an
+error), so a chunk that fails to read or decode only marks its rows bad, and the rest are read. The stored
+bytes are also what a shard's record of its input is made of (:meth:`ChunkRows.digest`): hashing them needs no
+decoding.
+
+What imagecodecs does not cover (a contiguous, virtual or external dataset, szip, n-bit, scale-offset,
+Fletcher-32, or a plugin filter without a decoder here) is read through h5py instead (:attr:`ChunkRows.why_h5py`
+says why), a row at a time when a read fails.
+
+Nothing here imports torch or Ray; the file is only ever read.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import h5py
+import imagecodecs
+import numpy as np
+
+# HDF5 filter identifiers (H5Zpublic.h and the registered plugin ids hdf5plugin uses).
+DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3
+LZF, BLOSC, LZ4, BITSHUFFLE, ZSTD, BZIP2 = 32000, 32001, 32004, 32008, 32015, 307
+#: bitshuffle's cd_values[4]: the compressor after the bit transpose.
+BSHUF_NONE, BSHUF_LZ4, BSHUF_ZSTD = 0, 2, 3
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A chunk as HDF5 holds it: its filter mask (bit i set: filter i was skipped) and bytes, None for a chunk
+    never written (its values are the fill value); ``readable`` is False when HDF5 could not return it."""
+
+    mask: int
+    data: bytes | None
+    readable: bool = True
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One stage of a dataset's filter pipeline, as HDF5 stores it."""
+
+    code: int
+    values: tuple[int, ...]  # the filter's cd_values
+    name: str
+
+
+def pipeline(ds: h5py.Dataset) -> list[Filter]:
+    """The filters of ``ds`` in the order they were applied when writing."""
+    plist = ds.id.get_create_plist()
+    out = []
+    for i in range(plist.get_nfilters()):
+        code, _flags, values, name = plist.get_filter(i)
+        out.append(Filter(int(code), tuple(int(v) for v in values), name.decode(errors="replace")))
+    return out
+
+
+def _unshuffle(data: bytes, itemsize: int) -> bytes:
+    """HDF5's shuffle filter undone: byte planes back to interleaved elements (a trailing remainder of fewer
+    bytes than one element was stored as is)."""
+    a = np.frombuffer(data, np.uint8)
+    n = len(a) // itemsize
+    body = a[:n * itemsize].reshape(itemsize, n).T
+    return body.tobytes() + a[n * itemsize:].tobytes()
+
+
+def _bitshuffle(data: bytes, f: Filter, itemsize: int, nbytes: int) -> bytes:
+    """The bitshuffle filter undone (kiyo-masui/bitshuffle, bshuf_h5filter.c). With a compressor: a 12-byte
+    header (uncompressed size, uint64 big-endian; block size in bytes, uint32 big-endian), then per block a
+    uint32 big-endian compressed size and the block; the last block holds the elements short of a whole block,
+    rounded down to a multiple of 8; the remaining (< 8) elements follow uncompressed."""
+    elem = f.values[2] if len(f.values) > 2 else itemsize
+    comp = f.values[4] if len(f.values) > 4 else BSHUF_NONE
+    if comp == BSHUF_NONE:
+        block = f.values[3] if len(f.values) > 3 and f.values[3] else max(128, (8192 // elem) // 8 * 8)
+        return imagecodecs.bitshuffle_decode(data, itemsize=elem, blocksize=block)
+    if comp not in (BSHUF_LZ4, BSHUF_ZSTD):
+        raise ValueError(f"bitshuffle compressor {comp} is unknown")
+    if len(data) < 12:
+        raise ValueError("bitshuffle header is truncated")
+    total = int.from_bytes(data[:8], "big")
+    block_elems = int.from_bytes(data[8:12], "big") // elem
+    if total != nbytes or block_elems <= 0 or block_elems % 8:
+        raise ValueError(f"bitshuffle header says {total} bytes in blocks of {block_elems} elements")
+    size = total // elem
+    sizes = [block_elems] * (size // block_elems)
+    if size % block_elems >= 8:
+        sizes.append(size % block_elems // 8 * 8)
+    view, pos, parts = memoryview(data), 12, []
+    for n in sizes:
+        if pos + 4 > len(data):
+            raise ValueError("bitshuffle block is truncated")
+        length = int.from_bytes(view[pos:pos + 4], "big")
+        raw = view[pos + 4:pos + 4 + length]
+        pos += 4 + length
+        plain = (imagecodecs.lz4_decode(raw, out=n * elem) if comp == BSHUF_LZ4 else imagecodecs.zstd_decode(raw))
+        if len(plain) != n * elem:
+            raise ValueError(f"a bitshuffle block decodes to {len(plain)} bytes, not {n * elem}")
+        parts.append(imagecodecs.bitshuffle_decode(plain, itemsize=elem, blocksize=n))
+    parts.append(bytes(view[pos:pos + (size - sum(sizes)) * elem]))
+    return b"".join(parts)
+
+
+#: Decoders by filter id: (stored bytes, filter, element size, uncompressed chunk bytes) -> bytes.
+DECODERS: dict[int, Callable[[bytes, Filter, int, int], bytes]] = {
+    DEFLATE: lambda d, f, i, n: imagecodecs.zlib_decode(d, out=n),
+    SHUFFLE: lambda d, f, i, n: _unshuffle(d, i),
+    LZF: lambda d, f, i, n: imagecodecs.lzf_decode(d, out=n),
+    BLOSC: lambda d, f, i, n: imagecodecs.blosc_decode(d, numthreads=1),
+    LZ4: lambda d, f, i, n: imagecodecs.lz4h5_decode(d, out=n),
+    BITSHUFFLE: _bitshuffle,
+    ZSTD: lambda d, f, i, n: imagecodecs.zstd_decode(d),
+    BZIP2: lambda d, f, i, n: imagecodecs.bz2_decode(d, out=n),
+}
+
+
+def _why_h5py(ds: h5py.Dataset, filters: list[Filter]) -> str | None:
+    if ds.is_virtual:
+        return "a virtual dataset"
+    if ds.external:
+        return "external storage"
+    if ds.chunks is None:
+        return "not chunked"
+    for f in filters:
+        if f.code not in DECODERS:
+            return f"filter {f.name or '?'} ({f.code}) has no Python decoder here"
+    return None
+
+
+class ChunkRows:
+    """Reads rows (indices along axis 0) of one dataset, decoding its chunks here (see the module docstring).
+
+    Args:
+        ds: an open dataset (any rank >= 1, any chunk shape, any real dtype).
+    """
+
+    def __init__(self, ds: h5py.Dataset) -> None:
+        self.ds = ds
+        self.filters = pipeline(ds)
+        #: None when chunks are decoded here, else why h5py reads them
+        self.why_h5py = _why_h5py(ds, self.filters)
+        self.chunks: tuple[int, ...] = ds.chunks or ds.shape
+        self._nbytes = int(np.prod(self.chunks)) * ds.dtype.itemsize
+        grid = [range(0, s, c) for s, c in zip(ds.shape[1:], self.chunks[1:], strict=True)]
+        self._inner = list(itertools.product(*grid))  # chunk offsets on the axes after the first
+
+    def read(self, rows: np.ndarray, sink: Callable[[bytes], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``rows`` (sorted dataset indices along axis 0) as (values of the dataset's dtype, shape
+        (len(rows), *shape[1:]); bad: bool (len(rows),), rows that could not be read, whose values are 0).
+        ``sink`` receives what :meth:`digest` of the same rows would feed it."""
+        rows = np.asarray(rows, np.int64)
+        if self.why_h5py is not None:
+            values, bad = self._read_h5py(rows)
+            if sink is not None:
+                sink(values.tobytes() + bad.tobytes())
+            return values, bad
+        out = np.empty((len(rows), *self.ds.shape[1:]), self.ds.dtype)
+        bad = np.zeros(len(rows), bool)
+        c0 = self.chunks[0]
+        for k, at in _groups(rows // c0):
+            first = k * c0
+            block = self._decode_rows(first, sink)
+            if block is None:
+                out[at] = 0
+                bad[at] = True
+            else:
+                out[at] = block[rows[at] - first]
+        return out, bad
+
+    def digest(self, rows: np.ndarray, sink: Callable[[bytes], object]) -> None:
+        """Feed ``sink`` (e.g. ``hashlib.sha256().update``) the stored bytes of every chunk holding ``rows``,
+        each after its offset and filter mask, without decoding them. Without direct chunks: the rows' values
+        and which rows failed."""
+        rows = np.asarray(rows, np.int64)
+        if self.why_h5py is not None:
+            values, bad = self._read_h5py(rows)
+            sink(values.tobytes() + bad.tobytes())
+            return
+        c0 = self.chunks[0]
+        for k, _ in _groups(rows // c0):
+            for inner in self._inner:
+                self._stored((k * c0, *inner), sink)
+
+    def _stored(self, offset: tuple[int, ...], sink: Callable[[bytes], object] | None) -> Stored:
+        """The chunk at ``offset`` as stored; ``sink`` gets its offset, mask (-1: unreadable) and bytes."""
+        try:
+            info = self.ds.id.get_chunk_info_by_coord(offset)
+            stored = Stored(0, None) if info.byte_offset is None else Stored(*self.ds.id.read_direct_chunk(offset))
+        except (OSError, ValueError, RuntimeError):
+            stored = Stored(-1, None, readable=False)
+        if sink is not None:
+            sink(np.asarray(offset, np.int64).tobytes() + stored.mask.to_bytes(8, "little", signed=True)
+                 + (stored.data or b""))
+        return stored
+
+    def _decode_rows(self, first: int, sink: Callable[[bytes], object] | None) -> np.ndarray | None:
+        """All chunks of the chunk row starting at dataset row ``first``, decoded: (rows, *shape[1:]); None
+        when one of them does not read or decode (every chunk is still fed to ``sink``)."""
+        shape = self.ds.shape
+        n = min(self.chunks[0], shape[0] - first)
+        if len(self._inner) == 1 and self.chunks[1:] == shape[1:]:  # one chunk per chunk row: no copy
+            chunk = self._decode(self._stored((first, *self._inner[0]), sink))
+            return None if chunk is None else chunk[:n]
+        block = np.empty((n, *shape[1:]), self.ds.dtype)
+        ok = True
+        for inner in self._inner:
+            chunk = self._decode(self._stored((first, *inner), sink))
+            if chunk is None:
+                ok = False
+            elif ok:
+                where = tuple(slice(o, min(o + c, s))
+                              for o, c, s in zip(inner, self.chunks[1:], shape[1:], strict=True))
+                block[(slice(None), *where)] = chunk[(slice(0, n), *(slice(0, w.stop - w.start) for w in where))]
+        return block if ok else None
+
+    def _decode(self, stored: Stored) -> np.ndarray | None:
+        """A chunk's values, or None when it does not read or decode."""
+        if not stored.readable:
+            return None
+        mask, data = stored.mask, stored.data
+        if data is None:
+            return np.full(self.chunks, self.ds.fillvalue, self.ds.dtype)
+        itemsize = self.ds.dtype.itemsize
+        try:
+            for i in reversed(range(len(self.filters))):
+                if not mask & (1 << i):
+                    f = self.filters[i]
+                    data = DECODERS[f.code](data, f, itemsize, self._nbytes)
+        except Exception:  # noqa: BLE001 - a codec's own error type (imagecodecs.*Error, ValueError...)
+            return None
+        if len(data) != self._nbytes:
+            return None
+        return np.frombuffer(data, self.ds.dtype).reshape(self.chunks)
+
+    def _read_h5py(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Through h5py: a contiguous run of rows in one read, else by a list; a row at a time after an error."""
+        bad = np.zeros(len(rows), bool)
+        if len(rows) == 0:
+            return np.empty((0, *self.ds.shape[1:]), self.ds.dtype), bad
+        try:
+            return self._h5py_rows(rows), bad
+        except OSError:
+            out = np.zeros((len(rows), *self.ds.shape[1:]), self.ds.dtype)
+            for i, r in enumerate(rows):
+                try:
+                    out[i] = self.ds[int(r)]
+                except OSError:
+                    bad[i] = True
+            return out, bad
+
+    def _h5py_rows(self, rows: np.ndarray) -> np.ndarray:
+        if rows[-1] - rows[0] + 1 == len(rows):
+            return self.ds[int(rows[0]):int(rows[-1]) + 1]
+        return self.ds[rows.tolist()]
+
+
+def _groups(keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(key, positions) for each run of equal values of the sorted ``keys``."""
+    if len(keys) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(keys)) + 1
+    return [(int(keys[p[0]]), p) for p in np.split(np.arange(len(keys)), cuts)]
