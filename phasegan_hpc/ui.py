@@ -169,6 +169,8 @@ def reconstruction_table(summary) -> Table:
     table.add_row("flagged frames", f"{len(summary.flagged)}" + (f": {shown}{more}" if shown else ""))
     bad = ", ".join(f"{i} ({n} px)" for i, n in summary.nonfinite[:10])
     table.add_row("non-finite input", f"{len(summary.nonfinite)} frames" + (f": {bad}" if bad else ""))
+    below = ", ".join(f"{i} ({n} px)" for i, n in summary.negative[:10])
+    table.add_row("negative input", f"{len(summary.negative)} frames" + (f": {below}" if below else ""))
     if summary.preview is not None:
         table.add_row("preview", str(summary.preview))
     return table

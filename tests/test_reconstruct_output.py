@@ -1,14 +1,16 @@
 """The output (reconstruct/output.py): virtual datasets that move with their shards; --overwrite never
-deletes a directory it did not write."""
+deletes a directory it did not write; resume reuses only shards that verify and read what the archive holds."""
 
+import dataclasses
 import json
+import os
 import shutil
 import subprocess
 
 import faults
 import h5py
 import pytest
-from movies import assert_identical, read, run_dir, write_dxchange
+from movies import assert_identical, read, run_dir, sha, write_dxchange
 from tools import EXE
 
 from phasegan_hpc.data.archive import open_archive
@@ -118,3 +120,45 @@ def test_overwrite_is_transactional(movie_model, movie, tmp_path):
     assert_identical(expected, read(out))
     assert published_run(out) == new.resolve() and first.frames == 22
     assert [p.name for p in old_dir.iterdir()] == ["notes.txt"]  # the previous run's files went, not the user's
+
+
+def test_a_same_size_rewrite_of_the_archive_is_refused_on_resume(movie_model, movie, tmp_path):
+    """Size and time say nothing: the archive rewritten in place (same size, mtime restored) changes the stored
+    bytes of one shard's chunks, which that shard's record of what it read (archive_sha256) does not match.
+    The resume is refused in one line and changes nothing; --overwrite redoes that shard only."""
+    archive = write_dxchange(tmp_path / "a.h5", movie, compression={}, n=12)  # uncompressed: edits keep the size
+    request = ReconstructRequest(archive, model=movie_model, output=tmp_path / "o.h5", backend="local",
+                                 batch_size=4, shard_frames=3, preview=False)
+    reconstruct(request)
+    (tmp_path / "o.h5").unlink()  # as if the run had died before publishing: its shards wait to be reused
+    st = archive.stat()
+    with h5py.File(archive, "r+") as f:
+        f["exchange/data"][7] += 1
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (archive.stat().st_size, archive.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    shards = run_dir(tmp_path / "o.h5")
+    before = {p.name: sha(p) for p in shards.iterdir()}
+    with pytest.raises(DataError, match=r"has changed since this reconstruction began: frames 6-8 are not what"):
+        reconstruct(request)
+    assert {p.name: sha(p) for p in shards.iterdir()} == before
+    s = reconstruct(dataclasses.replace(request, overwrite=True))
+    assert s.rejected_shards == [2] and s.reused_shards == 3 and s.computed_frames == 3
+    fresh = reconstruct(dataclasses.replace(request, output=tmp_path / "fresh.h5"))
+    assert_identical(read(fresh.output), read(s.output))
+
+
+def test_frames_appended_to_the_archive_are_new_shards(movie_model, movie, tmp_path):
+    """A growing archive is not a changed one: the shards of the frames already there are reused, the short
+    last one and the new frames are computed, and the result equals a run over the whole archive."""
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=10)
+    request = ReconstructRequest(archive, model=movie_model, output=tmp_path / "o.h5", backend="local",
+                                 batch_size=4, shard_frames=5, preview=False)  # shards of 6 frames (2 chunks)
+    reconstruct(request)
+    (tmp_path / "o.h5").unlink()
+    write_dxchange(archive, movie, n=22)  # the same first 10 frames, 12 more
+    s = reconstruct(request)
+    assert (s.frames, s.reused_shards, s.rejected_shards, s.computed_frames) == (22, 1, [1], 16)
+    fresh = reconstruct(dataclasses.replace(request, output=tmp_path / "fresh.h5"))
+    assert_identical(read(fresh.output), read(s.output))
+    listed = json.loads((run_dir(tmp_path / "o.h5") / "plan.json").read_text())["shards"]
+    assert [(sh["start"], sh["stop"]) for sh in listed] == [(0, 6), (6, 12), (12, 18), (18, 22)]

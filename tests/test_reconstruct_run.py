@@ -140,6 +140,8 @@ def test_bad_pixels_are_counted_and_an_all_bad_volume_is_an_error(movie_model, m
     flat[:, 0, :12] = 40  # 12 px (0.3 %) whose flat is below the dark (50): counted, not flagged
     raw = counts(movie, np.nan_to_num(t, nan=1.0)).astype(np.float32)
     raw[2, 20:30, :10] = np.nan
+    raw[4, 40:50, :10] = 10  # below the dark: 100 negative pixels (2.4 %), flagged
+    raw[5, 40:42, 20:30] = 10  # 20 negative pixels (0.5 %): counted, not flagged by the absolute rule
     archive = tmp_path / "bad.h5"
     with h5py.File(archive, "w") as f:
         f["exchange/data"] = raw
@@ -148,7 +150,9 @@ def test_bad_pixels_are_counted_and_an_all_bad_volume_is_an_error(movie_model, m
     s = reconstruct(ReconstructRequest(archive, model=movie_model, backend="local", batch_size=4, preview=False))
     per_frame = dict(s.nonfinite)
     assert per_frame == {0: 12, 1: 12, 2: 112, 3: 12, 4: 12, 5: 12}
-    assert 2 in [i for i, _ in s.flagged] and len(s.flagged) < 6
+    assert dict(s.negative) == {4: 100, 5: 20}
+    flagged = [i for i, _ in s.flagged]
+    assert 2 in flagged and 4 in flagged and len(flagged) < 6
     nothing = tmp_path / "nan.h5"
     with h5py.File(nothing, "w") as f:
         f["frames"] = np.full((6, 64, 64), np.nan, np.float32)

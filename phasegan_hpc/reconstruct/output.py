@@ -1,7 +1,8 @@
 """The reconstruction's output (DESIGN.md §4): shard directory, manifest, and the assembled volume.
 
     run42_phasegan.h5            /phase, /attenuation (leading shape of the frames, H, W), /consistency,
-                                 /nonfinite_pixels (leading shape): HDF5 virtual datasets over the shards,
+                                 /fresnel_residual, /nonfinite_pixels, /negative_pixels (leading shape):
+                                 HDF5 virtual datasets over the shards,
                                  with units, physics, source, model sha256, version and config as attributes
     run42_phasegan.shards/RUN/   one directory per run (RUN: the plan's sha256, 12 digits, and -N for a
                                  second run of the same plan): plan.json (the plan and what it was made
@@ -25,6 +26,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,10 @@ from phasegan_hpc.errors import DataError
 from phasegan_hpc.files import atomic_write_text, check_writable
 from phasegan_hpc.reconstruct.methods import Layout
 from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS, ContentHash
+from phasegan_hpc.reconstruct.worker import COUNT_DATASETS, SCALAR_DATASETS, ContentHash
 
 MANIFEST = "plan.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: the identity leaves out the archive's length; shards record what they read
 
 
 def default_output(archive: Path, method: str) -> Path:
@@ -147,15 +149,24 @@ def _read_manifest(run_dir: Path) -> dict[str, Any] | None:
 
 
 def manifest(archive: Archive, job_identity: dict[str, Any], plan: list[Shard]) -> dict[str, Any]:
-    """What a plan was made from: a rerun continues it only if all of this is unchanged."""
-    st = archive.path.stat()
+    """What a plan was made from (:func:`identity`) and its shards.
+
+    The archive's length is not part of the identity: frames appended to a growing archive are new shards of
+    the same plan. Whether the frames already reconstructed are unchanged is not judged by the file's size or
+    time but by what each shard read (its ``archive_sha256``, checked on resume by :func:`verified`)."""
     return {
         "version": MANIFEST_VERSION,
-        "archive": str(archive.path), "archive_bytes": st.st_size, "archive_mtime_ns": st.st_mtime_ns,
-        "dataset": archive.dataset, "shape": list(archive.shape), "lead_shape": list(archive.lead_shape),
+        "archive": str(archive.path), "dataset": archive.dataset, "layout": archive.layout, "dtype": archive.dtype,
+        "frame_shape": list(archive.frame_shape), "lead_tail": list(archive.lead_shape[1:]),
+        "chunk_rows": archive.chunk_rows,
         **job_identity,
         "shards": [s.as_dict() for s in plan],
     }
+
+
+def identity(plan_manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest without its list of shards: what a rerun must share to continue a run."""
+    return {k: v for k, v in plan_manifest.items() if k != "shards"}
 
 
 def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) -> tuple[Path, bool]:
@@ -179,11 +190,13 @@ def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) ->
     published = published_run(output)
     unfinished = {e: m for e, m in runs.items() if e.resolve() != published}
     for e, m in unfinished.items():
-        if m == wanted:
+        if identity(m) == identity(wanted):
+            if m.get("shards") != wanted["shards"]:  # the archive grew (or shrank): the plan's shards changed
+                _record_shards(e, m, wanted)
             return e, True
     if unfinished and not overwrite:
         have = next(iter(unfinished.values()))
-        changed = sorted(k for k in wanted if have.get(k) != wanted[k])
+        changed = sorted(k for k in identity(wanted) if have.get(k) != wanted[k])
         raise DataError(f"{root} holds an unfinished reconstruction with other settings "
                         f"({', '.join(changed) or 'unreadable plan'}); add --overwrite to start over")
     base = plan_id(wanted)[:12]
@@ -195,6 +208,15 @@ def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) ->
     d.mkdir(parents=True)
     atomic_write_text(d / MANIFEST, json.dumps(wanted, indent=1) + "\n")
     return d, False
+
+
+def _record_shards(run_dir: Path, have: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Rewrite a resumed run's plan.json for the current plan, still naming every shard it listed before (its
+    files are this run's to delete, :func:`retire`)."""
+    by_index = {int(s["index"]): s for s in have.get("shards", []) if isinstance(s, dict) and "index" in s}
+    by_index.update({s["index"]: s for s in wanted["shards"]})
+    atomic_write_text(run_dir / MANIFEST, json.dumps({**wanted, "shards": [by_index[i] for i in sorted(by_index)]},
+                                                     indent=1) + "\n")
 
 
 def retire(output: Path, keep: Path) -> list[Path]:
@@ -249,19 +271,26 @@ def check_space(directory: Path, need_bytes: int, what: str) -> None:
 
 
 def plan_id(wanted: dict[str, Any]) -> str:
-    """The identity of a plan: sha256 of its manifest (archive, method, model, settings, every shard)."""
-    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
+    """The identity of a plan: sha256 of its :func:`identity` (archive, method, model, settings, shard size)."""
+    return hashlib.sha256(json.dumps(identity(wanted), sort_keys=True).encode()).hexdigest()
 
 
 #: Rows read at a time when a shard's checksum is verified (bounded memory whatever the shard's size).
 VERIFY_ROWS = 256
 
 
-def verify_shard(path: Path, shard: Shard, plan: str) -> str | None:
+#: Why a shard is not reused when the archive's rows it was made from are no longer what it read.
+ARCHIVE_CHANGED = "the archive's frames it was made from have changed"
+
+
+def verify_shard(path: Path, shard: Shard, plan: str, inputs: Callable[[Shard], str] | None = None) -> str | None:
     """Why the file at ``path`` is not ``shard`` of the plan ``plan``, or None when it is: it must open, carry
-    this plan's identity, index, start, stop and frame count, hold every dataset with the shard's rows, and
-    its content must match the checksum its writer recorded last (``worker.ContentHash``). A copy of
-    another shard, a shard of another plan, a truncated or garbled file and a modified value all fail."""
+    this plan's identity, index, start, stop and frame count and a record of what it read, hold every dataset
+    with the shard's rows, and its content must match the checksum its writer recorded last
+    (``worker.ContentHash``). A copy of another shard, a shard of another plan, a truncated or garbled file
+    and a modified value all fail. With ``inputs`` (``inputs(shard)``: ``FrameReader.input_sha256`` of the
+    shard's frames now, asked only of a shard that passes all else), one that read other bytes fails with
+    :data:`ARCHIVE_CHANGED`."""
     try:
         with h5py.File(path, "r") as f:
             a = f.attrs
@@ -272,6 +301,9 @@ def verify_shard(path: Path, shard: Shard, plan: str) -> str | None:
                     return f"no {key} attribute"
                 if (a[key].decode() if isinstance(a[key], bytes) else a[key]) != value:
                     return f"{key} is {a[key]}, not {value}"
+            recorded = a.get("archive_sha256")
+            if not isinstance(recorded, str) or len(recorded) != 64:
+                return "no record of what it read (archive_sha256)"
             rows = shard.row_stop - shard.row_start
             content = ContentHash()
             for name in sorted(f):
@@ -286,18 +318,22 @@ def verify_shard(path: Path, shard: Shard, plan: str) -> str | None:
                 return "its content does not match its checksum"
     except (OSError, KeyError, ValueError) as exc:
         return f"unreadable ({type(exc).__name__})"
+    if inputs is not None and recorded != inputs(shard):
+        return ARCHIVE_CHANGED
     return None
 
 
-def verified(shards_dir: Path, plan: list[Shard], plan_sha256: str) -> tuple[set[int], dict[int, str]]:
-    """(indices of the shards whose file verifies, {index: why not} for files that exist but do not)."""
+def verified(shards_dir: Path, plan: list[Shard], plan_sha256: str,
+             inputs: Callable[[Shard], str] | None = None) -> tuple[set[int], dict[int, str]]:
+    """(indices of the shards whose file verifies, {index: why not} for files that exist but do not).
+    ``inputs``: see :func:`verify_shard`."""
     good: set[int] = set()
     bad: dict[int, str] = {}
     for s in plan:
         path = shards_dir / s.name
         if not os.path.lexists(path):
             continue
-        why = verify_shard(path, s, plan_sha256) if path.is_file() and not path.is_symlink() else "not a file"
+        why = verify_shard(path, s, plan_sha256, inputs) if path.is_file() and not path.is_symlink() else "not a file"
         if why is None:
             good.add(s.index)
         else:
@@ -321,7 +357,7 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
     with atomic_h5(output) as f:
         for name, (units, desc) in {**layout.outputs, **SCALAR_DATASETS}.items():
             spatial = layout.shape if name in layout.outputs else ()
-            dtype = "int64" if name == "nonfinite_pixels" else "float32"
+            dtype = "int64" if name in COUNT_DATASETS else "float32"
             volume = h5py.VirtualLayout(shape=(*lead, *spatial), dtype=dtype)
             for s in plan:
                 rows = s.row_stop - s.row_start
@@ -332,6 +368,7 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
         f.attrs.update({
             "source_file": str(archive.path), "source_dataset": archive.dataset, "source_layout": archive.layout,
             "software": "phasegan-hpc", "software_version": __version__, "shards": str(rel),
+            "complete": True,  # every shard finished and verified (a partial volume would say False)
             **{k: v for k, v in attrs.items() if v is not None},
         })
     return output
@@ -342,7 +379,8 @@ def open_reconstruction(output: str | Path) -> h5py.File:
     dataset with a missing source as its fill value (NaN for every frame), without a word.
 
     Raises:
-        DataError: not readable, or a shard file missing (moved without its ``.shards`` directory).
+        DataError: not readable, marked incomplete (``complete = False``), or a shard file missing (moved without
+            its ``.shards`` directory).
     """
     output = Path(output)
     try:
@@ -350,6 +388,8 @@ def open_reconstruction(output: str | Path) -> h5py.File:
     except (OSError, FileNotFoundError) as exc:
         raise DataError(f"cannot read {output} ({type(exc).__name__})") from None
     try:
+        if not bool(f.attrs.get("complete", True)):  # outputs before this attribute were always complete
+            raise DataError(f"{output} is an incomplete reconstruction (complete = false)")
         for ds in f.values():
             if isinstance(ds, h5py.Dataset) and ds.is_virtual:
                 for source in {vs.file_name for vs in ds.virtual_sources()}:
@@ -362,7 +402,7 @@ def open_reconstruction(output: str | Path) -> h5py.File:
     return f
 
 
-def read_scores(output: Path, score: str = "consistency") -> tuple[np.ndarray, np.ndarray]:
-    """Flat per-frame (``score``, nonfinite_pixels) of a finished output."""
+def read_scores(output: Path, score: str = "consistency") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat per-frame (``score``, nonfinite_pixels, negative_pixels) of a finished output."""
     with open_reconstruction(output) as f:
-        return f[score][()].reshape(-1), f["nonfinite_pixels"][()].reshape(-1)
+        return tuple(f[name][()].reshape(-1) for name in (score, "nonfinite_pixels", "negative_pixels"))

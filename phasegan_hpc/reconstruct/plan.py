@@ -43,14 +43,10 @@ class Shard:
         return asdict(self)
 
 
-def make_plan(archive: Archive, batch_size: int, shard_frames: int | None = None) -> list[Shard]:
-    """Cut the archive's frames into shards of about ``shard_frames`` frames.
-
-    Args:
-        archive: from :func:`phasegan_hpc.data.archive.open_archive`.
-        batch_size: frames per forward pass (a shard holds at least one batch unless the archive is smaller).
-        shard_frames: target frames per shard; None: :data:`SHARD_BYTES` of float32 input. Rounded to whole
-            chunk rows of the archive.
+def rows_per_shard(archive: Archive, batch_size: int, shard_frames: int | None = None) -> int:
+    """Rows of the first leading axis per shard: about ``shard_frames`` frames (None: :data:`SHARD_BYTES` of
+    float32 input), whole chunk rows. It does not depend on the archive's length, so the shards of a grown
+    archive are the earlier ones plus new ones (the last earlier one, if short, is redone).
 
     Raises:
         DataError: non-positive batch or shard size.
@@ -62,7 +58,23 @@ def make_plan(archive: Archive, batch_size: int, shard_frames: int | None = None
     h, w = archive.frame_shape
     target = shard_frames or max(batch_size, SHARD_BYTES // (4 * h * w))
     per_row, unit = archive.frames_per_row, archive.chunk_rows
-    rows = max(1, round(target / (per_row * unit))) * unit
+    return max(1, round(target / (per_row * unit))) * unit
+
+
+def make_plan(archive: Archive, batch_size: int, shard_frames: int | None = None) -> list[Shard]:
+    """Cut the archive's frames into shards of :func:`rows_per_shard` rows.
+
+    Args:
+        archive: from :func:`phasegan_hpc.data.archive.open_archive`.
+        batch_size: frames per forward pass (a shard holds at least one batch unless the archive is smaller).
+        shard_frames: target frames per shard; None: :data:`SHARD_BYTES` of float32 input. Rounded to whole
+            chunk rows of the archive.
+
+    Raises:
+        DataError: non-positive batch or shard size; more than :data:`MAX_SHARDS` shards.
+    """
+    rows = rows_per_shard(archive, batch_size, shard_frames)
+    per_row = archive.frames_per_row
     n_rows = archive.lead_shape[0]
     count = -(-n_rows // rows)  # counted before any shard is made: planning is O(shards), refused above this
     if count > MAX_SHARDS:

@@ -126,7 +126,8 @@ class Summary:
     threshold: float
     flagged: list[tuple[int, float]] = field(default_factory=list)
     flag_by: str = DEFAULT_FLAG_BY
-    nonfinite: list[tuple[int, int]] = field(default_factory=list)
+    nonfinite: list[tuple[int, int]] = field(default_factory=list)  # (frame, non-finite or unreadable pixels)
+    negative: list[tuple[int, int]] = field(default_factory=list)  # (frame, pixels below zero)
     preview: Path | None = None
     setup_seconds: float = 0.0  # the slowest worker's start-up (model load, compilation)
     pipeline_seconds: float = 0.0  # the busiest worker's time inside shards (read, compute, write)
@@ -152,5 +153,6 @@ class Summary:
                 "pipeline_seconds": self.pipeline_seconds, "frames_per_s": self.frames_per_s,
                 "pipeline_frames_per_s": self.pipeline_frames_per_s, "threshold": self.threshold,
                 "flagged": self.flagged, "flag_by": self.flag_by, "nonfinite": self.nonfinite,
+                "negative": self.negative,
                 "replaced_workers": self.replaced_workers, "rejected_shards": self.rejected_shards,
                 "preview": str(self.preview) if self.preview else None}

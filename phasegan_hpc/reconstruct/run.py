@@ -27,6 +27,7 @@ from phasegan_hpc.reconstruct.backends import Backend, backend_named
 from phasegan_hpc.reconstruct.figures import reconstruction_preview
 from phasegan_hpc.reconstruct.methods import Layout, Method
 from phasegan_hpc.reconstruct.output import (
+    ARCHIVE_CHANGED,
     OutputLock,
     assemble,
     check_output,
@@ -39,7 +40,7 @@ from phasegan_hpc.reconstruct.output import (
     retire_empty,
     verified,
 )
-from phasegan_hpc.reconstruct.plan import Shard, make_plan
+from phasegan_hpc.reconstruct.plan import Shard, make_plan, rows_per_shard
 from phasegan_hpc.reconstruct.request import ReconstructRequest, Summary
 from phasegan_hpc.reconstruct.source import FixedShards
 from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS, Job
@@ -47,7 +48,8 @@ from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS, Job
 #: A frame is flagged when its score (``flag_by``) exceeds median + FLAG_MADS x (1.4826 MAD) of all frames,
 FLAG_MADS = 5.0
 #: or, whatever the others look like, when more than this fraction of its pixels were not finite (or had a
-#: flat field not above the dark), or its score is not finite.
+#: flat field not above the dark, or were unreadable), or more than this fraction were negative, or its score is
+#: not finite.
 MAX_BAD_PIXEL_FRACTION = 0.01
 #: A run is refused when more than this fraction of the flat-field pixels are not above the dark.
 MAX_DEAD_FRACTION = 0.5
@@ -175,11 +177,17 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
     Raises:
         DataError, ResourceError: a user-fixable problem; nothing was written or replaced.
     """
-    r, method = request, request.method
-    archive = open_archive(r.archive, r.dataset)
+    archive = open_archive(request.archive, request.dataset)
     reader = FrameReader(archive)
+    try:
+        return _prepare(request, backend, archive, reader)
+    finally:
+        reader.close()
+
+
+def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, reader: FrameReader) -> Prepared:
+    r, method = request, request.method
     dead = reader.dead_fraction
-    reader.close()
     if dead > MAX_DEAD_FRACTION:
         raise DataError(f"{dead:.0%} of the pixels of {archive.path} have a flat field not above the dark: the "
                         "flats or darks are wrong (swapped, empty, or of another detector)")
@@ -197,11 +205,20 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
     _check_batch_memory(r.batch_size if compiled else min(r.batch_size, max(s.frames for s in plan)),
                         archive.frame_shape, layout)
     identity = {"method": method.name, "model_sha256": loaded.sha256 if loaded else None,
-                "batch_size": r.batch_size, "physics": _identity_physics(geometry, delta_beta),
-                "tie": method.options()}
+                "batch_size": r.batch_size, "shard_rows": rows_per_shard(archive, r.batch_size, r.shard_frames),
+                "references_sha256": reader.references_sha256,
+                "physics": _identity_physics(geometry, delta_beta), "tie": method.options()}
     wanted = manifest(archive, identity, plan)
     shards_dir, resumed = prepare_shards_dir(out, wanted, r.overwrite)
-    done, rejected = verified(shards_dir, plan, plan_id(wanted))  # a resumed run reuses only what verifies
+    # A resumed run reuses only shards that verify and read what the archive holds now.
+    done, rejected = verified(shards_dir, plan, plan_id(wanted),
+                              lambda s: reader.input_sha256(s.start, s.stop, r.batch_size))
+    changed = sorted(i for i, why in rejected.items() if why == ARCHIVE_CHANGED)
+    if changed and not r.overwrite:
+        s = plan[changed[0]]
+        more = f" (and {len(changed) - 1} more shards)" if len(changed) > 1 else ""
+        raise DataError(f"{archive.path} has changed since this reconstruction began: frames {s.start}-{s.stop - 1}"
+                        f"{more} are not what was reconstructed from them; add --overwrite to reconstruct them anew")
     frame_bytes = 4 * len(layout.outputs) * int(np.prod(layout.shape)) + 8 * len(SCALAR_DATASETS)
     try:  # beside the previous result, if any: it stays until the new one is complete
         check_space(shards_dir, sum(s.frames for s in plan if s.index not in done) * frame_bytes,
@@ -258,7 +275,7 @@ def memory_available() -> int | None:
 
 def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], rows: list[dict[str, Any]],
                seconds: float, request: ReconstructRequest) -> Summary:
-    scores, nonfinite = read_scores(out, request.flag_by)
+    scores, nonfinite, negative = read_scores(out, request.flag_by)
     finite = scores[np.isfinite(scores)]
     threshold = float("nan")  # no finite score: every frame is flagged by the absolute rules below
     if len(finite):
@@ -268,7 +285,8 @@ def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], row
     pixels = int(np.prod(job.archive.frame_shape))
     with np.errstate(invalid="ignore"):
         bad = np.flatnonzero(~np.isfinite(scores) | (scores > threshold)
-                             | (nonfinite > MAX_BAD_PIXEL_FRACTION * pixels))
+                             | (nonfinite > MAX_BAD_PIXEL_FRACTION * pixels)
+                             | (negative > MAX_BAD_PIXEL_FRACTION * pixels))
     flagged = [(int(i), float(scores[i])) for i in bad]
     busy: dict[str, float] = {}
     for r in rows:
@@ -277,6 +295,7 @@ def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], row
     summary = Summary(out, job.archive.n_frames, sum(s.frames for s in pending), len(plan) - len(pending), len(plan),
                       seconds, request.backend, request.workers, threshold, flagged, request.flag_by,
                       [(int(i), int(nonfinite[i])) for i in np.flatnonzero(nonfinite > 0)],
+                      [(int(i), int(negative[i])) for i in np.flatnonzero(negative > 0)],
                       setup_seconds=max((r.get("setup_seconds", 0.0) for r in rows), default=0.0),
                       pipeline_seconds=max(busy.values(), default=0.0))
     if request.preview:

@@ -34,7 +34,10 @@ SCALAR_DATASETS = {
     "fresnel_residual": ("1", "Fresnel residual per frame: |H psi|^2 times a fitted smooth illumination vs "
                               "the frame, no network (see attribute score)"),
     "nonfinite_pixels": ("1", "non-finite input pixels per frame (replaced by the frame's median)"),
+    "negative_pixels": ("1", "input pixels below zero per frame, after the flat-field correction (kept as they are)"),
 }
+#: Per-frame counts among SCALAR_DATASETS (int64; the rest are float32 scores).
+COUNT_DATASETS = ("nonfinite_pixels", "negative_pixels")
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,13 @@ def sanitise(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return batch, counts, empty
 
 
-def _batches(reader: FrameReader, shard: Shard, batch: int) -> Iterator[np.ndarray]:
-    """Frames of ``shard`` in batches of ``batch`` (the last one smaller): the same on every backend."""
+def _batches(reader: FrameReader, shard: Shard, batch: int,
+             sink: Callable[[bytes], object] | None = None) -> Iterator[np.ndarray]:
+    """Frames of ``shard`` in batches of ``batch`` (the last one smaller): the same on every backend. ``sink``
+    receives the archive's stored bytes read (``FrameReader.input_sha256``)."""
     buf: list[np.ndarray] = []
     held = 0
-    for block in reader.blocks(shard.start, shard.stop, batch):
+    for block in reader.blocks(shard.start, shard.stop, batch, sink):
         buf.append(block)
         held += len(block)
         while held >= batch:
@@ -217,28 +222,32 @@ class ShardRunner:
             ds = {}
             for name, (units, desc) in {**layout.outputs, **SCALAR_DATASETS}.items():
                 spatial = layout.shape if name in layout.outputs else ()
-                dtype = "int64" if name == "nonfinite_pixels" else "float32"
+                dtype = "int64" if name in COUNT_DATASETS else "float32"
                 ds[name] = f.create_dataset(name, shape=(rows, *tail, *spatial), dtype=dtype,
                                             chunks=(1,) * (1 + len(tail)) + spatial if spatial else None,
                                             **(compression() if spatial else {}))
                 ds[name].attrs["units"], ds[name].attrs["description"] = units, desc
             f.attrs["shard"], f.attrs["start"], f.attrs["stop"] = shard.index, shard.start, shard.stop
             writer = _FlatWriter(ds, tail)
+            inputs = hashlib.sha256()  # what was read: the archive's chunks as stored (verified on resume)
             offset = 0
             pending = None  # the previous batch, its results on their way back while this one computes
-            for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size))):
+            for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size, inputs.update))):
+                negative = (batch < 0).reshape(len(batch), -1).sum(axis=1)  # NaN is not below zero
                 clean, counts, empty = sanitise(batch)
                 frames, scores = self.retriever(self._to_device(self._padded(clean), i % 2))
                 n = len(clean)  # views without the padding's results
                 launched = (self._to_host({k: v[:n] for k, v in {**frames, **scores}.items()}),
-                            counts, empty)
+                            counts, negative, empty)
                 if pending is not None:
                     offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
                 pending = launched
             if pending is not None:
                 offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
-            # Written last: the shard's identity in its plan and its content checksum (output.verify_shard).
-            f.attrs.update({"plan_sha256": self.job.plan_id, "frames": offset, "checksum": writer.hash.hexdigest()})
+            # Written last: the shard's identity in its plan, what it read, and its content checksum
+            # (output.verify_shard).
+            f.attrs.update({"plan_sha256": self.job.plan_id, "frames": offset, "archive_sha256": inputs.hexdigest(),
+                            "checksum": writer.hash.hexdigest()})
         row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite)
         return row
 
@@ -275,7 +284,7 @@ class ShardRunner:
         return host, event
 
     def _write(self, writer: _FlatWriter, shard: Shard, offset: int, results: tuple[dict[str, torch.Tensor], Any],
-               counts: np.ndarray, empty: np.ndarray, nonfinite: list[int],
+               counts: np.ndarray, negative: np.ndarray, empty: np.ndarray, nonfinite: list[int],
                progress: Callable[[int], None] | None) -> int:
         """Wait for a batch's results (the only synchronisation per batch), write them; returns the new offset."""
         tensors, event = results
@@ -286,7 +295,7 @@ class ShardRunner:
             arrays = {k: a.copy() for k, a in arrays.items()}
             for a in arrays.values():
                 a[empty] = np.nan
-        writer.write(offset, arrays | {"nonfinite_pixels": counts})
+        writer.write(offset, arrays | {"nonfinite_pixels": counts, "negative_pixels": negative})
         nonfinite.extend((shard.start + offset + np.flatnonzero(counts)).tolist())
         offset += len(counts)
         self.frames_done = offset
