@@ -463,6 +463,16 @@ def bench_propagator(**options) -> None:
     bench_command("propagator", **options)
 
 
+@bench.command("read")
+@_timed(256, 32, 5, "Frames per read.")
+@_frames(256, "Frames in the archive.")
+@_list_option("--codecs", "bitshuffle-lz4, blosc-lz4, zstd, gzip, none", "all")
+@_bench_options
+def bench_read(**options) -> None:
+    """Archive reading: chunks decoded in Python vs h5py, per filter, and the shard digest's cost."""
+    bench_command("read", **options)
+
+
 @bench.command("step")
 @_timed(256, 16, 3)
 @_list_option("--methods", "paired, pix2pix, cyclegan, phasegan", "paired,phasegan")

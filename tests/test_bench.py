@@ -27,6 +27,15 @@ def test_bench_propagator_agrees_with_float64_numpy(tmp_path):
     assert {"machine", "device", "torch", "threads", "date"} <= set(r)
 
 
+def test_bench_read_compares_the_python_decoder_with_h5py(tmp_path):
+    r = bench(tmp_path, "read", "--size", 32, "--frames", 16, "--batch", 8, "--repeats", 1,
+              "--codecs", "bitshuffle-lz4,gzip")
+    assert set(r["codecs"]) == {"bitshuffle-lz4", "gzip"}
+    assert all(c["chunks_vs_h5py"] > 0 and c["digest_mb_s"] > 0 for c in r["codecs"].values())
+    proc = subprocess.run([EXE, "bench", "read", "--codecs", "lzma"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "unknown codec lzma" in proc.stderr
+
+
 def test_bench_inference_covers_both_outputs_and_every_cpu_variant(tmp_path):
     r = bench(tmp_path, "inference", "--size", 32, "--filters", 2, "--batch", 2, "--repeats", 1)
     assert set(r["results"]) == {"32->32", "32->64"}

@@ -32,9 +32,10 @@ THROUGH_H5PY = {
     "fletcher32": dict(compression="gzip", fletcher32=True),
     "scaleoffset": dict(scaleoffset=0),
 }
-#: (shape, chunks): whole frames per chunk, one frame per chunk, tiles with partial edge chunks, 4-D.
+#: (shape, chunks): whole frames per chunk, one frame per chunk, tiles with partial edge chunks, 4-D, and
+#: chunks of several bitshuffle blocks (8 KiB each) with a short last block and a few elements beyond it.
 GEOMETRIES = [((37, 23, 29), (4, 23, 29)), ((9, 16, 16), (1, 16, 16)), ((20, 33, 35), (8, 8, 8)),
-              ((10, 3, 17, 19), (3, 2, 8, 19))]
+              ((10, 3, 17, 19), (3, 2, 8, 19)), ((7, 50, 70), (3, 50, 70))]
 DTYPES = ["<u2", ">u2", "u1", "<i4", "<f4", "<f8"]
 
 

@@ -17,6 +17,7 @@ Nothing here imports torch or Ray; the file is only ever read.
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ DEFLATE, SHUFFLE, FLETCHER32 = 1, 2, 3
 LZF, BLOSC, LZ4, BITSHUFFLE, ZSTD, BZIP2 = 32000, 32001, 32004, 32008, 32015, 307
 #: bitshuffle's cd_values[4]: the compressor after the bit transpose.
 BSHUF_NONE, BSHUF_LZ4, BSHUF_ZSTD = 0, 2, 3
+_UINT32_BE = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -88,22 +90,41 @@ def _bitshuffle(data: bytes, f: Filter, itemsize: int, nbytes: int) -> bytes:
     if total != nbytes or block_elems <= 0 or block_elems % 8:
         raise ValueError(f"bitshuffle header says {total} bytes in blocks of {block_elems} elements")
     size = total // elem
+    if comp == BSHUF_LZ4 and size % 8 == 0:  # then the framing is HDF5's LZ4 filter's: one call decodes it all
+        plain = imagecodecs.lz4h5_decode(data, out=total)
+    else:
+        plain = _blocks(data, comp, elem, size, block_elems)
+    if len(plain) != total:  # a block that decoded short
+        raise ValueError(f"bitshuffle blocks decode to {len(plain)} bytes, not {total}")
+    # One blocked un-transpose over all blocks (bshuf_bitunshuffle: full blocks, the short last one, the
+    # verbatim rest), the same as block by block.
+    return imagecodecs.bitshuffle_decode(plain, itemsize=elem, blocksize=block_elems)
+
+
+def _blocks(data: bytes, comp: int, elem: int, size: int, block_elems: int) -> bytearray:
+    """The compressed blocks of a bitshuffle chunk decompressed one by one into one buffer (still
+    bit-transposed), with the < 8 elements past the last block copied as stored."""
     sizes = [block_elems] * (size // block_elems)
     if size % block_elems >= 8:
         sizes.append(size % block_elems // 8 * 8)
-    view, pos, parts = memoryview(data), 12, []
-    for n in sizes:
-        if pos + 4 > len(data):
-            raise ValueError("bitshuffle block is truncated")
-        length = int.from_bytes(view[pos:pos + 4], "big")
-        raw = view[pos + 4:pos + 4 + length]
-        pos += 4 + length
-        plain = (imagecodecs.lz4_decode(raw, out=n * elem) if comp == BSHUF_LZ4 else imagecodecs.zstd_decode(raw))
-        if len(plain) != n * elem:
-            raise ValueError(f"a bitshuffle block decodes to {len(plain)} bytes, not {n * elem}")
-        parts.append(imagecodecs.bitshuffle_decode(plain, itemsize=elem, blocksize=n))
-    parts.append(bytes(view[pos:pos + (size - sum(sizes)) * elem]))
-    return b"".join(parts)
+    out = bytearray(size * elem)
+    into, view, pos, at = memoryview(out), memoryview(data), 12, 0
+    decode = imagecodecs.lz4_decode if comp == BSHUF_LZ4 else imagecodecs.zstd_decode
+    unpack = _UINT32_BE.unpack_from
+    try:
+        for n in sizes:
+            (length,) = unpack(data, pos)
+            got = decode(view[pos + 4:pos + 4 + length], out=into[at:at + n * elem])
+            if len(got) != n * elem:
+                raise ValueError(f"a bitshuffle block decodes to {len(got)} bytes, not {n * elem}")
+            pos, at = pos + 4 + length, at + n * elem
+    except struct.error:
+        raise ValueError("bitshuffle block is truncated") from None
+    rest = view[pos:pos + (size * elem - at)]
+    if len(rest) != size * elem - at:
+        raise ValueError("bitshuffle chunk is truncated")
+    into[at:] = rest
+    return out
 
 
 #: Decoders by filter id: (stored bytes, filter, element size, uncompressed chunk bytes) -> bytes.
@@ -169,7 +190,11 @@ class ChunkRows:
                 out[at] = 0
                 bad[at] = True
             else:
-                out[at] = block[rows[at] - first]
+                sel = rows[at] - first
+                if sel[-1] - sel[0] + 1 == len(sel):  # a run of rows (the usual case): one copy, no temporary
+                    out[at[0]:at[-1] + 1] = block[sel[0]:sel[-1] + 1]
+                else:
+                    out[at] = block[sel]
         return out, bad
 
     def digest(self, rows: np.ndarray, sink: Callable[[bytes], object]) -> None:
