@@ -94,6 +94,10 @@ def bench_command(name: str, json_path: str | None = None, **options: Any) -> di
     """
     if json_path is not None:
         check_writable(json_path, "--json")
+    if options.get("device") is not None:
+        from phasegan_hpc.reconstruct.backends import local_device  # lazy: imports torch
+
+        local_device(options["device"])  # one line for a device that is no device, or CUDA where there is none
     if name == "table1":  # hours of training: say which cell is running
         options["progress"] = lambda message: console(stderr=True).print(message, style="dim")
     result = run_benchmark(name, **options)

@@ -19,6 +19,7 @@ import torch
 
 from phasegan_hpc.cluster import connect_ray, disconnect_ray
 from phasegan_hpc.config import Config, load_config, with_overrides
+from phasegan_hpc.errors import DataError
 from phasegan_hpc.simulate import simulate_dataset
 from phasegan_hpc.train.fit import fit
 from phasegan_hpc.train.local import train_local
@@ -53,7 +54,7 @@ def bench_train(size: int = 256, batch: int = 4, repeats: int = 10, device: str 
         device: must be "cpu" (GPU training is measured on a GPU cluster).
     """
     if device != "cpu":
-        raise ValueError("bench train measures CPU workers; run it on a GPU node with --device cpu")
+        raise DataError("bench train measures CPU workers; run it on a GPU node with --device cpu")
     base = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.toml")
     out: dict[str, Any] = {"benchmark": "train", "batch_per_worker": batch, "threads": torch.get_num_threads()}
     steps = repeats + WARMUP_STEPS + 1

@@ -99,5 +99,9 @@ def local_device(requested: str | None) -> str:
         check_device(requested)
         if requested.startswith("cuda") and not torch.cuda.is_available():
             raise DataError(f"device {requested} requested but this machine has no CUDA device")
+        index = torch.device(requested).index
+        if requested.startswith("cuda") and index is not None and index >= torch.cuda.device_count():
+            raise DataError(f"device {requested} requested but this machine has no such CUDA device "
+                            f"({torch.cuda.device_count()} visible)")
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"
