@@ -466,6 +466,7 @@ def bench_propagator(**options) -> None:
 @bench.command("read")
 @_timed(256, 32, 5, "Frames per read.")
 @_frames(256, "Frames in the archive.")
+@_int_option("--chunk-frames", 8, "Frames per HDF5 chunk.")
 @_list_option("--codecs", "bitshuffle-lz4, blosc-lz4, zstd, gzip, none", "all")
 @_bench_options
 def bench_read(**options) -> None:
