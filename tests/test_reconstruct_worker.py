@@ -1,4 +1,5 @@
-"""One worker (reconstruct/worker.py): non-finite pixels, one-batch-late writes, compiled networks."""
+"""One worker (reconstruct/worker.py): non-finite pixels, one-batch-late writes, compiled networks, the shard
+writer's runs of frames and chunk shapes."""
 
 
 import h5py
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 from movies import corrected_reference, g_o_reference, read, write_dxchange
 
+from phasegan_hpc.data.h5io import frame_chunks
 from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
+from phasegan_hpc.reconstruct.worker import ContentHash, FlatWriter
 
 pytestmark = pytest.mark.slow
 
@@ -50,3 +53,39 @@ def test_fast_path_pipelining_and_compiled_networks_match_on_cpu(movie_model, mo
                                    f["exchange/data_dark"][()])
     np.testing.assert_allclose(a["phase"], g_o_reference(movie_model, corr)[:, 0], rtol=1e-4, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("tail", [(), (5,), (2, 3)])
+def test_the_shard_writer_puts_runs_of_frames_where_a_plain_loop_does(tmp_path, tail):
+    """Batches of any length at any flat offset (whole rows, part of a train, across rows) land where a
+    frame-by-frame loop over np.unravel_index puts them, and the checksum is the C-order hash of the whole."""
+    rows = 4
+    n = rows * int(np.prod(tail))
+    frames = np.random.default_rng(0).random((n, 3, 2)).astype(np.float32)
+    scores = np.arange(n, dtype=np.float32)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        ds = {"x": f.create_dataset("x", (rows, *tail, 3, 2), "f4", chunks=frame_chunks(rows, tail, (3, 2), 4)),
+              "s": f.create_dataset("s", (rows, *tail), "f4")}
+        writer = FlatWriter(ds, tail)
+        for a, b in [(0, 1), (1, 8), (8, 9), (9, n)]:  # a frame, a run across rows, a frame, the rest
+            if a < min(b, n):
+                writer.write(a, {"x": frames[a:min(b, n)], "s": scores[a:min(b, n)]})
+        got_x, got_s = f["x"][()], f["s"][()]
+    want_x = np.zeros((rows, *tail, 3, 2), np.float32)
+    want_s = np.zeros((rows, *tail), np.float32)
+    for i in range(n):
+        idx = np.unravel_index(i, (rows, *tail))
+        want_x[idx], want_s[idx] = frames[i], scores[i]
+    np.testing.assert_array_equal(got_x, want_x)
+    np.testing.assert_array_equal(got_s, want_s)
+    ref = ContentHash()
+    ref.update("s", want_s)
+    ref.update("x", want_x)
+    assert writer.hash.hexdigest() == ref.hexdigest()
+
+
+def test_output_chunks_hold_about_two_mib_of_whole_frames():
+    assert frame_chunks(4096, (), (128, 128), 4) == (32, 128, 128)  # 64 KiB frames
+    assert frame_chunks(10, (), (128, 128), 4) == (10, 128, 128)  # never more than the shard's rows
+    assert frame_chunks(4096, (), (2048, 2048), 4) == (1, 2048, 2048)  # 16 MiB frames: one each
+    assert frame_chunks(7, (100,), (128, 128), 2) == (1, 64, 128, 128)  # trains x pulses: along the pulses

@@ -20,6 +20,7 @@ from typing import Any
 
 import h5py
 import hdf5plugin
+import numpy as np
 
 from phasegan_hpc.errors import DataError, storage_error
 
@@ -30,6 +31,22 @@ def compression() -> dict[str, Any]:
     Readers need the filter registered, which ``import hdf5plugin`` does (a dependency of this package).
     """
     return dict(hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE))
+
+
+#: Bytes per chunk of a written stack of frames: big enough that HDF5's per-chunk cost is spread over many
+#: frames (one frame of 128 x 128 float32 per chunk wrote ~2,700-3,000 frames/s), small enough that reading
+#: one frame decompresses little more than it (see docs/benchmarks.md, "Writing").
+CHUNK_BYTES = 2 << 20
+
+
+def frame_chunks(rows: int, lead_tail: tuple[int, ...], frame: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """The chunk shape of a (rows, *lead_tail, *frame) stack: about :data:`CHUNK_BYTES` of whole frames along
+    the last leading axis (rows when there is no lead tail), one index of the axes before it, whole frames."""
+    per_frame = itemsize * max(1, int(np.prod(frame)))
+    along = max(1, CHUNK_BYTES // per_frame)
+    if not lead_tail:
+        return (min(max(1, rows), along), *frame)
+    return (1, *(1,) * (len(lead_tail) - 1), min(lead_tail[-1], along), *frame)
 
 
 def create_frames(

@@ -283,14 +283,16 @@ VERIFY_ROWS = 256
 ARCHIVE_CHANGED = "the archive's frames it was made from have changed"
 
 
-def verify_shard(path: Path, shard: Shard, plan: str, inputs: Callable[[Shard], str] | None = None) -> str | None:
+def verify_shard(path: Path, shard: Shard, plan: str, inputs: Callable[[Shard], str] | None = None,
+                 written: str | None = None) -> str | None:
     """Why the file at ``path`` is not ``shard`` of the plan ``plan``, or None when it is: it must open, carry
     this plan's identity, index, start, stop and frame count and a record of what it read, hold every dataset
     with the shard's rows, and its content must match the checksum its writer recorded last
     (``worker.ContentHash``). A copy of another shard, a shard of another plan, a truncated or garbled file
     and a modified value all fail. With ``inputs`` (``inputs(shard)``: ``FrameReader.input_sha256`` of the
     shard's frames now, asked only of a shard that passes all else), one that read other bytes fails with
-    :data:`ARCHIVE_CHANGED`."""
+    :data:`ARCHIVE_CHANGED`. ``written``: the checksum this run's worker returned for the shard it has just
+    written (hashed as it wrote); the file must carry it, and its content is not read again."""
     try:
         with h5py.File(path, "r") as f:
             a = f.attrs
@@ -310,11 +312,11 @@ def verify_shard(path: Path, shard: Shard, plan: str, inputs: Callable[[Shard], 
                 ds = f[name]
                 if not isinstance(ds, h5py.Dataset) or ds.shape[:1] != (rows,):
                     return f"{name} is not a dataset of {rows} rows"
-                for r in range(0, rows, VERIFY_ROWS):
+                for r in range(0, rows, VERIFY_ROWS) if written is None else ():
                     content.update(name, ds[r:r + VERIFY_ROWS])
             if set(f) < set(SCALAR_DATASETS):
                 return "datasets are missing"
-            if content.hexdigest() != a.get("checksum"):
+            if (content.hexdigest() if written is None else written) != a.get("checksum"):
                 return "its content does not match its checksum"
     except (OSError, KeyError, ValueError) as exc:
         return f"unreadable ({type(exc).__name__})"
@@ -324,16 +326,18 @@ def verify_shard(path: Path, shard: Shard, plan: str, inputs: Callable[[Shard], 
 
 
 def verified(shards_dir: Path, plan: list[Shard], plan_sha256: str,
-             inputs: Callable[[Shard], str] | None = None) -> tuple[set[int], dict[int, str]]:
+             inputs: Callable[[Shard], str] | None = None,
+             written: dict[int, str] | None = None) -> tuple[set[int], dict[int, str]]:
     """(indices of the shards whose file verifies, {index: why not} for files that exist but do not).
-    ``inputs``: see :func:`verify_shard`."""
+    ``inputs``: see :func:`verify_shard`; ``written``: {shard index: checksum} of the shards this run wrote."""
     good: set[int] = set()
     bad: dict[int, str] = {}
     for s in plan:
         path = shards_dir / s.name
         if not os.path.lexists(path):
             continue
-        why = verify_shard(path, s, plan_sha256, inputs) if path.is_file() and not path.is_symlink() else "not a file"
+        why = (verify_shard(path, s, plan_sha256, inputs, (written or {}).get(s.index))
+               if path.is_file() and not path.is_symlink() else "not a file")
         if why is None:
             good.add(s.index)
         else:

@@ -116,7 +116,9 @@ def _run_prepared(request: ReconstructRequest, backend: Backend, progress: Progr
     seconds = time.perf_counter() - t0
     if not driver:
         return None
-    good, bad = verified(Path(job.shards_dir), plan, job.plan_id)  # every shard, before anything is published
+    # Every shard, before anything is published: those written now by the checksum their worker returned.
+    written = {int(r["shard"]): str(r["checksum"]) for r in rows if "checksum" in r}
+    good, bad = verified(Path(job.shards_dir), plan, job.plan_id, written=written)
     missing = sorted(set(s.index for s in plan) - good)
     if missing:  # never assemble a partial or mixed volume
         why = f" ({bad[missing[0]]})" if missing[0] in bad else ""

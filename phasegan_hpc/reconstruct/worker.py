@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from phasegan_hpc.data.archive import Archive, FrameReader
-from phasegan_hpc.data.h5io import atomic_h5, compression
+from phasegan_hpc.data.h5io import atomic_h5, compression, frame_chunks
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct.methods import Method, build_retriever
 from phasegan_hpc.reconstruct.plan import Shard
@@ -145,7 +145,7 @@ class ContentHash:
         self._parts: dict[str, Any] = {}
 
     def update(self, name: str, array: np.ndarray) -> None:
-        self._parts.setdefault(name, hashlib.sha256()).update(np.ascontiguousarray(array).tobytes())
+        self._parts.setdefault(name, hashlib.sha256()).update(memoryview(np.ascontiguousarray(array)).cast("B"))
 
     def hexdigest(self) -> str:
         total = hashlib.sha256()
@@ -154,8 +154,9 @@ class ContentHash:
         return total.hexdigest()
 
 
-class _FlatWriter:
-    """Writes per-frame results at flat frame offsets into datasets shaped (rows, *lead_tail[, H, W]), and
+class FlatWriter:
+    """Writes per-frame results at flat frame offsets into datasets shaped (rows, *lead_tail[, H, W]), a run of
+    whole rows per call (partial rows of trains x pulses: a slice of the last axis where there is one), and
     feeds what it writes to a :class:`ContentHash`."""
 
     def __init__(self, datasets: dict[str, Any], lead_tail: tuple[int, ...]) -> None:
@@ -169,15 +170,24 @@ class _FlatWriter:
         for k, a in arrays.items():  # frames arrive in flat order, which is the datasets' C order
             self.hash.update(k, a)
         n = len(next(iter(arrays.values())))
-        if self.per_row == 1:
+        per_row, done = self.per_row, 0
+        while done < n:
+            row, inner = divmod(offset + done, per_row)
+            take = min(n - done, per_row - inner) if inner else (n - done) // per_row * per_row or n - done
             for k, a in arrays.items():
-                self.datasets[k][offset:offset + n] = a.reshape(n, *self.lead_tail, *a.shape[1:])
-            return
-        for j in range(n):  # one frame at a time: index (row, *unravel(inner, lead_tail))
-            row, inner = divmod(offset + j, self.per_row)
-            idx = (row, *np.unravel_index(inner, self.lead_tail))
-            for k, a in arrays.items():
-                self.datasets[k][idx] = a[j]
+                self._put(self.datasets[k], row, inner, a[done:done + take])
+            done += take
+
+    def _put(self, ds: Any, row: int, inner: int, a: np.ndarray) -> None:
+        """Frames ``a`` (flat) from flat position ``inner`` of ``row``: whole rows, or part of one row."""
+        tail, per_row = self.lead_tail, self.per_row
+        if inner == 0 and len(a) % per_row == 0:
+            ds[row:row + len(a) // per_row] = a.reshape(len(a) // per_row, *tail, *a.shape[1:])
+        elif len(tail) == 1:  # part of one train: a slice of pulses
+            ds[row, inner:inner + len(a)] = a
+        else:
+            for j in range(len(a)):  # deeper layouts: frame by frame within the partial row
+                ds[(row, *np.unravel_index(inner + j, tail))] = a[j]
 
 
 class ShardRunner:
@@ -224,11 +234,11 @@ class ShardRunner:
                 spatial = layout.shape if name in layout.outputs else ()
                 dtype = "int64" if name in COUNT_DATASETS else "float32"
                 ds[name] = f.create_dataset(name, shape=(rows, *tail, *spatial), dtype=dtype,
-                                            chunks=(1,) * (1 + len(tail)) + spatial if spatial else None,
+                                            chunks=frame_chunks(rows, tail, spatial, 4) if spatial else None,
                                             **(compression() if spatial else {}))
                 ds[name].attrs["units"], ds[name].attrs["description"] = units, desc
             f.attrs["shard"], f.attrs["start"], f.attrs["stop"] = shard.index, shard.start, shard.stop
-            writer = _FlatWriter(ds, tail)
+            writer = FlatWriter(ds, tail)
             inputs = hashlib.sha256()  # what was read: the archive's chunks as stored (verified on resume)
             offset = 0
             pending = None  # the previous batch, its results on their way back while this one computes
@@ -248,7 +258,7 @@ class ShardRunner:
             # (output.verify_shard).
             f.attrs.update({"plan_sha256": self.job.plan_id, "frames": offset, "archive_sha256": inputs.hexdigest(),
                             "checksum": writer.hash.hexdigest()})
-        row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite)
+        row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite, checksum=writer.hash.hexdigest())
         return row
 
     def _padded(self, clean: np.ndarray) -> np.ndarray:
@@ -283,7 +293,7 @@ class ShardRunner:
         event.record()
         return host, event
 
-    def _write(self, writer: _FlatWriter, shard: Shard, offset: int, results: tuple[dict[str, torch.Tensor], Any],
+    def _write(self, writer: FlatWriter, shard: Shard, offset: int, results: tuple[dict[str, torch.Tensor], Any],
                counts: np.ndarray, negative: np.ndarray, empty: np.ndarray, nonfinite: list[int],
                progress: Callable[[int], None] | None) -> int:
         """Wait for a batch's results (the only synchronisation per batch), write them; returns the new offset."""
