@@ -8,7 +8,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 import pytest
-from movies import corrected_reference, counts, g_o_reference, read, sha, write_dxchange
+from movies import assert_identical, corrected_reference, counts, g_o_reference, read, sha, write_dxchange
 from tools import EXE, REPO
 
 from phasegan_hpc.config import load_config, with_overrides
@@ -125,3 +125,17 @@ def test_a_chunk_that_crashes_the_decoder_is_one_line(movie_model, movie, tmp_pa
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("error: the run crashed (SIGSEGV) while reading rows 4-7 of "), lines  # 4 a block
     assert not (tmp_path / "vds_phasegan.h5").exists()  # nothing published
+
+
+def test_both_readers_give_identical_volumes_and_resume_each_other(movie_model, movie, tmp_path):
+    """--reader h5py (HDF5's filters) and the default chunk decoder (2 threads) write identical shards, and
+    each shard's record of what it read is the same, so a run resumes the other's shards."""
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=12)
+    common = dict(model=movie_model, backend="local", batch_size=4, shard_frames=3, preview=False,
+                  cpus_per_worker=2)
+    by_h5py = reconstruct(ReconstructRequest(archive, output=tmp_path / "h.h5", reader="h5py", **common))
+    chunks = reconstruct(ReconstructRequest(archive, output=tmp_path / "c.h5", **common))
+    assert_identical(read(by_h5py.output), read(chunks.output))
+    (tmp_path / "c.h5").unlink()
+    again = reconstruct(ReconstructRequest(archive, output=tmp_path / "c.h5", reader="h5py", **common))
+    assert again.reused_shards == 4 and again.computed_frames == 0

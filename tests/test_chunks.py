@@ -58,14 +58,15 @@ def test_rows_are_byte_identical_to_h5py(name, tmp_path):
                 partly = f.create_dataset("sparse", shape=shape, chunks=chunks, dtype=dtype, fillvalue=7, **kw)
                 partly[2] = data[2]  # the other chunks are never written: the fill value
             with h5py.File(path, "r") as f:
-                for ds in (f["d"], f["sparse"]):
-                    reader = ChunkRows(ds)
+                for ds, threads in ((f["d"], 1), (f["sparse"], 1), (f["d"], 3)):  # decoded in turn, or 3 at once
+                    reader = ChunkRows(ds, threads)
                     assert (reader.why_h5py is None) == (name in DIRECT), reader.why_h5py
                     for rows in (np.arange(shape[0]), np.arange(1, shape[0] - 1), np.array([0, 2, 3, shape[0] - 1])):
                         got, bad = reader.read(rows)
                         ref = _reference(ds, rows)
                         assert got.dtype == ref.dtype and got.shape == ref.shape and not bad.any()
-                        assert got.tobytes() == ref.tobytes(), (name, dtype, shape, chunks, ds.name)
+                        assert got.tobytes() == ref.tobytes(), (name, dtype, shape, chunks, ds.name, threads)
+                    reader.close()
 
 
 def _corrupt(path, offset: tuple[int, ...], at: int, data: bytes) -> None:
@@ -88,7 +89,7 @@ def test_a_corrupt_chunk_marks_its_rows_and_the_others_read(name, tmp_path):
             f.create_dataset("d", data=data, chunks=(3, 32, 32), **DIRECT[name])
         _corrupt(path, (3, 0, 0), at, garbage)
         with h5py.File(path, "r") as f:
-            got, bad = ChunkRows(f["d"]).read(np.arange(12))
+            got, bad = ChunkRows(f["d"], threads=2).read(np.arange(12))
         keep = [0, 1, 2, 6, 7, 8, 9, 10, 11]
         assert not bad[keep].any() and got[keep].tobytes() == data[keep].tobytes()
         if bad[3:6].all():
@@ -104,12 +105,14 @@ def test_the_digest_is_what_read_fed_and_sees_a_same_size_rewrite(tmp_path):
         f.create_dataset("d", data=data, chunks=(3, 32, 32), **DIRECT["bitshuffle-lz4"])
 
     def digests() -> tuple[str, str, str]:
-        fed, alone, part = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
+        fed, alone, part, forced = (hashlib.sha256() for _ in range(4))
         with h5py.File(path, "r") as f:
-            reader = ChunkRows(f["d"])
+            reader = ChunkRows(f["d"], threads=2)
             reader.read(np.arange(12), fed.update)
             reader.digest(np.arange(12), alone.update)
             reader.digest(np.arange(6), part.update)
+            ChunkRows(f["d"], force_h5py=True).read(np.arange(12), forced.update)  # --reader h5py: the same
+        assert forced.hexdigest() == fed.hexdigest()
         return fed.hexdigest(), alone.hexdigest(), part.hexdigest()
 
     before = digests()

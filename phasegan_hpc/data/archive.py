@@ -26,6 +26,9 @@ from phasegan_hpc.supervise import note
 
 #: NXtomo image_key values (NeXus).
 PROJECTION, FLAT, DARK = 0, 1, 2
+#: How frames are read (:class:`FrameReader`): chunks decoded in Python (``data/chunks.py``), or h5py's own
+#: reading through HDF5's filters (the baseline, and a fallback).
+READERS = ("chunks", "h5py")
 
 
 @dataclass(frozen=True)
@@ -216,16 +219,17 @@ def _mean_reference(f: h5py.File, ref: tuple[str, list[int] | None] | None, bloc
 class FrameReader:
     """Reads output frames [start, stop) of an archive as flat-/dark-corrected float32 (n, H, W).
 
-    Opens the archive itself (read-only), so each worker process has its own handle. Reads are aligned to
+    Opens the archive itself (read-only), so each worker process has its own handle. ``threads`` chunk rows
+    are decoded at once; ``reader`` is one of :data:`READERS`. Reads are aligned to
     the dataset's chunks along axis 0, so every chunk is decompressed once, and decoded in Python
     (:mod:`phasegan_hpc.data.chunks`): a corrupt chunk gives NaN frames, not a crash.
     """
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, threads: int = 1, reader: str = "chunks") -> None:
         self.archive = archive
         self.file = _open(archive.path)
         self.ds = self.file[archive.dataset]
-        self.rows = ChunkRows(self.ds)
+        self.rows = ChunkRows(self.ds, threads=threads, force_h5py=reader == "h5py")
         self.flat = _mean_reference(self.file, archive.flats)
         self.dark = _mean_reference(self.file, archive.darks)
         if self.flat is not None and self.dark is None:
@@ -241,6 +245,7 @@ class FrameReader:
         self._dark32 = None if self.dark is None else self.dark.astype(np.float32)
 
     def close(self) -> None:
+        self.rows.close()
         self.file.close()
 
     def correct(self, raw: np.ndarray) -> np.ndarray:

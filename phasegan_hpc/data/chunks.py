@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import h5py
@@ -158,17 +159,27 @@ class ChunkRows:
 
     Args:
         ds: an open dataset (any rank >= 1, any chunk shape, any real dtype).
+        threads: chunk rows decoded at once (the codecs release the GIL); the stored bytes are always read,
+            and fed to a sink, in order, by the calling thread (HDF5 calls are serialised anyway).
+        force_h5py: read through h5py even where chunks could be decoded here (``--reader h5py``).
     """
 
-    def __init__(self, ds: h5py.Dataset) -> None:
+    def __init__(self, ds: h5py.Dataset, threads: int = 1, force_h5py: bool = False) -> None:
         self.ds = ds
         self.filters = pipeline(ds)
+        natural = _why_h5py(ds, self.filters)
         #: None when chunks are decoded here, else why h5py reads them
-        self.why_h5py = _why_h5py(ds, self.filters)
+        self.why_h5py = natural or ("--reader h5py" if force_h5py else None)
+        self._digest_values = natural is not None  # no stored chunks to digest: the values instead
         self.chunks: tuple[int, ...] = ds.chunks or ds.shape
         self._nbytes = int(np.prod(self.chunks)) * ds.dtype.itemsize
         grid = [range(0, s, c) for s, c in zip(ds.shape[1:], self.chunks[1:], strict=True)]
         self._inner = list(itertools.product(*grid))  # chunk offsets on the axes after the first
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="decode") if threads > 1 else None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def read(self, rows: np.ndarray, sink: Callable[[bytes], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``rows`` (sorted dataset indices along axis 0) as (values of the dataset's dtype, shape
@@ -177,24 +188,36 @@ class ChunkRows:
         rows = np.asarray(rows, np.int64)
         if self.why_h5py is not None:
             values, bad = self._read_h5py(rows)
-            if sink is not None:
+            if sink is not None and self._digest_values:
                 sink(values.tobytes() + bad.tobytes())
+            elif sink is not None:  # forced h5py: the same digest as the direct path (whichever reader resumes)
+                self.digest(rows, sink)
             return values, bad
         out = np.empty((len(rows), *self.ds.shape[1:]), self.ds.dtype)
         bad = np.zeros(len(rows), bool)
         c0 = self.chunks[0]
-        for k, at in _groups(rows // c0):
-            first = k * c0
-            block = self._decode_rows(first, sink)
+        work = [(k * c0, at, [self._stored((k * c0, *inner), sink) for inner in self._inner])
+                for k, at in _groups(rows // c0)]
+
+        def place(item: tuple[int, np.ndarray, list[Stored]]) -> None:  # disjoint rows of out per item
+            first, at, stored = item
+            block = self._decode_rows(first, stored)
             if block is None:
                 out[at] = 0
                 bad[at] = True
+                return
+            sel = rows[at] - first
+            if sel[-1] - sel[0] + 1 == len(sel):  # a run of rows (the usual case): one copy, no temporary
+                out[at[0]:at[-1] + 1] = block[sel[0]:sel[-1] + 1]
             else:
-                sel = rows[at] - first
-                if sel[-1] - sel[0] + 1 == len(sel):  # a run of rows (the usual case): one copy, no temporary
-                    out[at[0]:at[-1] + 1] = block[sel[0]:sel[-1] + 1]
-                else:
-                    out[at] = block[sel]
+                out[at] = block[sel]
+
+        if self._pool is None or len(work) < 2:
+            for item in work:
+                place(item)
+        else:
+            for _ in self._pool.map(place, work):  # re-raises a worker's exception here
+                pass
         return out, bad
 
     def digest(self, rows: np.ndarray, sink: Callable[[bytes], object]) -> None:
@@ -202,7 +225,7 @@ class ChunkRows:
         each after its offset and filter mask, without decoding them. Without direct chunks: the rows' values
         and which rows failed."""
         rows = np.asarray(rows, np.int64)
-        if self.why_h5py is not None:
+        if self._digest_values:
             values, bad = self._read_h5py(rows)
             sink(values.tobytes() + bad.tobytes())
             return
@@ -223,25 +246,22 @@ class ChunkRows:
                  + (stored.data or b""))
         return stored
 
-    def _decode_rows(self, first: int, sink: Callable[[bytes], object] | None) -> np.ndarray | None:
-        """All chunks of the chunk row starting at dataset row ``first``, decoded: (rows, *shape[1:]); None
-        when one of them does not read or decode (every chunk is still fed to ``sink``)."""
+    def _decode_rows(self, first: int, stored: list[Stored]) -> np.ndarray | None:
+        """The chunks of the chunk row starting at dataset row ``first`` (``stored``, in the order of
+        ``_inner``), decoded: (rows, *shape[1:]); None when one of them does not read or decode."""
         shape = self.ds.shape
         n = min(self.chunks[0], shape[0] - first)
         if len(self._inner) == 1 and self.chunks[1:] == shape[1:]:  # one chunk per chunk row: no copy
-            chunk = self._decode(self._stored((first, *self._inner[0]), sink))
+            chunk = self._decode(stored[0])
             return None if chunk is None else chunk[:n]
         block = np.empty((n, *shape[1:]), self.ds.dtype)
-        ok = True
-        for inner in self._inner:
-            chunk = self._decode(self._stored((first, *inner), sink))
+        for inner, one in zip(self._inner, stored, strict=True):
+            chunk = self._decode(one)
             if chunk is None:
-                ok = False
-            elif ok:
-                where = tuple(slice(o, min(o + c, s))
-                              for o, c, s in zip(inner, self.chunks[1:], shape[1:], strict=True))
-                block[(slice(None), *where)] = chunk[(slice(0, n), *(slice(0, w.stop - w.start) for w in where))]
-        return block if ok else None
+                return None
+            where = tuple(slice(o, min(o + c, s)) for o, c, s in zip(inner, self.chunks[1:], shape[1:], strict=True))
+            block[(slice(None), *where)] = chunk[(slice(0, n), *(slice(0, w.stop - w.start) for w in where))]
+        return block
 
     def _decode(self, stored: Stored) -> np.ndarray | None:
         """A chunk's values, or None when it does not read or decode."""

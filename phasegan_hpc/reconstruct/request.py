@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phasegan_hpc.data.archive import READERS
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct.backends import BACKENDS
 from phasegan_hpc.reconstruct.methods import SCORES, Method, PhaseGAN, method_named
@@ -46,6 +47,8 @@ class ReconstructRequest:
         cpus_per_worker: CPUs (and torch threads) of each worker.
         gpus_per_worker: GPUs of each Ray actor (> 0: CUDA).
         device: torch device of the workers (None: the backend's default, CUDA where present).
+        reader: "chunks" (decoded in Python, ``cpus_per_worker`` threads; a corrupt chunk is NaN frames) or
+            "h5py" (HDF5's own filters, one call at a time: the baseline, and a fallback).
 
     Raises (on construction):
         DataError: an unknown method, backend, score or geometry key, or options no run can use.
@@ -68,6 +71,7 @@ class ReconstructRequest:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     device: str | None = None
+    reader: str = "chunks"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -79,6 +83,8 @@ class ReconstructRequest:
         set_(self, "physics", {k: v for k, v in (self.physics or {}).items() if v is not None})
         if self.backend not in BACKENDS:
             raise DataError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        if self.reader not in READERS:
+            raise DataError(f"unknown reader {self.reader!r}; choose from {', '.join(READERS)}")
         if self.flag_by not in SCORES:
             raise DataError(f"unknown score {self.flag_by!r} for --flag-by; choose from {', '.join(SCORES)}")
         unknown = sorted(set(self.physics) - set(GEOMETRY_OVERRIDES))

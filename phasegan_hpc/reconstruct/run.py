@@ -231,7 +231,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
         raise
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
               delta_beta, r.batch_size, device, max(1, int(r.cpus_per_worker)), archive.lead_shape[1:],
-              compiled, plan_id(wanted))
+              compiled, plan_id(wanted), r.reader)
     attrs = {
         "method": method.name, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),

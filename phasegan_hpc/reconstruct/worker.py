@@ -56,6 +56,7 @@ class Job:
     lead_tail: tuple[int, ...] = field(default=())  # leading axes after the first (e.g. pulses)
     compile: bool = False  # torch.compile G_O and G_D (the CUDA default; see bench inference)
     plan_id: str = ""  # sha256 of the plan's manifest: every shard records it (``output.verify_shard``)
+    reader: str = "chunks"  # ``data.archive.READERS``; ``threads`` chunk rows decoded at once
 
 
 def shard_path(job: Job, shard: Shard) -> Path:
@@ -198,7 +199,7 @@ class ShardRunner:
         torch.set_num_threads(max(1, job.threads))
         self.job = job
         self.device = torch.device(job.device)
-        self.reader = FrameReader(job.archive)
+        self.reader = FrameReader(job.archive, threads=max(1, job.threads), reader=job.reader)
         self.retriever = build_retriever(job.method, job.model_path, job.geometry, job.archive.frame_shape,
                                          self.device, job.compile, job.delta_beta)
         self.frames_done = 0  # frames of the current shard, for progress polling
