@@ -477,6 +477,16 @@ def bench_read(**options) -> None:
     bench_command("read", **options)
 
 
+@bench.command("pipeline")
+@_timed(128, 64, 3)
+@_frames(2048, "Frames in the archive.")
+@_int_option("--threads", None, "Decoding threads (default: torch's threads).")
+@_bench_options
+def bench_pipeline(**options) -> None:
+    """The I/O pipeline alone (`correct`) vs a bare h5py read loop and vs the earlier reader and writer."""
+    bench_command("pipeline", **options)
+
+
 @bench.command("step")
 @_timed(256, 16, 3)
 @_list_option("--methods", "paired, pix2pix, cyclegan, phasegan", "paired,phasegan")

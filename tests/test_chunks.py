@@ -1,14 +1,17 @@
 """Chunks decoded in Python (data/chunks.py): byte-identical to h5py on every filter, chunk shape and dtype the
-archives use; a corrupt chunk marks its rows, never crashes; the stored-bytes digest sees a same-size rewrite."""
+archives use; a corrupt chunk marks its rows, never crashes; the stored-bytes digest sees a same-size rewrite;
+chunks compressed here and stored whole read back through HDF5's filter."""
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import hdf5plugin
 import numpy as np
 import pytest
 
-from phasegan_hpc.data.chunks import ChunkRows
+from phasegan_hpc.data.chunks import ChunkRows, ChunkWriter, direct_writable
+from phasegan_hpc.data.h5io import compression
 
 #: name -> create_dataset keywords: every filter the archives, the simulator and the tests write.
 DIRECT = {
@@ -128,3 +131,22 @@ def test_the_digest_is_what_read_fed_and_sees_a_same_size_rewrite(tmp_path):
     after = digests()
     assert path.stat().st_size == size
     assert after[0] == after[1] != before[1] and after[2] == before[2]  # rows 0-5 did not change
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<f2"])
+def test_chunk_writer_stores_what_h5py_reads_back(tmp_path, dtype):
+    """Frames written in runs of any length (chunks compressed in a pool, the last one padded) read back
+    through HDF5's own Blosc filter as written; a dataset with another filter is refused."""
+    frames = np.random.default_rng(4).standard_normal((37, 12, 10)).astype(dtype)
+    with ThreadPoolExecutor(2) as pool, h5py.File(tmp_path / "w.h5", "w") as f:
+        ds = f.create_dataset("x", (37, 12, 10), dtype, chunks=(8, 12, 10), **compression())
+        writer = ChunkWriter(ds, pool)
+        for a, b in [(0, 3), (3, 20), (20, 21), (21, 37)]:
+            writer.write(frames[a:b])
+        writer.close()
+        other = f.create_dataset("y", (4, 5, 5), dtype, chunks=(2, 5, 5), compression="gzip")
+        assert not direct_writable(other) and not direct_writable(f.create_dataset("z", (4, 5, 5), dtype))
+        with pytest.raises(ValueError, match="Blosc alone"):
+            ChunkWriter(other, None)
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        assert f["x"][()].tobytes() == frames.tobytes()

@@ -124,7 +124,7 @@ def test_overwrite_is_transactional(movie_model, movie, tmp_path):
 
 def test_a_same_size_rewrite_of_the_archive_is_refused_on_resume(movie_model, movie, tmp_path):
     """Size and time say nothing: the archive rewritten in place (same size, mtime restored) changes the stored
-    bytes of one shard's chunks, which that shard's record of what it read (archive_sha256) does not match.
+    bytes of one shard's chunks, which that shard's record of what it read (input_checksum) does not match.
     The resume is refused in one line and changes nothing; --overwrite redoes that shard only."""
     archive = write_dxchange(tmp_path / "a.h5", movie, compression={}, n=12)  # uncompressed: edits keep the size
     request = ReconstructRequest(archive, model=movie_model, output=tmp_path / "o.h5", backend="local",

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from movies import corrected_reference, g_o_reference, read, write_dxchange
 
+from phasegan_hpc.data.checksum import ContentHash
 from phasegan_hpc.data.h5io import frame_chunks
 from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
-from phasegan_hpc.reconstruct.worker import ContentHash, FlatWriter
+from phasegan_hpc.reconstruct.worker import FlatWriter
 
 pytestmark = pytest.mark.slow
 

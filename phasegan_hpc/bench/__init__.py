@@ -68,6 +68,7 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     from phasegan_hpc.bench.check import bench_check
     from phasegan_hpc.bench.frc import bench_frc
     from phasegan_hpc.bench.inference import bench_inference
+    from phasegan_hpc.bench.pipeline import bench_pipeline
     from phasegan_hpc.bench.propagator import bench_propagator
     from phasegan_hpc.bench.read import bench_read
     from phasegan_hpc.bench.reconstruct import bench_reconstruct
@@ -77,7 +78,7 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
 
     return {"frc": bench_frc, "propagator": bench_propagator, "step": bench_step, "train": bench_train,
             "reconstruct": bench_reconstruct, "inference": bench_inference, "table1": bench_table1,
-            "check": bench_check, "read": bench_read}
+            "check": bench_check, "read": bench_read, "pipeline": bench_pipeline}
 
 
 def run_benchmark(name: str, **options: Any) -> dict[str, Any]:

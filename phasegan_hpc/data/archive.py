@@ -19,6 +19,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (registers bitshuffle, Blosc, LZ4, Zstd... for reading)
 import numpy as np
 
+from phasegan_hpc.data.checksum import Checksum
 from phasegan_hpc.data.chunks import ChunkRows
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.physics.flatfield import FlatfieldCorrector
@@ -268,7 +269,7 @@ class FrameReader:
         Chunks are decoded in Python (:class:`~phasegan_hpc.data.chunks.ChunkRows`): the rows of a chunk that
         does not read or decode come back as NaN frames (float32), counted by the worker as non-finite and
         listed in the summary, and their output indices are added to :attr:`unreadable`. The run goes on.
-        ``sink`` receives the rows' stored bytes (see :meth:`input_sha256`)."""
+        ``sink`` receives the rows' stored bytes (see :meth:`input_checksum`)."""
         a = self.archive
         note(f"reading rows {r0}-{r1 - 1} of {a.path}:{a.dataset}")  # named if a C decoder crashes (h5py path)
         block, bad = self.rows.read(self.dataset_rows(r0, r1), sink)
@@ -299,15 +300,16 @@ class FrameReader:
     def blocks(self, start: int, stop: int, min_frames: int,
                sink: Callable[[bytes], object] | None = None) -> Iterator[np.ndarray]:
         """Corrected frames [start, stop), a block per :meth:`spans`; ``sink`` receives the stored bytes read
-        (see :meth:`input_sha256`)."""
+        (see :meth:`input_checksum`)."""
         for r0, r1 in self.spans(start, stop, min_frames):
             yield self.correct(self.raw_rows(r0, r1, sink))
 
-    def input_sha256(self, start: int, stop: int, min_frames: int) -> str:
-        """sha256 of what :meth:`blocks` reads for frames [start, stop): the stored bytes of the chunks (with
-        their offsets and filter masks), read but not decoded, so a rewritten archive is recognised at the cost
-        of reading it, not of decompressing it. Equal to the digest of the bytes ``blocks`` feeds its sink."""
-        h = hashlib.sha256()
+    def input_checksum(self, start: int, stop: int, min_frames: int) -> str:
+        """The :class:`~phasegan_hpc.data.checksum.Checksum` of what :meth:`blocks` reads for frames
+        [start, stop): the stored bytes of the chunks (with their offsets and filter masks), read but not
+        decoded, so a rewritten archive is recognised at the cost of reading it, not of decompressing it. Equal
+        to the checksum of the bytes ``blocks`` feeds its sink."""
+        h = Checksum()
         for r0, r1 in self.spans(start, stop, min_frames):
             self.rows.digest(self.dataset_rows(r0, r1), h.update)
         return h.hexdigest()

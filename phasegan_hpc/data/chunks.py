@@ -1,4 +1,5 @@
-"""Rows of an HDF5 dataset read chunk by chunk: raw bytes from HDF5, decoded in Python (DESIGN.md §4).
+"""Rows of an HDF5 dataset read chunk by chunk: raw bytes from HDF5, decoded in Python (DESIGN.md §4); and
+frames written as whole chunks compressed here (:class:`ChunkWriter`).
 
 ``h5py`` runs a dataset's filters (deflate, Blosc, bitshuffle...) in C inside the HDF5 library, where a
 corrupt chunk can crash the process. Here each chunk's stored bytes are read with ``read_direct_chunk`` and
@@ -21,6 +22,7 @@ import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import h5py
 import imagecodecs
@@ -302,6 +304,79 @@ class ChunkRows:
         if rows[-1] - rows[0] + 1 == len(rows):
             return self.ds[int(rows[0]):int(rows[-1]) + 1]
         return self.ds[rows.tolist()]
+
+
+#: Blosc's compressor codes in the HDF5 filter's cd_values[6].
+BLOSC_COMPRESSORS = {0: "blosclz", 1: "lz4", 2: "lz4hc", 3: "snappy", 4: "zlib", 5: "zstd"}
+
+
+class ChunkWriter:
+    """Writes a (rows, *frame) dataset chunked along its first axis only, frames in order, as whole chunks:
+    compressed here (Blosc through imagecodecs, as the dataset's filter declares) in a thread pool and stored
+    with ``write_direct_chunk``, so HDF5's filter pipeline and its per-call cost are out of the way. The last
+    chunk is padded with zeros (HDF5 stores edge chunks whole; the padding is never read).
+
+    Args:
+        ds: the dataset (its only filter Blosc: :func:`direct_writable`).
+        pool: where chunks are compressed and written (None: in the caller's thread).
+    """
+
+    def __init__(self, ds: h5py.Dataset, pool: ThreadPoolExecutor | None) -> None:
+        if not direct_writable(ds):
+            raise ValueError(f"{ds.name} is not chunked along its first axis with Blosc alone")
+        self.ds, self.pool = ds, pool
+        values = pipeline(ds)[0].values
+        self._encode = {"level": values[4], "shuffle": values[5], "compressor": BLOSC_COMPRESSORS[values[6]],
+                        "typesize": ds.dtype.itemsize, "numthreads": 1}
+        self._buf = np.zeros(ds.chunks, ds.dtype)
+        self._filled = 0
+        self._row = 0  # the first row of the chunk being filled
+        self._pending: list[Any] = []
+
+    def write(self, frames: np.ndarray) -> None:
+        """The next ``len(frames)`` rows."""
+        done = 0
+        while done < len(frames):
+            take = min(len(frames) - done, len(self._buf) - self._filled)
+            self._buf[self._filled:self._filled + take] = frames[done:done + take]
+            self._filled += take
+            done += take
+            if self._filled == len(self._buf):
+                self._flush()
+
+    def close(self) -> None:
+        """Write the last, partial chunk and wait for every chunk to be stored (re-raising a failure)."""
+        if self._filled:
+            self._buf[self._filled:] = 0
+            self._flush()
+        self.wait()
+
+    def wait(self, raise_errors: bool = True) -> None:
+        """Wait for the chunks handed to the pool (before the file may close, even after a failure)."""
+        pending, self._pending = self._pending, []
+        errors = [f.exception() for f in pending]
+        if raise_errors and any(errors):
+            raise next(e for e in errors if e is not None)
+
+    def _flush(self) -> None:
+        chunk, row = self._buf, self._row
+        self._buf, self._filled, self._row = np.empty_like(chunk), 0, row + len(chunk)
+        if self.pool is None:
+            self._store(row, chunk)
+        else:
+            self._pending.append(self.pool.submit(self._store, row, chunk))
+
+    def _store(self, row: int, chunk: np.ndarray) -> None:
+        data = imagecodecs.blosc_encode(chunk, **self._encode)
+        self.ds.id.write_direct_chunk((row, *(0,) * (chunk.ndim - 1)), data)
+
+
+def direct_writable(ds: h5py.Dataset) -> bool:
+    """Whether :class:`ChunkWriter` can write ``ds``: chunked along the first axis only, Blosc its only filter."""
+    filters = pipeline(ds)
+    return (ds.chunks is not None and ds.chunks[1:] == ds.shape[1:] and len(filters) == 1
+            and filters[0].code == BLOSC and len(filters[0].values) >= 7
+            and filters[0].values[6] in BLOSC_COMPRESSORS)
 
 
 def _groups(keys: np.ndarray) -> list[tuple[int, np.ndarray]]:

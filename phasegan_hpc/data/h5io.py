@@ -39,11 +39,13 @@ def compression() -> dict[str, Any]:
 CHUNK_BYTES = 2 << 20
 
 
-def frame_chunks(rows: int, lead_tail: tuple[int, ...], frame: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    """The chunk shape of a (rows, *lead_tail, *frame) stack: about :data:`CHUNK_BYTES` of whole frames along
-    the last leading axis (rows when there is no lead tail), one index of the axes before it, whole frames."""
+def frame_chunks(rows: int, lead_tail: tuple[int, ...], frame: tuple[int, ...], itemsize: int,
+                 frames: int | None = None) -> tuple[int, ...]:
+    """The chunk shape of a (rows, *lead_tail, *frame) stack: about :data:`CHUNK_BYTES` (or ``frames``) of
+    whole frames along the last leading axis (rows when there is no lead tail), one index of the axes before
+    it, whole frames."""
     per_frame = itemsize * max(1, int(np.prod(frame)))
-    along = max(1, CHUNK_BYTES // per_frame)
+    along = frames or max(1, CHUNK_BYTES // per_frame)
     if not lead_tail:
         return (min(max(1, rows), along), *frame)
     return (1, *(1,) * (len(lead_tail) - 1), min(lead_tail[-1], along), *frame)

@@ -35,12 +35,14 @@ import numpy as np
 
 from phasegan_hpc import __version__
 from phasegan_hpc.data.archive import Archive
+from phasegan_hpc.data.checksum import ALGORITHM as CHECKSUM_ALGORITHM
+from phasegan_hpc.data.checksum import ContentHash
 from phasegan_hpc.data.h5io import atomic_h5
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.files import atomic_write_text, check_writable
 from phasegan_hpc.reconstruct.methods import Layout
 from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.worker import COUNT_DATASETS, SCALAR_DATASETS, ContentHash
+from phasegan_hpc.reconstruct.worker import COUNT_DATASETS, SCALAR_DATASETS
 
 MANIFEST = "plan.json"
 MANIFEST_VERSION = 2  # 2: the identity leaves out the archive's length; shards record what they read
@@ -153,7 +155,7 @@ def manifest(archive: Archive, job_identity: dict[str, Any], plan: list[Shard]) 
 
     The archive's length is not part of the identity: frames appended to a growing archive are new shards of
     the same plan. Whether the frames already reconstructed are unchanged is not judged by the file's size or
-    time but by what each shard read (its ``archive_sha256``, checked on resume by :func:`verified`)."""
+    time but by what each shard read (its ``input_checksum``, checked on resume by :func:`verified`)."""
     return {
         "version": MANIFEST_VERSION,
         "archive": str(archive.path), "dataset": archive.dataset, "layout": archive.layout, "dtype": archive.dtype,
@@ -288,8 +290,8 @@ def verify_shard(path: Path, shard: Shard, plan: str, inputs: Callable[[Shard], 
     """Why the file at ``path`` is not ``shard`` of the plan ``plan``, or None when it is: it must open, carry
     this plan's identity, index, start, stop and frame count and a record of what it read, hold every dataset
     with the shard's rows, and its content must match the checksum its writer recorded last
-    (``worker.ContentHash``). A copy of another shard, a shard of another plan, a truncated or garbled file
-    and a modified value all fail. With ``inputs`` (``inputs(shard)``: ``FrameReader.input_sha256`` of the
+    (``data.checksum.ContentHash``). A copy of another shard, a shard of another plan, a truncated or garbled file
+    and a modified value all fail. With ``inputs`` (``inputs(shard)``: ``FrameReader.input_checksum`` of the
     shard's frames now, asked only of a shard that passes all else), one that read other bytes fails with
     :data:`ARCHIVE_CHANGED`. ``written``: the checksum this run's worker returned for the shard it has just
     written (hashed as it wrote); the file must carry it, and its content is not read again."""
@@ -303,9 +305,9 @@ def verify_shard(path: Path, shard: Shard, plan: str, inputs: Callable[[Shard], 
                     return f"no {key} attribute"
                 if (a[key].decode() if isinstance(a[key], bytes) else a[key]) != value:
                     return f"{key} is {a[key]}, not {value}"
-            recorded = a.get("archive_sha256")
-            if not isinstance(recorded, str) or len(recorded) != 64:
-                return "no record of what it read (archive_sha256)"
+            recorded = a.get("input_checksum")
+            if not isinstance(recorded, str) or not recorded.startswith(f"{CHECKSUM_ALGORITHM}:"):
+                return f"no {CHECKSUM_ALGORITHM} record of what it read (input_checksum)"
             rows = shard.row_stop - shard.row_start
             content = ContentHash()
             for name in sorted(f):

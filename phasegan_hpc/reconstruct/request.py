@@ -49,6 +49,8 @@ class ReconstructRequest:
         device: torch device of the workers (None: the backend's default, CUDA where present).
         reader: "chunks" (decoded in Python, ``cpus_per_worker`` threads; a corrupt chunk is NaN frames) or
             "h5py" (HDF5's own filters, one call at a time: the baseline, and a fallback).
+        output_chunk_frames: frames per chunk of the shards' frame datasets (None: about 2 MiB each,
+            ``h5io.frame_chunks``; 1 is the writer of earlier versions, kept for ``bench pipeline``).
 
     Raises (on construction):
         DataError: an unknown method, backend, score or geometry key, or options no run can use.
@@ -72,6 +74,7 @@ class ReconstructRequest:
     gpus_per_worker: float = 0.0
     device: str | None = None
     reader: str = "chunks"
+    output_chunk_frames: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here

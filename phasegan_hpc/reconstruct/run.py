@@ -214,7 +214,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
     shards_dir, resumed = prepare_shards_dir(out, wanted, r.overwrite)
     # A resumed run reuses only shards that verify and read what the archive holds now.
     done, rejected = verified(shards_dir, plan, plan_id(wanted),
-                              lambda s: reader.input_sha256(s.start, s.stop, r.batch_size))
+                              lambda s: reader.input_checksum(s.start, s.stop, r.batch_size))
     changed = sorted(i for i, why in rejected.items() if why == ARCHIVE_CHANGED)
     if changed and not r.overwrite:
         s = plan[changed[0]]
@@ -231,7 +231,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
         raise
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
               delta_beta, r.batch_size, device, max(1, int(r.cpus_per_worker)), archive.lead_shape[1:],
-              compiled, plan_id(wanted), r.reader)
+              compiled, plan_id(wanted), r.reader, r.output_chunk_frames)
     attrs = {
         "method": method.name, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),

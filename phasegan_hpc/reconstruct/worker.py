@@ -9,12 +9,12 @@ whatever the archive's size. Only a small summary row is returned. Nothing here 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from phasegan_hpc.data.archive import Archive, FrameReader
+from phasegan_hpc.data.checksum import Checksum, ContentHash
+from phasegan_hpc.data.chunks import ChunkWriter, direct_writable
 from phasegan_hpc.data.h5io import atomic_h5, compression, frame_chunks
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct.methods import Method, build_retriever
@@ -57,6 +59,7 @@ class Job:
     compile: bool = False  # torch.compile G_O and G_D (the CUDA default; see bench inference)
     plan_id: str = ""  # sha256 of the plan's manifest: every shard records it (``output.verify_shard``)
     reader: str = "chunks"  # ``data.archive.READERS``; ``threads`` chunk rows decoded at once
+    chunk_frames: int | None = None  # frames per chunk of the frame datasets (None: ``h5io.frame_chunks``)
 
 
 def shard_path(job: Job, shard: Shard) -> Path:
@@ -73,8 +76,10 @@ def sanitise(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         (clean batch, non-finite pixel count per frame (B,) int64, empty (B,) bool: frames with no finite
         pixel at all, which are filled with 1.0 and whose outputs are set to NaN).
     """
+    if len(batch) and np.isfinite(batch.sum(dtype=np.float64)):  # the usual case: one pass, nothing to replace
+        return batch, np.zeros(len(batch), np.int64), np.zeros(len(batch), bool)
     bad = ~np.isfinite(batch)
-    counts = bad.reshape(len(batch), -1).sum(axis=1)
+    counts = np.count_nonzero(bad.reshape(len(batch), -1), axis=1).astype(np.int64)
     empty = counts == batch[0].size if len(batch) else np.zeros(0, bool)
     if counts.any():
         batch = batch.copy()
@@ -83,10 +88,18 @@ def sanitise(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return batch, counts, empty
 
 
+def count_negative(batch: np.ndarray) -> np.ndarray:
+    """Finite pixels below zero per frame of (B, H, W) (NaN and -inf are counted as non-finite), int64 (B,)."""
+    if not len(batch) or batch.min() >= 0:  # the usual case: one pass (a NaN minimum takes the exact count)
+        return np.zeros(len(batch), np.int64)
+    below = (batch < 0) & (batch > -np.inf)
+    return np.count_nonzero(below.reshape(len(batch), -1), axis=1).astype(np.int64)
+
+
 def _batches(reader: FrameReader, shard: Shard, batch: int,
              sink: Callable[[bytes], object] | None = None) -> Iterator[np.ndarray]:
     """Frames of ``shard`` in batches of ``batch`` (the last one smaller): the same on every backend. ``sink``
-    receives the archive's stored bytes read (``FrameReader.input_sha256``)."""
+    receives the archive's stored bytes read (``FrameReader.input_checksum``)."""
     buf: list[np.ndarray] = []
     held = 0
     for block in reader.blocks(shard.start, shard.stop, batch, sink):
@@ -137,42 +150,47 @@ def _prefetch(it: Iterator[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
         thread.join(timeout=5)
 
 
-class ContentHash:
-    """A shard's content checksum: sha256 of each dataset's bytes in C order (fed in write order, which is
-    C order), combined over the dataset names in sorted order. The writer feeds it batch by batch; the
-    verifier (``output.verify_shard``) feeds it the datasets read back."""
-
-    def __init__(self) -> None:
-        self._parts: dict[str, Any] = {}
-
-    def update(self, name: str, array: np.ndarray) -> None:
-        self._parts.setdefault(name, hashlib.sha256()).update(memoryview(np.ascontiguousarray(array)).cast("B"))
-
-    def hexdigest(self) -> str:
-        total = hashlib.sha256()
-        for name in sorted(self._parts):
-            total.update(f"{name}:{self._parts[name].hexdigest()};".encode())
-        return total.hexdigest()
-
-
 class FlatWriter:
     """Writes per-frame results at flat frame offsets into datasets shaped (rows, *lead_tail[, H, W]), a run of
     whole rows per call (partial rows of trains x pulses: a slice of the last axis where there is one), and
-    feeds what it writes to a :class:`ContentHash`."""
+    feeds what it writes to a :class:`ContentHash`. Frame stacks without a lead tail go through a
+    :class:`~phasegan_hpc.data.chunks.ChunkWriter` (compressed in ``pool``, stored as whole chunks), which
+    needs frames in order. A context manager: leaving it waits for every chunk (re-raising a failure unless
+    another one is on its way out)."""
 
-    def __init__(self, datasets: dict[str, Any], lead_tail: tuple[int, ...]) -> None:
+    def __init__(self, datasets: dict[str, Any], lead_tail: tuple[int, ...],
+                 pool: ThreadPoolExecutor | None = None) -> None:
         self.datasets = datasets
         self.lead_tail = lead_tail
         self.per_row = int(np.prod(lead_tail))
         self.hash = ContentHash()
+        self._direct = {k: ChunkWriter(ds, pool) for k, ds in datasets.items()
+                        if not lead_tail and ds.ndim > 1 and direct_writable(ds)}
+        self._written = 0
+
+    def __enter__(self) -> FlatWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        for w in self._direct.values():
+            if kind is None:
+                w.close()
+            else:
+                w.wait(raise_errors=False)
 
     def write(self, offset: int, arrays: dict[str, np.ndarray]) -> None:
         arrays = {k: np.asarray(a, dtype=self.datasets[k].dtype) for k, a in arrays.items()}
         for k, a in arrays.items():  # frames arrive in flat order, which is the datasets' C order
             self.hash.update(k, a)
         n = len(next(iter(arrays.values())))
+        if self._direct and offset != self._written:
+            raise ValueError(f"frames must come in order: {offset} written after {self._written}")
+        self._written = offset + n
+        for k in self._direct:
+            self._direct[k].write(arrays[k])
+        arrays = {k: a for k, a in arrays.items() if k not in self._direct}
         per_row, done = self.per_row, 0
-        while done < n:
+        while done < n and arrays:
             row, inner = divmod(offset + done, per_row)
             take = min(n - done, per_row - inner) if inner else (n - done) // per_row * per_row or n - done
             for k, a in arrays.items():
@@ -204,6 +222,8 @@ class ShardRunner:
                                          self.device, job.compile, job.delta_beta)
         self.frames_done = 0  # frames of the current shard, for progress polling
         self._pinned: dict[int, torch.Tensor] = {}
+        # Output chunks are compressed and stored here while the next batch computes.
+        self._pool = ThreadPoolExecutor(max(1, job.threads), thread_name_prefix="write")
         self._compiled = job.compile and self.retriever.model is not None  # the networks run compiled
         if self._compiled:  # compile now, for the one batch shape every call will have (see _padded)
             self.retriever(torch.ones(job.batch_size, *job.archive.frame_shape, device=self.device))
@@ -213,6 +233,7 @@ class ShardRunner:
         self.setup_seconds: float | None = time.perf_counter() - t0
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self.reader.close()
 
     def run(self, shard: Shard, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -235,29 +256,30 @@ class ShardRunner:
                 spatial = layout.shape if name in layout.outputs else ()
                 dtype = "int64" if name in COUNT_DATASETS else "float32"
                 ds[name] = f.create_dataset(name, shape=(rows, *tail, *spatial), dtype=dtype,
-                                            chunks=frame_chunks(rows, tail, spatial, 4) if spatial else None,
+                                            chunks=(frame_chunks(rows, tail, spatial, 4, self.job.chunk_frames)
+                                                    if spatial else None),
                                             **(compression() if spatial else {}))
                 ds[name].attrs["units"], ds[name].attrs["description"] = units, desc
             f.attrs["shard"], f.attrs["start"], f.attrs["stop"] = shard.index, shard.start, shard.stop
-            writer = FlatWriter(ds, tail)
-            inputs = hashlib.sha256()  # what was read: the archive's chunks as stored (verified on resume)
-            offset = 0
-            pending = None  # the previous batch, its results on their way back while this one computes
-            for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size, inputs.update))):
-                negative = (batch < 0).reshape(len(batch), -1).sum(axis=1)  # NaN is not below zero
-                clean, counts, empty = sanitise(batch)
-                frames, scores = self.retriever(self._to_device(self._padded(clean), i % 2))
-                n = len(clean)  # views without the padding's results
-                launched = (self._to_host({k: v[:n] for k, v in {**frames, **scores}.items()}),
-                            counts, negative, empty)
+            with FlatWriter(ds, tail, self._pool) as writer:  # leaving it waits for every chunk
+                inputs = Checksum()  # what was read: the archive's chunks as stored (verified on resume)
+                offset = 0
+                pending = None  # the previous batch, its results on their way back while this one computes
+                for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size, inputs.update))):
+                    negative = count_negative(batch)
+                    clean, counts, empty = sanitise(batch)
+                    frames, scores = self.retriever(self._to_device(self._padded(clean), i % 2))
+                    n = len(clean)  # views without the padding's results
+                    launched = (self._to_host({k: v[:n] for k, v in {**frames, **scores}.items()}),
+                                counts, negative, empty)
+                    if pending is not None:
+                        offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
+                    pending = launched
                 if pending is not None:
                     offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
-                pending = launched
-            if pending is not None:
-                offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
             # Written last: the shard's identity in its plan, what it read, and its content checksum
             # (output.verify_shard).
-            f.attrs.update({"plan_sha256": self.job.plan_id, "frames": offset, "archive_sha256": inputs.hexdigest(),
+            f.attrs.update({"plan_sha256": self.job.plan_id, "frames": offset, "input_checksum": inputs.hexdigest(),
                             "checksum": writer.hash.hexdigest()})
         row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite, checksum=writer.hash.hexdigest())
         return row
