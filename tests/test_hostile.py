@@ -157,6 +157,8 @@ CASES = [
     ("preview-n-0", "preview {d} -n 0", "'-n': 0 is not in the range x>=1"),
     ("bench-size-0", "bench propagator --size 0", "'--size': 0 is not in the range x>=1"),
     ("bench-foreign-option", "bench propagator --frames 4", "bench propagator takes no --frames"),
+    ("score-every-0", "reconstruct {d}/good.h5 --model {d}/model.pt --score every:0", "or every:N with N >= 1"),
+    ("score-word", "reconstruct {d}/good.h5 --model {d}/model.pt --score some", "not 'some'"),
     ("bench-device-bogus", "bench propagator --device bogus", "--device 'bogus' is not a torch device"),
     ("bench-device-absent", "bench inference --device cuda:7", "device cuda:7 requested but this machine has no"),  # noqa: E501
     ("bench-read-codec", "bench read --codecs lzma", "unknown codec lzma; choose from"),

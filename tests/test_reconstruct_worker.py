@@ -2,13 +2,15 @@
 writer's runs of frames and chunk shapes."""
 
 
+from concurrent.futures import ThreadPoolExecutor
+
 import h5py
 import numpy as np
 import pytest
 from movies import corrected_reference, g_o_reference, read, write_dxchange
 
 from phasegan_hpc.data.checksum import ContentHash
-from phasegan_hpc.data.h5io import frame_chunks
+from phasegan_hpc.data.h5io import compression, frame_chunks
 from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
 from phasegan_hpc.reconstruct.worker import FlatWriter
 
@@ -56,21 +58,24 @@ def test_fast_path_pipelining_and_compiled_networks_match_on_cpu(movie_model, mo
 
 
 
-@pytest.mark.parametrize("tail", [(), (5,), (2, 3)])
-def test_the_shard_writer_puts_runs_of_frames_where_a_plain_loop_does(tmp_path, tail):
+@pytest.mark.parametrize(("tail", "compressed"), [((), False), ((), True), ((5,), True), ((2, 3), False)])
+def test_the_shard_writer_puts_runs_of_frames_where_a_plain_loop_does(tmp_path, tail, compressed):
     """Batches of any length at any flat offset (whole rows, part of a train, across rows) land where a
-    frame-by-frame loop over np.unravel_index puts them, and the checksum is the C-order hash of the whole."""
+    frame-by-frame loop over np.unravel_index puts them (Blosc stacks without a lead tail as whole chunks
+    compressed in a pool), and the checksum is that of the whole in C order."""
     rows = 4
     n = rows * int(np.prod(tail))
     frames = np.random.default_rng(0).random((n, 3, 2)).astype(np.float32)
     scores = np.arange(n, dtype=np.float32)
-    with h5py.File(tmp_path / "s.h5", "w") as f:
-        ds = {"x": f.create_dataset("x", (rows, *tail, 3, 2), "f4", chunks=frame_chunks(rows, tail, (3, 2), 4)),
+    comp = compression() if compressed else {}
+    with h5py.File(tmp_path / "s.h5", "w") as f, ThreadPoolExecutor(2) as pool:
+        ds = {"x": f.create_dataset("x", (rows, *tail, 3, 2), "f4", chunks=frame_chunks(rows, tail, (3, 2), 4, 3),
+                                    **comp),
               "s": f.create_dataset("s", (rows, *tail), "f4")}
-        writer = FlatWriter(ds, tail)
-        for a, b in [(0, 1), (1, 8), (8, 9), (9, n)]:  # a frame, a run across rows, a frame, the rest
-            if a < min(b, n):
-                writer.write(a, {"x": frames[a:min(b, n)], "s": scores[a:min(b, n)]})
+        with FlatWriter(ds, tail, pool) as writer:
+            for a, b in [(0, 1), (1, 8), (8, 9), (9, n)]:  # a frame, a run across rows, a frame, the rest
+                if a < min(b, n):
+                    writer.write(a, {"x": frames[a:min(b, n)], "s": scores[a:min(b, n)]})
         got_x, got_s = f["x"][()], f["s"][()]
     want_x = np.zeros((rows, *tail, 3, 2), np.float32)
     want_s = np.zeros((rows, *tail), np.float32)
@@ -90,3 +95,28 @@ def test_output_chunks_hold_about_two_mib_of_whole_frames():
     assert frame_chunks(10, (), (128, 128), 4) == (10, 128, 128)  # never more than the shard's rows
     assert frame_chunks(4096, (), (2048, 2048), 4) == (1, 2048, 2048)  # 16 MiB frames: one each
     assert frame_chunks(7, (100,), (128, 128), 2) == (1, 64, 128, 128)  # trains x pulses: along the pulses
+
+
+def test_the_scores_cost_is_the_users_choice(movie_model, movie, tmp_path):
+    """--score every:3 scores frames 0, 3, 6, ... as --score all does, marks the others unscored (NaN, /scored
+    0) and never flags them for it; --score none scores nothing and is no error; the frames are the same."""
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=12)
+    runs = {}
+    for score in ("all", "every:3", "none"):
+        s = reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / f"{score[:5]}.h5",
+                                           backend="local", batch_size=4, preview=False, score=score))
+        with h5py.File(s.output, "r") as f:
+            runs[score] = (s, {k: f[k][()] for k in ("phase", "consistency", "fresnel_residual", "scored")})
+    full, every, none = (runs[k][1] for k in ("all", "every:3", "none"))
+    picked = np.arange(12) % 3 == 0
+    np.testing.assert_array_equal(every["scored"], picked.astype(np.int64))
+    np.testing.assert_array_equal(full["scored"], np.ones(12, np.int64))
+    for name in ("consistency", "fresnel_residual"):
+        np.testing.assert_allclose(every[name][picked], full[name][picked], rtol=1e-5)
+        assert np.isnan(every[name][~picked]).all() and np.isnan(none[name]).all()
+    assert not none["scored"].any()
+    for _, arrays in runs.values():
+        np.testing.assert_array_equal(arrays["phase"], full["phase"])
+    assert runs["every:3"][0].scored_frames == 4 and runs["none"][0].scored_frames == 0
+    assert not {i for i, _ in runs["every:3"][0].flagged} - set(np.flatnonzero(picked))
+    assert runs["none"][0].flagged == []

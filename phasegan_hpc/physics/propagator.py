@@ -215,7 +215,7 @@ class FresnelPropagator(nn.Module):
             raise TypeError(f"FresnelPropagator expects a complex tensor, got {psi.dtype}")
         if tuple(psi.shape[-2:]) != self.shape:
             raise ValueError(f"field shape {tuple(psi.shape[-2:])} does not match propagator {self.shape}")
-        if self.distance_m == 0:
+        if self.distance_m == 0 or psi.numel() == 0:  # nothing to propagate (MKL's FFT refuses an empty batch)
             return psi
         padded = pad_field(psi, self.pad, self.pad_mode, self.pad_value)
         out = torch.fft.ifft2(torch.fft.fft2(padded) * self.kernel(psi.device, psi.dtype))

@@ -93,8 +93,9 @@ class Method:
             raise DataError(f"method {self.name} needs delta/beta (--delta-beta)")
         return Retriever(self, model, geometry, self.layout(model, frame_shape, geometry), delta_beta)
 
-    def retrieve(self, r: Retriever, frames: torch.Tensor) -> tuple[Outputs, Scores]:
-        """frames (B, H, W) float32 -> ({name: (B, h, w)}, {score: (B,)}), using what ``r`` holds."""
+    def retrieve(self, r: Retriever, frames: torch.Tensor, which: torch.Tensor) -> tuple[Outputs, Scores]:
+        """frames (B, H, W) float32 -> ({name: (B, h, w)}, {score: (len(which),)} for the frames ``which``
+        (int64 indices; the scores' cost is the user's choice, ``--score``)), using what ``r`` holds."""
         raise NotImplementedError
 
 
@@ -117,9 +118,9 @@ class PhaseGAN(Method):
             return "relative L1 of G_D|H G_O(I)|^2 vs I"
         return super().score_name(model)
 
-    def retrieve(self, r, frames):
+    def retrieve(self, r, frames, which):
         phase, att = r.model.retrieve(frames)
-        return {"phase": phase, "attenuation": att}, r.model.scores(frames, phase, att)
+        return {"phase": phase, "attenuation": att}, r.model.scores(frames[which], phase[which], att[which])
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,8 @@ class Paganin(Method):
     name: ClassVar[str] = "paganin"
     needs_delta_beta: ClassVar[bool] = True
 
-    def retrieve(self, r, frames):
-        return r.paganin_with_scores(frames, r.geometry.detector_pixel_size_m)
+    def retrieve(self, r, frames, which):
+        return r.paganin_with_scores(frames, r.geometry.detector_pixel_size_m, which)
 
 
 @dataclass(frozen=True)
@@ -159,10 +160,11 @@ class Tie(Method):
         h, w = frame_shape
         return Layout(OBJECT_OUTPUTS, (round(h * factor), round(w * factor)), self.resample_pixel_size_m)
 
-    def retrieve(self, r, frames):
+    def retrieve(self, r, frames, which):
         factor = r.geometry.detector_pixel_size_m / r.layout.pixel_size_m
         prepared = tie_prepare(frames.cpu().numpy(), factor, r.layout.shape, self.tv_weight, self.tv_iterations)
-        return r.paganin_with_scores(torch.from_numpy(prepared).float().to(frames.device), r.layout.pixel_size_m)
+        return r.paganin_with_scores(torch.from_numpy(prepared).float().to(frames.device), r.layout.pixel_size_m,
+                                     which)
 
 
 @dataclass(frozen=True)
@@ -177,8 +179,8 @@ class FlatField(Method):
     def score_name(self, model):
         return "none (0)"
 
-    def retrieve(self, r, frames):
-        return {"intensity": frames}, {k: torch.zeros(len(frames), device=frames.device) for k in SCORES}
+    def retrieve(self, r, frames, which):
+        return {"intensity": frames}, {k: torch.zeros(len(which), device=frames.device) for k in SCORES}
 
 
 #: Every method by its ``--method`` name.
@@ -236,19 +238,30 @@ class Retriever:
         self._propagator = None  # H on the output grid, for the scores of physics-only methods
 
     @torch.inference_mode()
-    def __call__(self, frames: torch.Tensor) -> tuple[Outputs, Scores]:
-        """frames (B, H, W) float32 -> ({name: (B, h, w) float32}, {score name: (B,) float32} of :data:`SCORES`)."""
-        return self.method.retrieve(self, frames)
+    def __call__(self, frames: torch.Tensor, scored: torch.Tensor | None = None) -> tuple[Outputs, Scores]:
+        """frames (B, H, W) float32 -> ({name: (B, h, w) float32}, {score name: (B,) float32} of :data:`SCORES`),
+        scored where ``scored`` (bool (B,); None: every frame) and NaN elsewhere (computed only there)."""
+        if scored is None:
+            return self.method.retrieve(self, frames, torch.arange(len(frames), device=frames.device))
+        which = torch.nonzero(scored.to(frames.device)).reshape(-1)
+        outputs, some = self.method.retrieve(self, frames, which)
+        scores = {}
+        for name, values in some.items():
+            scores[name] = torch.full((len(frames),), float("nan"), dtype=values.dtype, device=values.device)
+            scores[name][which] = values
+        return outputs, scores
 
-    def paganin_with_scores(self, frames: torch.Tensor, pixel_size_m: float) -> tuple[Outputs, Scores]:
-        """Paganin's phase and attenuation of ``frames`` at ``pixel_size_m``, scored against |H psi|^2."""
+    def paganin_with_scores(self, frames: torch.Tensor, pixel_size_m: float,
+                            which: torch.Tensor) -> tuple[Outputs, Scores]:
+        """Paganin's phase and attenuation of ``frames`` at ``pixel_size_m``; the frames ``which`` scored
+        against |H psi|^2."""
         g = self.geometry
         phase, att = paganin(frames, pixel_size_m=pixel_size_m, distance_m=g.distance_m,
                              wavelength_m=g.wavelength_m, delta_beta=self.delta_beta)
         if self._propagator is None:
             self._propagator = replace(g, pixel_size_m=self.layout.pixel_size_m).propagator(self.layout.shape)
-        hologram = self._propagator.intensity(object_wavefield(phase, att))
-        return {"phase": phase, "attenuation": att}, hologram_scores(frames, hologram)
+        hologram = self._propagator.intensity(object_wavefield(phase[which], att[which]))
+        return {"phase": phase, "attenuation": att}, hologram_scores(frames[which], hologram)
 
 
 def build_retriever(method: Method, model_path: str | None, geometry: Geometry, shape: tuple[int, int],

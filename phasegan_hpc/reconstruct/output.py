@@ -408,7 +408,9 @@ def open_reconstruction(output: str | Path) -> h5py.File:
     return f
 
 
-def read_scores(output: Path, score: str = "consistency") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat per-frame (``score``, nonfinite_pixels, negative_pixels) of a finished output."""
+def read_scores(output: Path, score: str = "consistency") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flat per-frame (``score``, nonfinite_pixels, negative_pixels, scored (bool)) of a finished output."""
     with open_reconstruction(output) as f:
-        return tuple(f[name][()].reshape(-1) for name in (score, "nonfinite_pixels", "negative_pixels"))
+        values = [f[name][()].reshape(-1) for name in (score, "nonfinite_pixels", "negative_pixels")]
+        scored = f["scored"][()].reshape(-1) > 0 if "scored" in f else np.ones(len(values[0]), bool)
+        return (*values, scored)

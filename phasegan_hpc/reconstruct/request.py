@@ -22,6 +22,20 @@ DEFAULT_FLAG_BY = "fresnel_residual"
 GEOMETRY_OVERRIDES = ("pixel_size_m", "distance_m", "wavelength_m", "energy_kev", "delta_beta")
 
 
+def score_every(score: str) -> int:
+    """``--score``'s value as a stride: "all" -> 1, "every:N" -> N, "none" -> 0.
+
+    Raises:
+        DataError: anything else.
+    """
+    if score in ("all", "none"):
+        return 1 if score == "all" else 0
+    kind, _, n = score.partition(":")
+    if kind == "every" and n.isdigit() and int(n) >= 1:
+        return int(n)
+    raise DataError(f"--score must be all, none or every:N with N >= 1, not {score!r}")
+
+
 @dataclass(frozen=True)
 class ReconstructRequest:
     """One reconstruction: what to read, how to retrieve, where to write, and on what to run.
@@ -49,6 +63,8 @@ class ReconstructRequest:
         device: torch device of the workers (None: the backend's default, CUDA where present).
         reader: "chunks" (decoded in Python, ``cpus_per_worker`` threads; a corrupt chunk is NaN frames) or
             "h5py" (HDF5's own filters, one call at a time: the baseline, and a fallback).
+        score: which frames get the per-frame scores: "all", "every:N" (frames whose index is a multiple of
+            N) or "none"; the others are marked unscored (``/scored`` 0, NaN scores), never flagged by them.
         output_chunk_frames: frames per chunk of the shards' frame datasets (None: about 2 MiB each,
             ``h5io.frame_chunks``; 1 is the writer of earlier versions, kept for ``bench pipeline``).
 
@@ -75,6 +91,7 @@ class ReconstructRequest:
     device: str | None = None
     reader: str = "chunks"
     output_chunk_frames: int | None = None
+    score: str = "all"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -86,6 +103,7 @@ class ReconstructRequest:
         set_(self, "physics", {k: v for k, v in (self.physics or {}).items() if v is not None})
         if self.backend not in BACKENDS:
             raise DataError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        score_every(self.score)  # validates
         if self.reader not in READERS:
             raise DataError(f"unknown reader {self.reader!r}; choose from {', '.join(READERS)}")
         if self.flag_by not in SCORES:
@@ -137,6 +155,7 @@ class Summary:
     flag_by: str = DEFAULT_FLAG_BY
     nonfinite: list[tuple[int, int]] = field(default_factory=list)  # (frame, non-finite or unreadable pixels)
     negative: list[tuple[int, int]] = field(default_factory=list)  # (frame, pixels below zero)
+    scored_frames: int = 0  # frames whose scores were computed (--score)
     preview: Path | None = None
     setup_seconds: float = 0.0  # the slowest worker's start-up (model load, compilation)
     pipeline_seconds: float = 0.0  # the busiest worker's time inside shards (read, compute, write)
@@ -162,6 +181,6 @@ class Summary:
                 "pipeline_seconds": self.pipeline_seconds, "frames_per_s": self.frames_per_s,
                 "pipeline_frames_per_s": self.pipeline_frames_per_s, "threshold": self.threshold,
                 "flagged": self.flagged, "flag_by": self.flag_by, "nonfinite": self.nonfinite,
-                "negative": self.negative,
+                "negative": self.negative, "scored_frames": self.scored_frames,
                 "replaced_workers": self.replaced_workers, "rejected_shards": self.rejected_shards,
                 "preview": str(self.preview) if self.preview else None}

@@ -41,7 +41,7 @@ from phasegan_hpc.reconstruct.output import (
     verified,
 )
 from phasegan_hpc.reconstruct.plan import Shard, make_plan, rows_per_shard
-from phasegan_hpc.reconstruct.request import ReconstructRequest, Summary
+from phasegan_hpc.reconstruct.request import ReconstructRequest, Summary, score_every
 from phasegan_hpc.reconstruct.source import FixedShards
 from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS, Job
 
@@ -209,7 +209,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
     identity = {"method": method.name, "model_sha256": loaded.sha256 if loaded else None,
                 "batch_size": r.batch_size, "shard_rows": rows_per_shard(archive, r.batch_size, r.shard_frames),
                 "references_sha256": reader.references_sha256,
-                "physics": _identity_physics(geometry, delta_beta), "tie": method.options()}
+                "physics": _identity_physics(geometry, delta_beta), "tie": method.options(), "score": r.score}
     wanted = manifest(archive, identity, plan)
     shards_dir, resumed = prepare_shards_dir(out, wanted, r.overwrite)
     # A resumed run reuses only shards that verify and read what the archive holds now.
@@ -231,7 +231,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
         raise
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
               delta_beta, r.batch_size, device, max(1, int(r.cpus_per_worker)), archive.lead_shape[1:],
-              compiled, plan_id(wanted), r.reader, r.output_chunk_frames)
+              compiled, plan_id(wanted), r.reader, r.output_chunk_frames, score_every(r.score))
     attrs = {
         "method": method.name, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),
@@ -277,8 +277,8 @@ def memory_available() -> int | None:
 
 def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], rows: list[dict[str, Any]],
                seconds: float, request: ReconstructRequest) -> Summary:
-    scores, nonfinite, negative = read_scores(out, request.flag_by)
-    finite = scores[np.isfinite(scores)]
+    scores, nonfinite, negative, scored = read_scores(out, request.flag_by)
+    finite = scores[scored & np.isfinite(scores)]
     threshold = float("nan")  # no finite score: every frame is flagged by the absolute rules below
     if len(finite):
         med = float(np.median(finite))
@@ -286,7 +286,7 @@ def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], row
         threshold = med + FLAG_MADS * max(mad, 1e-3 * abs(med), 1e-12)
     pixels = int(np.prod(job.archive.frame_shape))
     with np.errstate(invalid="ignore"):
-        bad = np.flatnonzero(~np.isfinite(scores) | (scores > threshold)
+        bad = np.flatnonzero((scored & ~np.isfinite(scores)) | (scores > threshold)
                              | (nonfinite > MAX_BAD_PIXEL_FRACTION * pixels)
                              | (negative > MAX_BAD_PIXEL_FRACTION * pixels))
     flagged = [(int(i), float(scores[i])) for i in bad]
@@ -298,6 +298,7 @@ def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], row
                       seconds, request.backend, request.workers, threshold, flagged, request.flag_by,
                       [(int(i), int(nonfinite[i])) for i in np.flatnonzero(nonfinite > 0)],
                       [(int(i), int(negative[i])) for i in np.flatnonzero(negative > 0)],
+                      scored_frames=int(scored.sum()),
                       setup_seconds=max((r.get("setup_seconds", 0.0) for r in rows), default=0.0),
                       pipeline_seconds=max(busy.values(), default=0.0))
     if request.preview:

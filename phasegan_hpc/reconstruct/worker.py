@@ -37,9 +37,10 @@ SCALAR_DATASETS = {
                               "the frame, no network (see attribute score)"),
     "nonfinite_pixels": ("1", "non-finite input pixels per frame (replaced by the frame's median)"),
     "negative_pixels": ("1", "input pixels below zero per frame, after the flat-field correction (kept as they are)"),
+    "scored": ("1", "1 where the frame's scores were computed, 0 where they were not (--score; their scores are NaN)"),
 }
-#: Per-frame counts among SCALAR_DATASETS (int64; the rest are float32 scores).
-COUNT_DATASETS = ("nonfinite_pixels", "negative_pixels")
+#: Per-frame integers among SCALAR_DATASETS (int64; the rest are float32 scores).
+COUNT_DATASETS = ("nonfinite_pixels", "negative_pixels", "scored")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Job:
     plan_id: str = ""  # sha256 of the plan's manifest: every shard records it (``output.verify_shard``)
     reader: str = "chunks"  # ``data.archive.READERS``; ``threads`` chunk rows decoded at once
     chunk_frames: int | None = None  # frames per chunk of the frame datasets (None: ``h5io.frame_chunks``)
+    score_every: int = 1  # score the frames whose index is a multiple of this (1: all; 0: none; ``--score``)
 
 
 def shard_path(job: Job, shard: Shard) -> Path:
@@ -76,7 +78,8 @@ def sanitise(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         (clean batch, non-finite pixel count per frame (B,) int64, empty (B,) bool: frames with no finite
         pixel at all, which are filled with 1.0 and whose outputs are set to NaN).
     """
-    if len(batch) and np.isfinite(batch.sum(dtype=np.float64)):  # the usual case: one pass, nothing to replace
+    if len(batch) and np.isfinite(batch.sum()):  # the usual case: one pass (inf/NaN propagate; an overflow to
+        # inf only takes the exact path), nothing to replace
         return batch, np.zeros(len(batch), np.int64), np.zeros(len(batch), bool)
     bad = ~np.isfinite(batch)
     counts = np.count_nonzero(bad.reshape(len(batch), -1), axis=1).astype(np.int64)
@@ -155,8 +158,8 @@ class FlatWriter:
     whole rows per call (partial rows of trains x pulses: a slice of the last axis where there is one), and
     feeds what it writes to a :class:`ContentHash`. Frame stacks without a lead tail go through a
     :class:`~phasegan_hpc.data.chunks.ChunkWriter` (compressed in ``pool``, stored as whole chunks), which
-    needs frames in order. A context manager: leaving it waits for every chunk (re-raising a failure unless
-    another one is on its way out)."""
+    needs frames in order; per-frame values are kept in memory and written once. A context manager: leaving it
+    waits for every chunk and writes the per-frame values (after a failure it only waits)."""
 
     def __init__(self, datasets: dict[str, Any], lead_tail: tuple[int, ...],
                  pool: ThreadPoolExecutor | None = None) -> None:
@@ -164,8 +167,12 @@ class FlatWriter:
         self.lead_tail = lead_tail
         self.per_row = int(np.prod(lead_tail))
         self.hash = ContentHash()
+        frame_axes = 1 + len(lead_tail)
         self._direct = {k: ChunkWriter(ds, pool) for k, ds in datasets.items()
-                        if not lead_tail and ds.ndim > 1 and direct_writable(ds)}
+                        if not lead_tail and ds.ndim > frame_axes and direct_writable(ds)}
+        # Per-frame values (scores, counts): a few bytes a frame, kept here and written once at the end.
+        self._scalars = {k: np.zeros(int(np.prod(ds.shape)), ds.dtype) for k, ds in datasets.items()
+                         if ds.ndim == frame_axes}
         self._written = 0
 
     def __enter__(self) -> FlatWriter:
@@ -177,6 +184,9 @@ class FlatWriter:
                 w.close()
             else:
                 w.wait(raise_errors=False)
+        if kind is None:
+            for k, values in self._scalars.items():
+                self.datasets[k][...] = values.reshape(self.datasets[k].shape)
 
     def write(self, offset: int, arrays: dict[str, np.ndarray]) -> None:
         arrays = {k: np.asarray(a, dtype=self.datasets[k].dtype) for k, a in arrays.items()}
@@ -188,7 +198,9 @@ class FlatWriter:
         self._written = offset + n
         for k in self._direct:
             self._direct[k].write(arrays[k])
-        arrays = {k: a for k, a in arrays.items() if k not in self._direct}
+        for k in self._scalars:
+            self._scalars[k][offset:offset + n] = arrays[k]
+        arrays = {k: a for k, a in arrays.items() if k not in self._direct and k not in self._scalars}
         per_row, done = self.per_row, 0
         while done < n and arrays:
             row, inner = divmod(offset + done, per_row)
@@ -263,15 +275,18 @@ class ShardRunner:
             f.attrs["shard"], f.attrs["start"], f.attrs["stop"] = shard.index, shard.start, shard.stop
             with FlatWriter(ds, tail, self._pool) as writer:  # leaving it waits for every chunk
                 inputs = Checksum()  # what was read: the archive's chunks as stored (verified on resume)
-                offset = 0
+                offset, first = 0, shard.start  # frames written, output index of the next batch's first frame
                 pending = None  # the previous batch, its results on their way back while this one computes
                 for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size, inputs.update))):
                     negative = count_negative(batch)
                     clean, counts, empty = sanitise(batch)
-                    frames, scores = self.retriever(self._to_device(self._padded(clean), i % 2))
+                    scored = self._scored(first, len(clean))
+                    first += len(clean)
+                    mask = None if self.job.score_every == 1 else torch.from_numpy(self._padded_mask(scored))
+                    frames, scores = self.retriever(self._to_device(self._padded(clean), i % 2), mask)
                     n = len(clean)  # views without the padding's results
                     launched = (self._to_host({k: v[:n] for k, v in {**frames, **scores}.items()}),
-                                counts, negative, empty)
+                                counts, negative, empty, scored)
                     if pending is not None:
                         offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
                     pending = launched
@@ -283,6 +298,16 @@ class ShardRunner:
                             "checksum": writer.hash.hexdigest()})
         row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite, checksum=writer.hash.hexdigest())
         return row
+
+    def _scored(self, first: int, n: int) -> np.ndarray:
+        """Which of frames [first, first + n) (output indices) are scored: bool (n,)."""
+        every = self.job.score_every
+        return (np.arange(first, first + n) % every == 0) if every else np.zeros(n, bool)
+
+    def _padded_mask(self, scored: np.ndarray) -> np.ndarray:
+        """``scored`` for the batch :meth:`_padded` makes (the padding is not scored)."""
+        missing = self.job.batch_size - len(scored)
+        return np.concatenate([scored, np.zeros(missing, bool)]) if self._compiled and missing > 0 else scored
 
     def _padded(self, clean: np.ndarray) -> np.ndarray:
         """A short last batch padded with flat frames (1.0) to the batch size when the networks are compiled,
@@ -317,7 +342,7 @@ class ShardRunner:
         return host, event
 
     def _write(self, writer: FlatWriter, shard: Shard, offset: int, results: tuple[dict[str, torch.Tensor], Any],
-               counts: np.ndarray, negative: np.ndarray, empty: np.ndarray, nonfinite: list[int],
+               counts: np.ndarray, negative: np.ndarray, empty: np.ndarray, scored: np.ndarray, nonfinite: list[int],
                progress: Callable[[int], None] | None) -> int:
         """Wait for a batch's results (the only synchronisation per batch), write them; returns the new offset."""
         tensors, event = results
@@ -328,7 +353,8 @@ class ShardRunner:
             arrays = {k: a.copy() for k, a in arrays.items()}
             for a in arrays.values():
                 a[empty] = np.nan
-        writer.write(offset, arrays | {"nonfinite_pixels": counts, "negative_pixels": negative})
+        writer.write(offset, arrays | {"nonfinite_pixels": counts, "negative_pixels": negative,
+                                       "scored": scored.astype(np.int64)})
         nonfinite.extend((shard.start + offset + np.flatnonzero(counts)).tolist())
         offset += len(counts)
         self.frames_done = offset
