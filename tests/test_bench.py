@@ -36,6 +36,12 @@ def test_bench_read_compares_the_python_decoder_with_h5py(tmp_path):
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "unknown codec lzma" in proc.stderr
 
 
+def test_bench_pipeline_times_correct_against_a_bare_loop_and_the_earlier_pipeline(tmp_path):
+    r = bench(tmp_path, "pipeline", "--size", 32, "--frames", 64, "--batch", 16, "--repeats", 1)
+    assert set(r["frames_per_s"]) == {"bare", "pipeline", "h5py_reader", "earlier"}
+    assert r["identical_to_earlier"] is True and all(v > 0 for v in r["ratios"].values())
+
+
 def test_bench_inference_covers_both_outputs_and_every_cpu_variant(tmp_path):
     r = bench(tmp_path, "inference", "--size", 32, "--filters", 2, "--batch", 2, "--repeats", 1)
     assert set(r["results"]) == {"32->32", "32->64"}

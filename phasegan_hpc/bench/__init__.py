@@ -76,9 +76,9 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     from phasegan_hpc.bench.table1 import bench_table1
     from phasegan_hpc.bench.train import bench_train
 
-    return {"frc": bench_frc, "propagator": bench_propagator, "step": bench_step, "train": bench_train,
-            "reconstruct": bench_reconstruct, "inference": bench_inference, "table1": bench_table1,
-            "check": bench_check, "read": bench_read, "pipeline": bench_pipeline}
+    return {"frc": bench_frc, "propagator": bench_propagator, "read": bench_read, "pipeline": bench_pipeline,
+            "step": bench_step, "train": bench_train, "reconstruct": bench_reconstruct,
+            "inference": bench_inference, "table1": bench_table1, "check": bench_check}
 
 
 def run_benchmark(name: str, **options: Any) -> dict[str, Any]:
