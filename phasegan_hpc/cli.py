@@ -344,11 +344,17 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               "h5py: HDF5's own filters, one call at a time.")
 @click.option("--score", default="all", show_default=True,
               help="Which frames get the per-frame scores: all, every:N or none (unscored frames are marked).")
+@click.option("--correct-on", type=click.Choice(["auto", "host", "device"]), default="auto", show_default=True,
+              help="Where the flat/dark correction runs: device (raw integer frames copied to the GPU), host, "
+              "auto (device on CUDA).")
+@click.option("--output-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Phase and attenuation as float32, or float16 (half the bytes; relative precision 2**-11).")
 def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dataset: str | None, backend: str,
                 workers: int | None, cpus_per_worker: float, gpus_per_worker: float, batch_size: int, method: str,
                 shard_frames: int | None, device: str | None, delta_beta: float | None, pixel_size_m: float | None,
                 distance_m: float | None, energy_kev: float | None, compile_model: bool | None, no_preview: bool,
-                overwrite: bool, report: Path | None, flag_by: str, reader: str, score: str) -> None:
+                overwrite: bool, report: Path | None, flag_by: str, reader: str, score: str, correct_on: str,
+                output_dtype: str) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
 
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
@@ -358,6 +364,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
               workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
+              correct_on=correct_on, output_dtype=output_dtype,
               physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
                        "energy_kev": energy_kev})
 

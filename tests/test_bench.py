@@ -38,8 +38,8 @@ def test_bench_read_compares_the_python_decoder_with_h5py(tmp_path):
 
 def test_bench_pipeline_times_correct_against_a_bare_loop_and_the_earlier_pipeline(tmp_path):
     r = bench(tmp_path, "pipeline", "--size", 32, "--frames", 64, "--batch", 16, "--repeats", 1)
-    assert set(r["frames_per_s"]) == {"bare", "pipeline", "h5py_reader", "earlier"}
-    assert r["identical_to_earlier"] is True and all(v > 0 for v in r["ratios"].values())
+    assert set(r["frames_per_s"]) == {"bare", "pipeline", "h5py_reader", "earlier", "torch_prepare", "float16"}
+    assert r["identical_to_earlier"] is True and r["torch_prepare_identical"] is True and all(v > 0 for v in r["ratios"].values())
 
 
 def test_bench_inference_covers_both_outputs_and_every_cpu_variant(tmp_path):
@@ -66,10 +66,13 @@ def test_bench_check_compares_the_device_path_with_references(tmp_path):
     r = bench(tmp_path, "check", "--size", 32, "--frames", 32, "--batch", 8, "--filters", 4)
     assert r["ok"] is True and r["device"] == "cpu"
     assert set(r["checks"]) == {"propagator", "paganin", "retriever.phase", "retriever.attenuation", "retriever.score",
-                                "retriever.fresnel_residual",
+                                "retriever.fresnel_residual", "prepare.frames", "prepare.counts",
                                 "reconstruct.phase", "reconstruct.attenuation", "reconstruct.consistency",
                                 "train.losses"}
     assert r["checks"]["propagator"]["relative_error"] < 1e-5  # complex64 vs float64 numpy
+    counts = r["checks"].pop("prepare.counts")
+    assert counts["relative_error"] == counts["tolerance"] == 0  # every count equal
+    assert r["checks"]["prepare.frames"]["relative_error"] == 0  # the same float32 operations on a CPU
     assert all(c["relative_error"] <= c["tolerance"] == 1e-4 for c in r["checks"].values())
 
 

@@ -6,6 +6,9 @@ What runs on a GPU only in production is checked there against what the test sui
 - ``retriever``: the reconstruction retriever as run on the device (bf16 autocast, channels_last,
   ``torch.compile`` on CUDA) against the plain float32 retriever on the CPU, same model and frames:
   phase, attenuation and the consistency score;
+- ``prepare``: the flat/dark correction, sanitising and counting of raw frames on the device
+  (``--correct-on device``, the CUDA default) against numpy on the host, on the archive's frames with
+  non-finite and negative pixels planted: frames within float32 rounding, counts exactly;
 - ``reconstruct``: a whole ``reconstruct --backend local`` of a compressed archive on the device (pinned
   double buffers, one-batch-late writes) against the same on the CPU without the fast path;
 - ``train``: a few PhaseGAN steps on the device (pinned non-blocking copies, batched loss reads) against the
@@ -33,10 +36,12 @@ from phasegan_hpc.bench import machine
 from phasegan_hpc.bench.propagator import numpy_intensity
 from phasegan_hpc.bench.reconstruct import make_archive, make_model
 from phasegan_hpc.config import load_config, with_overrides
+from phasegan_hpc.data.archive import FrameReader, open_archive
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield, paganin
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct import PhaseGAN, ReconstructRequest, reconstruct
 from phasegan_hpc.reconstruct.methods import build_retriever
+from phasegan_hpc.reconstruct.prepare import count_negative, count_negative_tensor, sanitise, sanitise_tensor
 from phasegan_hpc.simulate import simulate_dataset
 from phasegan_hpc.train.local import train_local
 
@@ -79,6 +84,26 @@ def _retriever(model: Path, size: int, batch: int, dev: torch.device) -> dict[st
     errs["score"] = _rel(scores["consistency"].cpu().numpy(), ref_scores["consistency"].numpy())
     errs["fresnel_residual"] = _rel(scores["fresnel_residual"].cpu().numpy(), ref_scores["fresnel_residual"].numpy())
     return errs
+
+
+def _prepare(archive: Path, dev: torch.device) -> dict[str, float]:
+    """Raw frames corrected, sanitised and counted on ``dev`` vs on the host (NaN, inf, negatives planted)."""
+    reader = FrameReader(open_archive(archive))
+    try:
+        a = reader.archive
+        raw = next(reader.blocks(0, a.n_frames, a.n_frames, corrected=False)).astype(np.float32)
+        raw[0, :3, :3] = np.nan
+        raw[1, 0, :] = np.inf
+        raw[2] = np.nan  # no finite pixel
+        raw[3, 1:4, 1:4] = 0.0  # below the dark: negative
+        host = reader.correct(raw)
+        negative, (clean, nonfinite) = count_negative(host), sanitise(host)
+        x = reader.correct(torch.from_numpy(raw).to(dev))
+        d_negative, (d_clean, d_nonfinite) = count_negative_tensor(x), sanitise_tensor(x)
+    finally:
+        reader.close()
+    return {"frames": _rel(d_clean.cpu().numpy(), clean),
+            "counts": float(np.mean((d_nonfinite.cpu().numpy() != nonfinite) | (d_negative.cpu().numpy() != negative)))}
 
 
 def _reconstruct(archive: Path, model: Path, tmp: Path, batch: int, dev: torch.device) -> dict[str, float]:
@@ -127,6 +152,8 @@ def bench_check(size: int = 64, batch: int = 16, frames: int = 64, filters: int 
         errors: dict[str, tuple[float, float]] = {"propagator": (_propagator(size, dev), FP32_TOL),
                                                   "paganin": (_paganin(size, dev), FP32_TOL)}
         errors |= {f"retriever.{k}": (v, net_tol) for k, v in _retriever(model, size, batch, dev).items()}
+        prepared = _prepare(archive, dev)
+        errors |= {"prepare.frames": (prepared["frames"], FP32_TOL), "prepare.counts": (prepared["counts"], 0.0)}
         errors |= {f"reconstruct.{k}": (v, net_tol) for k, v in _reconstruct(archive, model, tmp, batch, dev).items()}
         errors["train.losses"] = (_train(tmp, size, dev), TRAIN_TOL if dev.type == "cuda" else FP32_TOL)
     finally:

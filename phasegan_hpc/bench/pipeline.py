@@ -1,7 +1,8 @@
 """The I/O pipeline alone: ``correct`` (``reconstruct --method flatfield``: read, decompress, flat/dark correct,
 sanitise, count, compress, write, verify; no network) in one process against a bare "h5py read + decompress
 + astype" loop over the same archive, and against the pipeline of earlier versions (``--reader h5py`` and one
-output frame per chunk), in turns.
+output frame per chunk), in turns; also with the correction done by torch (``--correct-on device``, here on
+``device``) and with float16 output.
 
 The archive is ``bench reconstruct``'s (bitshuffle-LZ4 uint16 DXchange with flats and darks), in a temporary
 directory (page cache warm after the first round: decoding, copying and writing, not the disk).
@@ -29,6 +30,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pipeline": {},  # today's: chunks decoded in Python (threads), output chunks of ~2 MiB
     "h5py_reader": {"reader": "h5py"},
     "earlier": {"reader": "h5py", "output_chunk_frames": 1},  # the reader and writer before issue 15
+    "torch_prepare": {"correct_on": "device"},  # raw frames corrected by torch on --device (the CUDA default)
+    "float16": {"output_dtype": "float16"},  # half the output bytes
 }
 
 
@@ -65,8 +68,10 @@ def bench_pipeline(size: int = 128, batch: int = 64, repeats: int = 3, frames: i
                 t0 = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - t0)
-        with h5py.File(Path(tmp) / "pipeline.h5") as a, h5py.File(Path(tmp) / "earlier.h5") as b:
+        with h5py.File(Path(tmp) / "pipeline.h5") as a, h5py.File(Path(tmp) / "earlier.h5") as b, \
+                h5py.File(Path(tmp) / "torch_prepare.h5") as c:
             identical = bool(np.array_equal(a["intensity"][()], b["intensity"][()], equal_nan=True))
+            torch_identical = bool(np.array_equal(a["intensity"][()], c["intensity"][()], equal_nan=True))
     rate = {k: frames / statistics.median(v) for k, v in times.items()}
     ratio = {f"{k}_vs_bare": statistics.median(b / t for b, t in zip(times["bare"], v, strict=True))
              for k, v in times.items() if k != "bare"}
@@ -74,4 +79,4 @@ def bench_pipeline(size: int = 128, batch: int = 64, repeats: int = 3, frames: i
                                                                            strict=True))
     return {"benchmark": "pipeline", **machine(device), "size": size, "batch": batch, "frames": frames,
             "repeats": repeats, "decode_threads": threads, "frames_per_s": rate, "ratios": ratio,
-            "identical_to_earlier": identical}
+            "identical_to_earlier": identical, "torch_prepare_identical": torch_identical}

@@ -22,7 +22,7 @@ import numpy as np
 from phasegan_hpc.data.checksum import Checksum
 from phasegan_hpc.data.chunks import ChunkRows
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.physics.flatfield import FlatfieldCorrector
+from phasegan_hpc.physics.flatfield import ArrayT, FlatfieldCorrector
 from phasegan_hpc.supervise import note
 
 #: NXtomo image_key values (NeXus).
@@ -237,26 +237,20 @@ class FrameReader:
             self.dark = np.zeros_like(self.flat)
         # float32 affine form of the correction, precomputed once (the hot loop of every worker). Pixels whose
         # flat is not above the dark carry no signal: NaN, so that every frame counts them (nonfinite_pixels).
-        self._corrector = (FlatfieldCorrector(self.flat, self.dark, dead_value=np.nan)
-                           if self.flat is not None else None)
+        self._corrector = FlatfieldCorrector(self.flat, self.dark, dead_value=np.nan)
         #: output frame indices whose raw data could not be read (see :meth:`raw_rows`)
         self.unreadable: list[int] = []
         #: the fraction of pixels whose flat is not above the dark (0 without flats)
-        self.dead_fraction = self._corrector.dead_fraction if self._corrector is not None else 0.0
-        self._dark32 = None if self.dark is None else self.dark.astype(np.float32)
+        self.dead_fraction = self._corrector.dead_fraction
 
     def close(self) -> None:
         self.rows.close()
         self.file.close()
 
-    def correct(self, raw: np.ndarray) -> np.ndarray:
-        """(I - dark) / (flat - dark) (DESIGN.md §3), I - dark without flats, I without either; float32."""
-        if self._corrector is not None:
-            return self._corrector(raw)
-        out = raw.astype(np.float32)
-        if self._dark32 is not None:
-            out -= self._dark32
-        return out
+    def correct(self, raw: ArrayT) -> ArrayT:
+        """(I - dark) / (flat - dark) (DESIGN.md §3), I - dark without flats, I without either; float32, numpy
+        or a torch tensor on its device (raw integer frames corrected on a GPU: ``--correct-on``)."""
+        return self._corrector(raw)
 
     def dataset_rows(self, r0: int, r1: int) -> np.ndarray:
         """The frames dataset's rows holding rows [r0, r1) of the output's leading axis (int64)."""
@@ -297,12 +291,14 @@ class FrameReader:
             yield r, r1
             r = r1
 
-    def blocks(self, start: int, stop: int, min_frames: int,
-               sink: Callable[[bytes], object] | None = None) -> Iterator[np.ndarray]:
-        """Corrected frames [start, stop), a block per :meth:`spans`; ``sink`` receives the stored bytes read
-        (see :meth:`input_checksum`)."""
+    def blocks(self, start: int, stop: int, min_frames: int, sink: Callable[[bytes], object] | None = None,
+               corrected: bool = True) -> Iterator[np.ndarray]:
+        """Frames [start, stop), a block per :meth:`spans`: corrected (float32), or raw (the archive's dtype;
+        float32 where a chunk was unreadable) for :meth:`correct` elsewhere; ``sink`` receives the stored bytes
+        read (see :meth:`input_checksum`)."""
         for r0, r1 in self.spans(start, stop, min_frames):
-            yield self.correct(self.raw_rows(r0, r1, sink))
+            raw = self.raw_rows(r0, r1, sink)
+            yield self.correct(raw) if corrected else raw
 
     def input_checksum(self, start: int, stop: int, min_frames: int) -> str:
         """The :class:`~phasegan_hpc.data.checksum.Checksum` of what :meth:`blocks` reads for frames

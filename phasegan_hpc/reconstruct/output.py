@@ -348,7 +348,7 @@ def verified(shards_dir: Path, plan: list[Shard], plan_sha256: str,
 
 
 def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard], layout: Layout,
-             attrs: dict[str, Any]) -> Path:
+             attrs: dict[str, Any], frames_dtype: str = "float32") -> Path:
     """Write the output file: virtual datasets over all shards plus attributes (atomic).
 
     Args:
@@ -357,19 +357,20 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
         archive: the source (for shapes and provenance).
         layout: the method's frame datasets and their shape.
         attrs: extra root attributes (model sha256, method, config TOML, physics...).
+        frames_dtype: of the method's frame datasets in the shards (``--output-dtype``).
     """
     lead, tail = archive.lead_shape, archive.lead_shape[1:]
     rel = os.path.relpath(shards_dir, output.parent)
     with atomic_h5(output) as f:
         for name, (units, desc) in {**layout.outputs, **SCALAR_DATASETS}.items():
             spatial = layout.shape if name in layout.outputs else ()
-            dtype = "int64" if name in COUNT_DATASETS else "float32"
+            dtype = "int64" if name in COUNT_DATASETS else frames_dtype if spatial else "float32"
             volume = h5py.VirtualLayout(shape=(*lead, *spatial), dtype=dtype)
             for s in plan:
                 rows = s.row_stop - s.row_start
                 src = h5py.VirtualSource(f"{rel}/{s.name}", name, shape=(rows, *tail, *spatial))
                 volume[s.row_start:s.row_stop] = src
-            ds = f.create_virtual_dataset(name, volume, fillvalue=np.nan if dtype == "float32" else -1)
+            ds = f.create_virtual_dataset(name, volume, fillvalue=-1 if dtype == "int64" else np.nan)
             ds.attrs["units"], ds.attrs["description"] = units, desc
         f.attrs.update({
             "source_file": str(archive.path), "source_dataset": archive.dataset, "source_layout": archive.layout,

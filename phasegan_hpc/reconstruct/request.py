@@ -12,6 +12,7 @@ from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct.backends import BACKENDS
 from phasegan_hpc.reconstruct.methods import SCORES, Method, PhaseGAN, method_named
 from phasegan_hpc.reconstruct.output import default_output
+from phasegan_hpc.reconstruct.prepare import CORRECT_ON
 
 MODEL_ENV = "PHASEGAN_HPC_MODEL"
 DEFAULT_MODEL = Path("runs/latest/model.pt")
@@ -20,6 +21,9 @@ DEFAULT_MODEL = Path("runs/latest/model.pt")
 DEFAULT_FLAG_BY = "fresnel_residual"
 #: Geometry a request may override (``physics``); energy_kev is turned into wavelength_m.
 GEOMETRY_OVERRIDES = ("pixel_size_m", "distance_m", "wavelength_m", "energy_kev", "delta_beta")
+#: ``--output-dtype`` values: of phase and attenuation (and /intensity); float16 keeps a relative precision of
+#: 2**-11 (~4.9e-4: <= 2.4e-4 rad for |phase| < 1 rad, <= 9.8e-4 rad below 4 rad; README, DESIGN.md §4).
+OUTPUT_DTYPES = ("float32", "float16")
 
 
 def score_every(score: str) -> int:
@@ -67,6 +71,9 @@ class ReconstructRequest:
             N) or "none"; the others are marked unscored (``/scored`` 0, NaN scores), never flagged by them.
         output_chunk_frames: frames per chunk of the shards' frame datasets (None: about 2 MiB each,
             ``h5io.frame_chunks``; 1 is the writer of earlier versions, kept for ``bench pipeline``).
+        correct_on: where the flat/dark correction, sanitising and counting run (``prepare``): "host" (numpy),
+            "device" (torch, on the raw integer frames copied to the device) or "auto" (device on CUDA).
+        output_dtype: of the frame datasets, one of :data:`OUTPUT_DTYPES` (float16: half the bytes).
 
     Raises (on construction):
         DataError: an unknown method, backend, score or geometry key, or options no run can use.
@@ -92,6 +99,8 @@ class ReconstructRequest:
     reader: str = "chunks"
     output_chunk_frames: int | None = None
     score: str = "all"
+    correct_on: str = "auto"
+    output_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -106,6 +115,10 @@ class ReconstructRequest:
         score_every(self.score)  # validates
         if self.reader not in READERS:
             raise DataError(f"unknown reader {self.reader!r}; choose from {', '.join(READERS)}")
+        if self.correct_on not in CORRECT_ON:
+            raise DataError(f"unknown --correct-on {self.correct_on!r}; choose from {', '.join(CORRECT_ON)}")
+        if self.output_dtype not in OUTPUT_DTYPES:
+            raise DataError(f"unknown --output-dtype {self.output_dtype!r}; choose from {', '.join(OUTPUT_DTYPES)}")
         if self.flag_by not in SCORES:
             raise DataError(f"unknown score {self.flag_by!r} for --flag-by; choose from {', '.join(SCORES)}")
         unknown = sorted(set(self.physics) - set(GEOMETRY_OVERRIDES))

@@ -124,7 +124,8 @@ def _run_prepared(request: ReconstructRequest, backend: Backend, progress: Progr
         why = f" ({bad[missing[0]]})" if missing[0] in bad else ""
         raise DataError(f"shards {missing[:5]} did not finish or do not verify{why}; rerun the same command "
                         "to resume")
-    assemble(out, Path(job.shards_dir), job.archive, plan, prepared.layout, prepared.attrs)  # one rename
+    assemble(out, Path(job.shards_dir), job.archive, plan, prepared.layout, prepared.attrs,  # one rename
+             job.output_dtype)
     retire(out, Path(job.shards_dir))  # only now: the files of the run it replaced
     summary = _summarise(out, job, plan, pending, rows, seconds, request)
     summary.replaced_workers = backend.replaced
@@ -209,7 +210,8 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
     identity = {"method": method.name, "model_sha256": loaded.sha256 if loaded else None,
                 "batch_size": r.batch_size, "shard_rows": rows_per_shard(archive, r.batch_size, r.shard_frames),
                 "references_sha256": reader.references_sha256,
-                "physics": _identity_physics(geometry, delta_beta), "tie": method.options(), "score": r.score}
+                "physics": _identity_physics(geometry, delta_beta), "tie": method.options(), "score": r.score,
+                "output_dtype": r.output_dtype}
     wanted = manifest(archive, identity, plan)
     shards_dir, resumed = prepare_shards_dir(out, wanted, r.overwrite)
     # A resumed run reuses only shards that verify and read what the archive holds now.
@@ -221,7 +223,8 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
         more = f" (and {len(changed) - 1} more shards)" if len(changed) > 1 else ""
         raise DataError(f"{archive.path} has changed since this reconstruction began: frames {s.start}-{s.stop - 1}"
                         f"{more} are not what was reconstructed from them; add --overwrite to reconstruct them anew")
-    frame_bytes = 4 * len(layout.outputs) * int(np.prod(layout.shape)) + 8 * len(SCALAR_DATASETS)
+    frame_bytes = (np.dtype(r.output_dtype).itemsize * len(layout.outputs) * int(np.prod(layout.shape))
+                   + 8 * len(SCALAR_DATASETS))
     try:  # beside the previous result, if any: it stays until the new one is complete
         check_space(shards_dir, sum(s.frames for s in plan if s.index not in done) * frame_bytes,
                     f"the reconstruction of {archive.n_frames} frames (uncompressed)")
@@ -231,7 +234,8 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
         raise
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
               delta_beta, r.batch_size, device, max(1, int(r.cpus_per_worker)), archive.lead_shape[1:],
-              compiled, plan_id(wanted), r.reader, r.output_chunk_frames, score_every(r.score))
+              compiled, plan_id(wanted), r.reader, r.output_chunk_frames, score_every(r.score), r.correct_on,
+              r.output_dtype)
     attrs = {
         "method": method.name, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),

@@ -29,6 +29,13 @@ from phasegan_hpc.data.h5io import atomic_h5, compression, frame_chunks
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.reconstruct.methods import Method, build_retriever
 from phasegan_hpc.reconstruct.plan import Shard
+from phasegan_hpc.reconstruct.prepare import (
+    correct_on_device,
+    count_negative,
+    count_negative_tensor,
+    sanitise,
+    sanitise_tensor,
+)
 
 #: Per-frame scalar datasets of every shard (besides the method's frames: see ``Method.layout``).
 SCALAR_DATASETS = {
@@ -62,50 +69,22 @@ class Job:
     reader: str = "chunks"  # ``data.archive.READERS``; ``threads`` chunk rows decoded at once
     chunk_frames: int | None = None  # frames per chunk of the frame datasets (None: ``h5io.frame_chunks``)
     score_every: int = 1  # score the frames whose index is a multiple of this (1: all; 0: none; ``--score``)
+    correct_on: str = "auto"  # flat/dark correction and sanitising on the "host" or the "device" (``prepare``)
+    output_dtype: str = "float32"  # of the method's frame datasets (``--output-dtype``; scores stay float32)
 
 
 def shard_path(job: Job, shard: Shard) -> Path:
     return Path(job.shards_dir) / shard.name
 
 
-def sanitise(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Replace non-finite pixels of each frame by the median of its finite ones.
-
-    Args:
-        batch: (B, H, W) float32 corrected frames.
-
-    Returns:
-        (clean batch, non-finite pixel count per frame (B,) int64, empty (B,) bool: frames with no finite
-        pixel at all, which are filled with 1.0 and whose outputs are set to NaN).
-    """
-    if len(batch) and np.isfinite(batch.sum()):  # the usual case: one pass (inf/NaN propagate; an overflow to
-        # inf only takes the exact path), nothing to replace
-        return batch, np.zeros(len(batch), np.int64), np.zeros(len(batch), bool)
-    bad = ~np.isfinite(batch)
-    counts = np.count_nonzero(bad.reshape(len(batch), -1), axis=1).astype(np.int64)
-    empty = counts == batch[0].size if len(batch) else np.zeros(0, bool)
-    if counts.any():
-        batch = batch.copy()
-        for i in np.flatnonzero(counts):
-            batch[i][bad[i]] = 1.0 if empty[i] else np.median(batch[i][~bad[i]])
-    return batch, counts, empty
-
-
-def count_negative(batch: np.ndarray) -> np.ndarray:
-    """Finite pixels below zero per frame of (B, H, W) (NaN and -inf are counted as non-finite), int64 (B,)."""
-    if not len(batch) or batch.min() >= 0:  # the usual case: one pass (a NaN minimum takes the exact count)
-        return np.zeros(len(batch), np.int64)
-    below = (batch < 0) & (batch > -np.inf)
-    return np.count_nonzero(below.reshape(len(batch), -1), axis=1).astype(np.int64)
-
-
-def _batches(reader: FrameReader, shard: Shard, batch: int,
-             sink: Callable[[bytes], object] | None = None) -> Iterator[np.ndarray]:
-    """Frames of ``shard`` in batches of ``batch`` (the last one smaller): the same on every backend. ``sink``
-    receives the archive's stored bytes read (``FrameReader.input_checksum``)."""
+def _batches(reader: FrameReader, shard: Shard, batch: int, sink: Callable[[bytes], object] | None = None,
+             corrected: bool = True) -> Iterator[np.ndarray]:
+    """Frames of ``shard`` in batches of ``batch`` (the last one smaller): the same on every backend; corrected
+    or raw (``FrameReader.blocks``). ``sink`` receives the archive's stored bytes read
+    (``FrameReader.input_checksum``)."""
     buf: list[np.ndarray] = []
     held = 0
-    for block in reader.blocks(shard.start, shard.stop, batch, sink):
+    for block in reader.blocks(shard.start, shard.stop, batch, sink, corrected):
         buf.append(block)
         held += len(block)
         while held >= batch:
@@ -234,6 +213,9 @@ class ShardRunner:
                                          self.device, job.compile, job.delta_beta)
         self.frames_done = 0  # frames of the current shard, for progress polling
         self._pinned: dict[int, torch.Tensor] = {}
+        # Raw frames copied to the device and corrected there (CUDA by default), or corrected on the host.
+        self.on_device = correct_on_device(job.correct_on, self.device)
+        self._out_dtype = getattr(torch, job.output_dtype)
         # Output chunks are compressed and stored here while the next batch computes.
         self._pool = ThreadPoolExecutor(max(1, job.threads), thread_name_prefix="write")
         self._compiled = job.compile and self.retriever.model is not None  # the networks run compiled
@@ -261,15 +243,16 @@ class ShardRunner:
         layout = self.retriever.layout
         rows = shard.row_stop - shard.row_start
         tail = self.job.lead_tail
-        frame_bytes = 4 * len(layout.outputs) * int(np.prod(layout.shape)) + 8 * len(SCALAR_DATASETS)
+        frame_bytes = (np.dtype(self.job.output_dtype).itemsize * len(layout.outputs) * int(np.prod(layout.shape))
+                       + 8 * len(SCALAR_DATASETS))
         with atomic_h5(path, reserve=shard.frames * frame_bytes) as f:  # a full disk fails here, cleanly
             ds = {}
             for name, (units, desc) in {**layout.outputs, **SCALAR_DATASETS}.items():
                 spatial = layout.shape if name in layout.outputs else ()
-                dtype = "int64" if name in COUNT_DATASETS else "float32"
+                dtype = "int64" if name in COUNT_DATASETS else self.job.output_dtype if spatial else "float32"
                 ds[name] = f.create_dataset(name, shape=(rows, *tail, *spatial), dtype=dtype,
-                                            chunks=(frame_chunks(rows, tail, spatial, 4, self.job.chunk_frames)
-                                                    if spatial else None),
+                                            chunks=(frame_chunks(rows, tail, spatial, np.dtype(dtype).itemsize,
+                                                                 self.job.chunk_frames) if spatial else None),
                                             **(compression() if spatial else {}))
                 ds[name].attrs["units"], ds[name].attrs["description"] = units, desc
             f.attrs["shard"], f.attrs["start"], f.attrs["stop"] = shard.index, shard.start, shard.stop
@@ -277,16 +260,16 @@ class ShardRunner:
                 inputs = Checksum()  # what was read: the archive's chunks as stored (verified on resume)
                 offset, first = 0, shard.start  # frames written, output index of the next batch's first frame
                 pending = None  # the previous batch, its results on their way back while this one computes
-                for i, batch in enumerate(_prefetch(_batches(self.reader, shard, self.job.batch_size, inputs.update))):
-                    negative = count_negative(batch)
-                    clean, counts, empty = sanitise(batch)
+                batches = _batches(self.reader, shard, self.job.batch_size, inputs.update, not self.on_device)
+                for i, batch in enumerate(_prefetch(batches)):
+                    clean, counts = self._prepared(batch, i % 2)
                     scored = self._scored(first, len(clean))
                     first += len(clean)
                     mask = None if self.job.score_every == 1 else torch.from_numpy(self._padded_mask(scored))
-                    frames, scores = self.retriever(self._to_device(self._padded(clean), i % 2), mask)
+                    frames, scores = self.retriever(self._padded(clean), mask)
                     n = len(clean)  # views without the padding's results
-                    launched = (self._to_host({k: v[:n] for k, v in {**frames, **scores}.items()}),
-                                counts, negative, empty, scored)
+                    frames = {k: v[:n].to(self._out_dtype) for k, v in frames.items()}  # cast on the device
+                    launched = (self._to_host({**frames, **{k: v[:n] for k, v in scores.items()}, **counts}), scored)
                     if pending is not None:
                         offset = self._write(writer, shard, offset, *pending, nonfinite, progress)
                     pending = launched
@@ -309,23 +292,36 @@ class ShardRunner:
         missing = self.job.batch_size - len(scored)
         return np.concatenate([scored, np.zeros(missing, bool)]) if self._compiled and missing > 0 else scored
 
-    def _padded(self, clean: np.ndarray) -> np.ndarray:
+    def _prepared(self, batch: np.ndarray, slot: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A batch read (corrected on the host, or raw for the device) -> (clean frames on the device, their
+        per-frame counts: nonfinite_pixels, negative_pixels) (``prepare``)."""
+        if self.on_device:
+            x = self.reader.correct(self._to_device(batch, slot))
+            negative = count_negative_tensor(x)
+            clean, nonfinite = sanitise_tensor(x)
+            return clean, {"nonfinite_pixels": nonfinite, "negative_pixels": negative}
+        negative = count_negative(batch)
+        clean, nonfinite = sanitise(batch)
+        return self._to_device(clean, slot), {"nonfinite_pixels": torch.from_numpy(nonfinite),
+                                              "negative_pixels": torch.from_numpy(negative)}
+
+    def _padded(self, clean: torch.Tensor) -> torch.Tensor:
         """A short last batch padded with flat frames (1.0) to the batch size when the networks are compiled,
         so that every call has the shape compiled at start-up (no recompilation per shard); the padding's
         results are dropped. Every frame is retrieved independently, so the real frames' results are the same."""
         missing = self.job.batch_size - len(clean)
         if not self._compiled or missing <= 0:
             return clean
-        return np.concatenate([clean, np.ones((missing, *clean.shape[1:]), clean.dtype)])
+        return torch.cat([clean, clean.new_ones((missing, *clean.shape[1:]))])
 
-    def _to_device(self, clean: np.ndarray, slot: int) -> torch.Tensor:
-        """The batch on the device. On CUDA through one of two reused pinned host buffers (a buffer is
-        refilled only after the batch that used it has come back) and a non-blocking copy."""
-        x = torch.from_numpy(clean)
+    def _to_device(self, batch: np.ndarray, slot: int) -> torch.Tensor:
+        """The batch (any dtype) on the device. On CUDA through one of two reused pinned host buffers (a buffer
+        is refilled only after the batch that used it has come back) and a non-blocking copy."""
+        x = torch.from_numpy(batch)
         if self.device.type != "cuda":
             return x
         buf = self._pinned.get(slot)
-        if buf is None or buf.shape[0] < len(x) or buf.shape[1:] != x.shape[1:]:
+        if buf is None or buf.shape[0] < len(x) or buf.shape[1:] != x.shape[1:] or buf.dtype != x.dtype:
             buf = self._pinned[slot] = torch.empty(x.shape, dtype=x.dtype).pin_memory()
         staged = buf[: len(x)]
         staged.copy_(x)
@@ -342,19 +338,23 @@ class ShardRunner:
         return host, event
 
     def _write(self, writer: FlatWriter, shard: Shard, offset: int, results: tuple[dict[str, torch.Tensor], Any],
-               counts: np.ndarray, negative: np.ndarray, empty: np.ndarray, scored: np.ndarray, nonfinite: list[int],
-               progress: Callable[[int], None] | None) -> int:
+               scored: np.ndarray, nonfinite: list[int], progress: Callable[[int], None] | None) -> int:
         """Wait for a batch's results (the only synchronisation per batch), write them; returns the new offset."""
         tensors, event = results
         if event is not None:
             event.synchronize()
         arrays = {k: v.numpy() for k, v in tensors.items()}
+        counts = arrays["nonfinite_pixels"]
+        empty = counts == int(np.prod(self.job.archive.frame_shape))  # no finite pixel: no result
         if empty.any():
-            arrays = {k: a.copy() for k, a in arrays.items()}
-            for a in arrays.values():
-                a[empty] = np.nan
-        writer.write(offset, arrays | {"nonfinite_pixels": counts, "negative_pixels": negative,
-                                       "scored": scored.astype(np.int64)})
+            for k in self.retriever.layout.outputs:
+                arrays[k] = arrays[k].copy()
+                arrays[k][empty] = np.nan
+            for k in SCALAR_DATASETS:
+                if k not in COUNT_DATASETS and k in arrays:
+                    arrays[k] = arrays[k].copy()
+                    arrays[k][empty] = np.nan
+        writer.write(offset, arrays | {"scored": scored.astype(np.int64)})
         nonfinite.extend((shard.start + offset + np.flatnonzero(counts)).tolist())
         offset += len(counts)
         self.frames_done = offset
