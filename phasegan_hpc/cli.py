@@ -320,7 +320,8 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               help="ray: RAY_ADDRESS or a local Ray; mpi: under mpirun; local: this process.")
 @click.option("--workers", type=COUNT, default=None, help="Ray actors (default: one per GPU, else per CPU slot).")
 @click.option("--cpus-per-worker", type=POSITIVE, default=1.0, show_default=True, help="CPUs (torch threads) each.")
-@click.option("--gpus-per-worker", type=NONNEGATIVE, default=0.0, show_default=True, help="GPUs per Ray actor.")
+@click.option("--gpus-per-worker", type=NONNEGATIVE, default=None,
+              help="GPUs per Ray actor (default: 0.5, two actors per GPU, where the cluster has GPUs; else 0).")
 @click.option("--batch-size", type=COUNT, default=32, show_default=True, help="Frames per forward pass.")
 @click.option("--method", type=click.Choice(["phasegan", "paganin"]), default="phasegan", show_default=True,
               help="paganin: the classical single-material baseline through the same pipeline.")
@@ -350,7 +351,7 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--output-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Phase and attenuation as float32, or float16 (half the bytes; relative precision 2**-11).")
 def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dataset: str | None, backend: str,
-                workers: int | None, cpus_per_worker: float, gpus_per_worker: float, batch_size: int, method: str,
+                workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None, batch_size: int, method: str,
                 shard_frames: int | None, device: str | None, delta_beta: float | None, pixel_size_m: float | None,
                 distance_m: float | None, energy_kev: float | None, compile_model: bool | None, no_preview: bool,
                 overwrite: bool, report: Path | None, flag_by: str, reader: str, score: str, correct_on: str,

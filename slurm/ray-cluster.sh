@@ -5,6 +5,7 @@
 #   ray_cluster_start   head on the first node, one worker per other node (srun), waits until all joined,
 #                       exports RAY_ADDRESS, RAY_NODES, RAY_CPUS_PER_NODE, RAY_GPUS_PER_NODE
 #   ray_cluster_stop    stops this job's Ray on every node (not others') and removes its temp dirs
+#   ray_node_resources  exports RAY_CPUS_PER_NODE, RAY_GPUS_PER_NODE (Slurm's per-task counts) without Ray
 #
 # Environment (all optional): RAY_BIN (default: .venv/bin/ray next to this checkout, else ray on PATH),
 # RAY_HEAD_IP (default: first address of the head node), RAY_TMPDIR (default: /tmp/ray-$SLURM_JOB_ID,
@@ -25,7 +26,7 @@ _ray_ports() {
 }
 
 # CPUs and GPUs one node gives Ray: Slurm's per-task counts, with fallbacks.
-_ray_resources() {
+ray_node_resources() {
   RAY_CPUS_PER_NODE=${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-$(nproc)}}
   if [[ -n "${SLURM_GPUS_PER_TASK:-}" ]]; then
     RAY_GPUS_PER_NODE=${SLURM_GPUS_PER_TASK##*:}
@@ -38,6 +39,7 @@ _ray_resources() {
   else
     RAY_GPUS_PER_NODE=0
   fi
+  export RAY_CPUS_PER_NODE RAY_GPUS_PER_NODE
 }
 
 ray_cluster_start() {
@@ -51,7 +53,7 @@ ray_cluster_start() {
   RAY_NODES=${#nodes[@]}
   RAY_HEAD_NODE=${nodes[0]}
   _ray_ports
-  _ray_resources
+  ray_node_resources
   RAY_HEAD_IP=${RAY_HEAD_IP:-$(srun --overlap --nodes=1 --ntasks=1 -w "$RAY_HEAD_NODE" hostname -I | awk '{print $1}')}
   export RAY_ADDRESS="$RAY_HEAD_IP:$RAY_PORT"
   export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
@@ -98,12 +100,15 @@ PY
 ray_cluster_stop() {
   # Only this job's Ray: end the srun steps that run `ray start --block` (Slurm then ends every process of
   # those steps). Never `ray stop`, which would kill every Ray on the node, other jobs' included.
+  [[ -n "${RAY_TMPDIR:-}" ]] || return 0  # never started
   _ray_log "stopping Ray"
   local pid
   for pid in "${RAY_SRUN_PIDS[@]:-}"; do
     if [[ -n "$pid" ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
-  wait 2>/dev/null || true
+  for pid in "${RAY_SRUN_PIDS[@]:-}"; do  # only Ray's steps: others (cuda-mps.sh) end on their own
+    if [[ -n "$pid" ]]; then wait "$pid" 2>/dev/null || true; fi
+  done
   local node
   for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
     srun --overlap --nodes=1 --ntasks=1 -w "$node" rm -rf "$RAY_TMPDIR" || true

@@ -95,6 +95,71 @@ def test_sbatch_reconstruct_writes_the_volume(slurm, tiny_data, tmp_path):
     assert len(list((tmp_path / "movie_phasegan.shards").glob("*/shard-*.h5"))) == 2
 
 
+MPS_STANDIN = r"""#!/bin/bash
+# Stand-in for nvidia-cuda-mps-control (no GPU here), talking through the pipe directory as the real one does:
+# -f is the daemon in the foreground, answering commands written to $CUDA_MPS_PIPE_DIRECTORY/control until
+# quit; without arguments it is the client, sending the command read from stdin (failing with no daemon).
+log=$MPS_STANDIN_LOG
+fifo=$CUDA_MPS_PIPE_DIRECTORY/control
+if [[ ${1:-} == -f ]]; then
+  mkfifo "$fifo"
+  echo "daemon started $CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY" >> "$log"
+  while read -r cmd < "$fifo"; do
+    echo "daemon got $cmd" >> "$log"
+    [[ $cmd == quit ]] && break
+  done
+  rm -f "$fifo"
+  echo "daemon quit" >> "$log"
+  exit 0
+fi
+[[ -p $fifo ]] || { echo "cannot find MPS control daemon" >&2; exit 1; }
+read -r cmd
+echo "$cmd" > "$fifo"
+"""
+
+
+@pytest.mark.slow
+def test_sbatch_reconstruct_shares_gpus_through_mps(slurm, movie_model, tiny_data, tmp_path):
+    """slurm/reconstruct.sh on a node that reports a GPU (CUDA_VISIBLE_DEVICES=0; the workers told --device
+    cpu, since there is none): two actors per GPU by default, so one MPS daemon (a stand-in) is started before
+    Ray, with this job's own pipe directory, and stopped after Ray; and PHASEGAN_MPS=on without MPS fails in
+    one line before Ray starts."""
+    import h5py
+    import numpy as np
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    standin = bin_dir / "nvidia-cuda-mps-control"
+    standin.write_text(MPS_STANDIN)
+    standin.chmod(0o755)
+    archive = tmp_path / "movie.h5"
+    with h5py.File(tiny_data / "validation.h5", "r") as f, h5py.File(archive, "w") as out:
+        out["exchange/data"] = f["intensity"][:8]
+    mps_log = tmp_path / "mps.log"
+    env = _job_env(slurm, tmp_path, tiny_data, "unused", PHASEGAN_HPC_MODEL=movie_model, CUDA_VISIBLE_DEVICES="0",
+                   MPS_STANDIN_LOG=str(mps_log))
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    proc, job_id, log, info = _sbatch(slurm, env, tmp_path, archive, "--shard-frames", 4, "--batch-size", 4,
+                                      "--no-preview", "--device", "cpu", script="reconstruct.sh")
+    assert proc.returncode == 0, f"{proc.stderr}\n{log}\n{info}"
+    with h5py.File(tmp_path / "movie_phasegan.h5", "r") as f:
+        assert f["phase"].shape == (8, 64, 64) and np.isfinite(f["phase"][()]).all()
+    events = mps_log.read_text().splitlines()
+    assert events[0] == f"daemon started /tmp/mps-{job_id}/pipe log=/tmp/mps-{job_id}/log", events
+    assert "daemon got get_server_list" in events and events[-2:] == ["daemon got quit", "daemon quit"], events
+    mps_stopped = re.search(r"\[cuda-mps [\d:]+\] stopping", log)
+    assert mps_stopped and log.index("[cuda-mps") < log.index("head ") < log.index("stopping Ray") < mps_stopped.start()
+    assert "x 1 GPUs" in log and not Path(f"/tmp/mps-{job_id}").exists()
+    # Two actors of half a GPU each (the default), on the one GPU Ray was given.
+    assert "reconstruct: 2 worker(s) of 0.5 GPU and 1 CPU each" in log, log
+
+    env["PATH"] = env["PATH"].split(":", 1)[1]  # no MPS on this node
+    proc, job_id, log, info = _sbatch(slurm, dict(env, PHASEGAN_MPS="on"), tmp_path, archive,
+                                      script="reconstruct.sh")
+    assert proc.returncode != 0 and "JobState=FAILED" in info
+    assert "PHASEGAN_MPS=on, but nvidia-cuda-mps-control is not on PATH" in log and "head " not in log, log
+
+
 @pytest.mark.slow
 def test_sbatch_train_foam_on_the_foam_chain(slurm, foam_data, tmp_path):
     """paper §4's training as `sbatch slurm/train_foam.sh` runs it: the foam config, scaled down."""
@@ -134,3 +199,24 @@ def test_sbatch_table1_smoke_and_resume(slurm, tmp_path):
     assert "scored before, reused" in log  # the second job trained nothing
     result = json.loads((out / "table1-result.json").read_text())
     assert set(result["table"]) == {"paired", "paganin"} and result["size"] == 32 and result["seeds"] == 1
+
+
+def test_the_default_workers_per_gpu_has_one_value():
+    """slurm/reconstruct.sh, reconstruct's --gpus-per-worker help and the backend agree on the default."""
+    from click.testing import CliRunner
+
+    from phasegan_hpc.cli import cli
+    from phasegan_hpc.reconstruct.backends.ray_actors import DEFAULT_WORKERS_PER_GPU
+
+    script = (REPO / "slurm" / "reconstruct.sh").read_text()
+    assert f"per_gpu=${{PHASEGAN_WORKERS_PER_GPU:-{DEFAULT_WORKERS_PER_GPU}}}" in script
+    helptext = " ".join(CliRunner().invoke(cli, ["reconstruct", "--help"]).output.split())
+    assert f"(default: {1 / DEFAULT_WORKERS_PER_GPU:g}, two actors per GPU," in helptext
+    assert DEFAULT_WORKERS_PER_GPU == 2
+
+def test_ray_actors_take_no_gpu_by_default_where_there_is_none(monkeypatch):
+    from phasegan_hpc.reconstruct.backends.ray_actors import RayBackend
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the local Ray a run would start: this machine, no GPU
+    assert RayBackend().gpus_per_worker == 0.0 and RayBackend().device(None) == "cpu"
+    assert RayBackend(gpus_per_worker=0.25).device(None) == "cuda"

@@ -63,7 +63,8 @@ class ReconstructRequest:
         backend: "ray" (``RAY_ADDRESS`` or a local Ray), "mpi" (call on every rank) or "local".
         workers: Ray actors (None: one per GPU, or per ``cpus_per_worker`` CPUs).
         cpus_per_worker: CPUs (and torch threads) of each worker.
-        gpus_per_worker: GPUs of each Ray actor (> 0: CUDA).
+        gpus_per_worker: GPUs of each Ray actor (> 0: CUDA; None: 1 / ``DEFAULT_WORKERS_PER_GPU`` of
+            ``backends.ray_actors`` where the cluster has GPUs, else 0).
         device: torch device of the workers (None: the backend's default, CUDA where present).
         reader: "chunks" (decoded in Python, ``cpus_per_worker`` threads; a corrupt chunk is NaN frames) or
             "h5py" (HDF5's own filters, one call at a time: the baseline, and a fallback).
@@ -94,7 +95,7 @@ class ReconstructRequest:
     backend: str = "ray"
     workers: int | None = None
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float | None = None
     device: str | None = None
     reader: str = "chunks"
     output_chunk_frames: int | None = None

@@ -57,7 +57,7 @@ class Backend(Protocol):
 
 
 def backend_named(name: str, *, workers: int | None = None, cpus_per_worker: float = 1.0,
-                  gpus_per_worker: float = 0.0, comm=None) -> Backend:
+                  gpus_per_worker: float | None = None, comm=None) -> Backend:
     """The backend called ``name`` ("ray", "mpi" on ``comm`` (None: ``COMM_WORLD``), "local"). Ray and mpi4py
     are imported only here, when chosen: importing Ray takes seconds, and importing ``mpi4py.MPI`` initialises
     MPI.

@@ -12,10 +12,12 @@ out a dead actor and push in its replacement while calls are pending. The loop h
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import ray
+import torch
 
 from phasegan_hpc.cluster import check_resources, connect_ray, disconnect_ray
 from phasegan_hpc.errors import DataError, PhaseganError, ResourceError
@@ -44,20 +46,44 @@ class _RayWorker:
         return self.runner.frames_done
 
 
+#: Ray actors sharing one GPU by default (``--gpus-per-worker`` 1/2; ``slurm/reconstruct.sh`` likewise, with
+#: CUDA MPS): with the correction on the device, the parallel reader and the pooled writer, one process's host
+#: side measured ~3x the earlier pipeline on a CPU (docs/benchmarks.md), where the earlier one fed a GPU at
+#: ~2,400 frames/s from one process and needed 8 for ~13,000. Not yet measured on a GPU (issue 15's GPU step).
+DEFAULT_WORKERS_PER_GPU = 2
+
+
+def cluster_gpus() -> float:
+    """GPUs of the Ray cluster the backend will run on: a running or ``RAY_ADDRESS`` cluster's (connected to, the
+    connection kept for the run), else this machine's (the local Ray the run starts sees them)."""
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        connect_ray()  # a cluster we only connect to: returns False, nothing to shut down later
+        return float(ray.cluster_resources().get("GPU", 0))
+    return float(torch.cuda.device_count())
+
+
 class RayBackend:
-    """``workers`` actors (None: one per GPU, or per ``cpus_per_worker`` CPUs, of the cluster) with
-    ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs each (> 0: CUDA)."""
+    """``workers`` actors (None: one per GPU share, or per ``cpus_per_worker`` CPUs, of the cluster) with
+    ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs each (> 0: CUDA; None: 1 /
+    :data:`DEFAULT_WORKERS_PER_GPU` where the cluster has GPUs, else 0)."""
 
     name = "ray"
 
-    def __init__(self, workers: int | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
+    def __init__(self, workers: int | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float | None = None,
                  max_replacements: int = MAX_REPLACEMENTS) -> None:
-        self.workers, self.cpus_per_worker, self.gpus_per_worker = workers, cpus_per_worker, gpus_per_worker
+        self.workers, self.cpus_per_worker, self._gpus_per_worker = workers, cpus_per_worker, gpus_per_worker
         self.max_replacements = max_replacements
         self.replaced = 0  # actors replaced in the last run
 
     def is_driver(self) -> bool:
         return True
+
+    @property
+    def gpus_per_worker(self) -> float:
+        """As given, else resolved once from :func:`cluster_gpus`."""
+        if self._gpus_per_worker is None:
+            self._gpus_per_worker = 1.0 / DEFAULT_WORKERS_PER_GPU if cluster_gpus() > 0 else 0.0
+        return self._gpus_per_worker
 
     def prepare(self, setup: Callable[[], T]) -> T:
         return setup()
