@@ -351,11 +351,11 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--output-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Phase and attenuation as float32, or float16 (half the bytes; relative precision 2**-11).")
 def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dataset: str | None, backend: str,
-                workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None, batch_size: int, method: str,
-                shard_frames: int | None, device: str | None, delta_beta: float | None, pixel_size_m: float | None,
-                distance_m: float | None, energy_kev: float | None, compile_model: bool | None, no_preview: bool,
-                overwrite: bool, report: Path | None, flag_by: str, reader: str, score: str, correct_on: str,
-                output_dtype: str) -> None:
+                workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None, batch_size: int,
+                method: str, shard_frames: int | None, device: str | None, delta_beta: float | None,
+                pixel_size_m: float | None, distance_m: float | None, energy_kev: float | None,
+                compile_model: bool | None, no_preview: bool, overwrite: bool, report: Path | None, flag_by: str,
+                reader: str, score: str, correct_on: str, output_dtype: str) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
 
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
