@@ -499,10 +499,15 @@ def bench_pipeline(**options) -> None:
 
 @bench.command("step")
 @_timed(256, 16, 3)
+@_filters(32)
 @_list_option("--methods", "paired, pix2pix, cyclegan, phasegan", "paired,phasegan")
+@_list_option("--variants", "fp32, bf16_cl, compile", "fp32")
+@click.option("--foam", is_flag=True, help="Paper §4's cross-resolution networks: objects twice --size.")
 @_bench_options
 def bench_step(**options) -> None:
-    """One training step per method (full-size networks), and each method's ratio to the first."""
+    """One training step per method (full-size networks), each method's ratio to the first, and the PhaseGAN
+    step's samples/s per variant (fp32, bf16 + channels_last, torch.compile) against the paper's ~28 on a
+    V100."""
     bench_command("step", **options)
 
 
@@ -520,6 +525,7 @@ def bench_train(**options) -> None:
 @_filters(4)
 @_int_option("--threads", None, "torch threads, split over the workers (default: all cores).")
 @_int_option("--workers", 1, "Ray actors / MPI ranks sharing the device.")
+@click.option("--score", default="all", show_default=True, help="reconstruct --score of the end-to-end runs.")
 @_list_option("--backends", "local, ray, mpi", "all")
 @click.option("--rss/--no-rss", default=True, show_default=True, help="Measure peak RSS at 1x and 4x frames.")
 @click.option("--compile/--no-compile", "compile", default=None,

@@ -8,15 +8,17 @@
 #SBATCH --output=phasegan-gpu-bench-%j.out
 #
 # The GPU figures of docs/benchmarks.md in one job on one GPU: the fast path checked against CPU references
-# first (`bench check`), then the propagator, G_O inference by batch and variant, and reconstruction end to
-# end against the model alone, with and without the G_D consistency score, from one process and from
-# PHASEGAN_BENCH_RANKS MPI ranks sharing the GPU (needs mpiexec). One JSON per step lands in OUT_DIR; a
-# failed step does not stop the next ones, and the job fails if any did.
+# first (`bench check`, the device-side correction included), then the propagator, G_O inference by batch and
+# variant, reconstruction end to end against the model alone (with and without G_D; all frames scored and
+# --score none) from one process and from 1, PHASEGAN_BENCH_RANKS and 4 MPI ranks sharing the GPU (needs
+# mpiexec; the fewest ranks keeping >= 0.8 of the model's rate is reconstruct's default workers per GPU), and
+# last the training step at the paper's sizes by variant (fp32, bf16 + channels_last, torch.compile). One
+# JSON per step lands in OUT_DIR; a failed step does not stop the next ones, and the job fails if any did.
 #
 #   sbatch slurm/gpu_bench.sh [OUT_DIR]        # default: bench-JOBID/
 #
 # Environment: PHASEGAN_HOME (checkout; default: the submit directory), PHASEGAN_BIN, PHASEGAN_BENCH_DEVICE
-# (default cuda), PHASEGAN_BENCH_RANKS (default 8), PHASEGAN_BENCH_BACKENDS (reconstruct; default local,mpi),
+# (default cuda), PHASEGAN_BENCH_RANKS (default 2, reconstruct's default workers per GPU), PHASEGAN_BENCH_BACKENDS (reconstruct; default local,mpi),
 # PHASEGAN_BENCH_STEPS (names of the steps to run; default all), PHASEGAN_BENCH_STEP_TIMEOUT (seconds per
 # step; default 1200).
 set -uo pipefail
@@ -29,8 +31,9 @@ device=${PHASEGAN_BENCH_DEVICE:-cuda}
 mkdir -p "$out"
 failed=()
 
-steps=" ${PHASEGAN_BENCH_STEPS:-check propagator inference inference-256 reconstruct-no-gd reconstruct} "
-ranks=${PHASEGAN_BENCH_RANKS:-8}
+steps=" ${PHASEGAN_BENCH_STEPS:-check propagator inference inference-256 reconstruct-no-gd reconstruct
+  reconstruct-score-none reconstruct-1 reconstruct-4 train-step train-step-foam} "
+ranks=${PHASEGAN_BENCH_RANKS:-2}
 backends=${PHASEGAN_BENCH_BACKENDS:-local,mpi}
 
 step() {  # step NAME BENCH [options...]: one benchmark, its JSON in $out/NAME.json
@@ -55,6 +58,13 @@ common=(reconstruct --size 128 --filters 32 --batch 256 --frames 16384 --backend
         --no-rss --repeats 2 --compile)
 step reconstruct-no-gd "${common[@]}" --no-detector
 step reconstruct "${common[@]}"
+step reconstruct-score-none "${common[@]}" --score none
+# Workers per GPU: one process, and more than the default (the MPI ranks' only difference).
+step reconstruct-1 "${common[@]}" --backends mpi --workers 1  # later options win
+step reconstruct-4 "${common[@]}" --backends mpi --workers 4
+# Training at the paper's sizes (256 px, 32 filters, batch 16; foam: batch 40, 128 -> 256), by variant.
+step train-step step --size 256 --batch 16 --filters 32 --methods phasegan --variants fp32,bf16_cl,compile
+step train-step-foam step --size 128 --batch 40 --filters 32 --foam --variants fp32,bf16_cl,compile
 
 if (( ${#failed[@]} > 0 )); then
   echo "failed: ${failed[*]}" >&2

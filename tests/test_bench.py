@@ -169,3 +169,16 @@ def test_bench_reconstruct_smoke(tmp_path):
     assert r["workers"] == 2 and r["after_startup_frames_per_s"]["mpi"]["median"] >= r["frames_per_s"]["mpi"]["median"]
     proc = run_cli("bench", "reconstruct", "--backends", "local,slurm")
     assert proc.returncode == 1 and "unknown backend(s) slurm" in proc.stderr
+
+
+def test_bench_step_times_the_training_variants_against_the_paper(tmp_path):
+    r = bench(tmp_path, "step", "--size", 32, "--batch", 2, "--filters", 2, "--repeats", 1, "--foam",
+              "--variants", "fp32,bf16_cl")
+    assert r["object_size"] == 64 and r["phasegan_s"] > 0 and "paired_s" not in r  # paired: equal sizes only
+    assert r["paper_samples_per_s"] == pytest.approx(10_000 * 100 / 36_000)
+    for variant in ("fp32", "bf16_cl"):
+        rate = r[f"phasegan_{variant}_samples_per_s"]
+        assert rate > 0 and r[f"phasegan_{variant}_vs_paper"] == pytest.approx(rate / r["paper_samples_per_s"])
+    for args, why in ((["--variants", "fp8"], "unknown variant(s) fp8"), (["--size", "48"], "multiple of 32")):
+        proc = subprocess.run([EXE, "bench", "step", *args], capture_output=True, text=True)
+        assert proc.returncode == 1 and why in proc.stderr and "Traceback" not in proc.stderr

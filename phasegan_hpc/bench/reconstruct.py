@@ -98,16 +98,17 @@ def _console_script() -> str:
 
 
 def _end_to_end(archive: Path, model: Path, out: Path, backend: str, batch: int, device: str, threads: int,
-                shard_frames: int, compile: bool, workers: int) -> tuple[float, float]:
+                shard_frames: int, compile: bool, workers: int, score: str = "all") -> tuple[float, float]:
     """(frames/s over the whole run, frames/s after worker start-up) of one ``reconstruct``."""
     if backend == "mpi" and workers > 1:  # real ranks: mpiexec -n WORKERS of the console script
-        return _mpiexec(archive, model, out, batch, device, max(1, threads // workers), shard_frames, compile, workers)
+        return _mpiexec(archive, model, out, batch, device, max(1, threads // workers), shard_frames, compile, workers,
+                        score)
     cuda_ray = device.startswith("cuda") and backend == "ray"
     request = ReconstructRequest(archive, model=model, output=out, backend=backend, workers=workers,
                                  cpus_per_worker=max(1, threads // workers) if backend == "ray" else threads,
                                  gpus_per_worker=1.0 / workers if cuda_ray else 0.0, batch_size=batch,
                                  overwrite=True, shard_frames=shard_frames, device=device, preview=False,
-                                 compile=compile)
+                                 compile=compile, score=score)
     runner = None
     if backend == "mpi":  # one rank, in this process
         from mpi4py import MPI  # lazy: importing mpi4py.MPI initialises MPI
@@ -118,7 +119,7 @@ def _end_to_end(archive: Path, model: Path, out: Path, backend: str, batch: int,
 
 
 def _mpiexec(archive: Path, model: Path, out: Path, batch: int, device: str, threads: int, shard_frames: int,
-             compile: bool, ranks: int) -> tuple[float, float]:
+             compile: bool, ranks: int, score: str = "all") -> tuple[float, float]:
     mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
     if mpiexec is None:
         raise ResourceError("bench reconstruct --workers N with the mpi backend needs mpiexec on PATH")
@@ -127,7 +128,7 @@ def _mpiexec(archive: Path, model: Path, out: Path, batch: int, device: str, thr
                            str(model), "--output", str(out), "--backend", "mpi", "--batch-size", str(batch),
                            "--cpus-per-worker", str(threads), "--shard-frames", str(shard_frames), "--overwrite",
                            "--no-preview", "--device", device, "--compile" if compile else "--no-compile",
-                           "--report", str(report)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           "--score", score, "--report", str(report)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"mpiexec reconstruct failed: {proc.stderr[-500:]}")
     summary = json.loads(report.read_text())
@@ -158,7 +159,7 @@ def _ratios(rates: dict[str, list[float]], model: list[float]) -> dict[str, floa
 def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device: str = "cpu", frames: int = 4096,
                       filters: int = 4, threads: int | None = None, backends: tuple[str, ...] = BACKENDS,
                       rss: bool = True, compile: bool | None = None, detector: bool = True, workers: int = 1,
-                      workdir: str | None = None) -> dict[str, Any]:
+                      score: str = "all", workdir: str | None = None) -> dict[str, Any]:
     """End-to-end frames/s per backend against model-only frames/s, and peak RSS at 1x and 4x frames.
 
     Args:
@@ -172,6 +173,7 @@ def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device
             network work per frame of G_O alone).
         workers: Ray actors or MPI ranks (``mpiexec -n``) sharing the device, each with its own reader and
             writer (the local backend has one); threads are split between them.
+        score: ``reconstruct --score`` of the end-to-end runs (the model-only rate always scores every frame).
         workdir: where the archives go (default: a temporary directory, removed afterwards).
     """
     unknown = sorted(set(backends) - set(BACKENDS))
@@ -196,7 +198,7 @@ def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device
                                                      else min(frames, 16 * batch), device, threads, compile))
                 for b in backends:
                     e2e, steady = _end_to_end(small, model, tmp / f"out-{b}.h5", b, batch, device, threads, shard,
-                                              compile, 1 if b == "local" else workers)
+                                              compile, 1 if b == "local" else workers, score)
                     fps[b].append(e2e)
                     after[b].append(steady)
         finally:
@@ -210,7 +212,7 @@ def bench_reconstruct(size: int = 128, batch: int = 64, repeats: int = 3, device
         return {
             "benchmark": "reconstruct", **machine(device), "h5py": h5py.__version__, "threads": threads,
             "size": size, "batch": batch, "filters": filters, "frames": frames, "repeats": repeats,
-            "compile": compile, "detector": detector, "workers": workers,
+            "compile": compile, "detector": detector, "workers": workers, "score": score,
             "archive_mb": {"small": small.stat().st_size / 1e6, "large": large.stat().st_size / 1e6 if rss else None},
             "raw_mb": {"small": frames * size * size * 2 / 1e6, "large": 4 * frames * size * size * 2 / 1e6},
             "generate_s": generate_s,
