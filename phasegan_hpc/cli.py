@@ -502,7 +502,7 @@ def bench_pipeline(**options) -> None:
 @_filters(32)
 @_list_option("--methods", "paired, pix2pix, cyclegan, phasegan", "paired,phasegan")
 @_list_option("--variants", "fp32, bf16_cl, compile", "fp32")
-@click.option("--foam", is_flag=True, help="Paper §4's cross-resolution networks: objects twice --size.")
+@click.option("--foam", is_flag=True, default=False, help="Paper §4's cross-resolution networks: objects twice --size.")
 @_bench_options
 def bench_step(**options) -> None:
     """One training step per method (full-size networks), each method's ratio to the first, and the PhaseGAN

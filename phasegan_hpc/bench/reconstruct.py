@@ -128,7 +128,8 @@ def _mpiexec(archive: Path, model: Path, out: Path, batch: int, device: str, thr
                            str(model), "--output", str(out), "--backend", "mpi", "--batch-size", str(batch),
                            "--cpus-per-worker", str(threads), "--shard-frames", str(shard_frames), "--overwrite",
                            "--no-preview", "--device", device, "--compile" if compile else "--no-compile",
-                           "--score", score, "--report", str(report)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           "--score", score, "--report", str(report)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"mpiexec reconstruct failed: {proc.stderr[-500:]}")
     summary = json.loads(report.read_text())

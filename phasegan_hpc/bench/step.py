@@ -89,8 +89,8 @@ def bench_step(size: int = 256, batch: int = 16, repeats: int = 3, device: str =
         torch.manual_seed(0)
         vcfg = with_overrides(cfg, {"train.amp": amp}) if variant != "fp32" else cfg
         tr, vdata = _variant(build_trainables(vcfg, "phasegan", prop, norm, lambda m: m.to(dev), dev), data, variant)
-        seconds = median_time(lambda tr=tr, vdata=vdata: STEPS["phasegan"](tr, vdata, vcfg.loss, 10.0), repeats,
-                              warmup=3 if variant == "compile" else 1, sync=sync)
+        seconds = median_time(lambda tr=tr, vdata=vdata, loss=vcfg.loss: STEPS["phasegan"](tr, vdata, loss, 10.0),
+                              repeats, warmup=3 if variant == "compile" else 1, sync=sync)
         out[f"phasegan_{variant}_samples_per_s"] = batch / seconds
         out[f"phasegan_{variant}_vs_paper"] = batch / seconds / PAPER_SAMPLES_PER_S
     return out
