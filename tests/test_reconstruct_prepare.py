@@ -120,7 +120,9 @@ def test_float16_output_is_the_float32_result_rounded(movie_model, movie, tmp_pa
     archive = write_dxchange(tmp_path / "a.h5", movie, n=10)
     common = dict(model=movie_model, backend="local", batch_size=4, shard_frames=6, preview=False)
     reconstruct(ReconstructRequest(archive, output=tmp_path / "f32.h5", **common))
-    s = reconstruct(ReconstructRequest(archive, output=tmp_path / "f16.h5", output_dtype="float16", **common))
+    s = reconstruct(ReconstructRequest(archive, output=tmp_path / "f16.h5", output_dtype="float16",
+                                       **(common | {"preview": True})))
+    assert s.preview is not None and s.preview.is_file()  # readers of the output take float16
     f32, f16 = read(tmp_path / "f32.h5"), read(tmp_path / "f16.h5")
     for k in ("phase", "attenuation"):
         assert f16[k].dtype == np.float16 and f32[k].dtype == np.float32

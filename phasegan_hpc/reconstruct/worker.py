@@ -346,14 +346,10 @@ class ShardRunner:
         arrays = {k: v.numpy() for k, v in tensors.items()}
         counts = arrays["nonfinite_pixels"]
         empty = counts == int(np.prod(self.job.archive.frame_shape))  # no finite pixel: no result
-        if empty.any():
-            for k in self.retriever.layout.outputs:
+        if empty.any():  # its frames and scores are NaN (the counts stay)
+            for k in [k for k in arrays if k not in COUNT_DATASETS]:
                 arrays[k] = arrays[k].copy()
                 arrays[k][empty] = np.nan
-            for k in SCALAR_DATASETS:
-                if k not in COUNT_DATASETS and k in arrays:
-                    arrays[k] = arrays[k].copy()
-                    arrays[k][empty] = np.nan
         writer.write(offset, arrays | {"scored": scored.astype(np.int64)})
         nonfinite.extend((shard.start + offset + np.flatnonzero(counts)).tolist())
         offset += len(counts)
