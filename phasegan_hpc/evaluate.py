@@ -77,7 +77,7 @@ def _row(method: str, per_frame: dict[str, list[np.ndarray]]) -> EvalRow:
 
 def spearman_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation of two per-frame series (NaN with fewer than 3 finite pairs or a constant)."""
-    # lazy: scipy.stats takes ~1 s to import, and reconstruct imports this module (check_compatible) without it
+    # lazy: scipy.stats takes ~1 s to import, and most importers of this module never need it
     from scipy.stats import spearmanr
 
     ok = np.isfinite(a) & np.isfinite(b)

@@ -32,8 +32,8 @@ def write_dxchange(path: Path, movie, compression=None, n=None) -> Path:
 
 def corrected_reference(movie, raw: np.ndarray, flats: np.ndarray, darks: np.ndarray) -> np.ndarray:
     """(raw - mean dark) / (mean flat - mean dark) in float64, written out longhand."""
-    flat = flats.reshape(-1, 64, 64).astype(np.float64).mean(axis=0)
-    dark = darks.reshape(-1, 64, 64).astype(np.float64).mean(axis=0)
+    flat = flats.reshape(-1, *flats.shape[-2:]).astype(np.float64).mean(axis=0)
+    dark = darks.reshape(-1, *darks.shape[-2:]).astype(np.float64).mean(axis=0)
     return ((raw.astype(np.float64) - dark) / (flat - dark)).astype(np.float32)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -44,10 +44,11 @@ class Archive:
         dtype: its dtype name.
         chunk_rows: rows along axis 0 per HDF5 chunk (1 for a contiguous dataset).
         lead_shape: the output's leading shape (NXtomo: number of projections).
-        frame_shape: (H, W).
+        frame_shape: (H, W) of the frames read: the region of interest's, if one is set.
         select: NXtomo only: the dataset rows that are projections (sorted), else None.
         flats, darks: (dataset path, rows or None for all) of the reference frames, or None.
         attrs: the file's root attributes (plain values).
+        roi: (y0, y1, x0, x1) of the stored frames that are read (:meth:`with_roi`), or None: all.
     """
 
     path: Path
@@ -62,6 +63,34 @@ class Archive:
     flats: tuple[str, list[int] | None] | None = None
     darks: tuple[str, list[int] | None] | None = None
     attrs: dict = field(default_factory=dict, compare=False)
+    roi: tuple[int, int, int, int] | None = None
+
+    @property
+    def stored_frame_shape(self) -> tuple[int, int]:
+        """(H, W) of the frames as stored (``frame_shape`` is the region read)."""
+        return int(self.shape[-2]), int(self.shape[-1])
+
+    def with_roi(self, roi: tuple[int, int, int, int] | None) -> Archive:
+        """This archive read only in ``roi`` = (y0, y1, x0, x1) of its stored frames (None: all of them).
+
+        Raises:
+            DataError: a region that is empty or outside the frames.
+        """
+        if roi is None:
+            return self
+        y0, y1, x0, x1 = roi
+        h, w = self.stored_frame_shape
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise DataError(f"--roi {y0}:{y1},{x0}:{x1} is not a region of the {h} x {w} frames of "
+                            f"{self.path}:{self.dataset}")
+        return replace(self, roi=(y0, y1, x0, x1), frame_shape=(y1 - y0, x1 - x0))
+
+    def crop(self, frames: np.ndarray) -> np.ndarray:
+        """Stored frames (..., H, W) -> their region of interest (a view; the frames themselves without one)."""
+        if self.roi is None:
+            return frames
+        y0, y1, x0, x1 = self.roi
+        return frames[..., y0:y1, x0:x1]
 
     @property
     def n_frames(self) -> int:
@@ -149,6 +178,25 @@ def _reference(f: h5py.File, path: Path, name: str, frame_shape: tuple[int, int]
     return name, rows
 
 
+def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
+    """``--roi Y0:Y1,X0:X1`` (pixel rows Y0..Y1-1, columns X0..X1-1 of the stored frames) -> (y0, y1, x0, x1).
+
+    Raises:
+        DataError: anything else.
+    """
+    if text is None:
+        return None
+    try:
+        rows, cols = text.split(",")
+        (y0, y1), (x0, x1) = (tuple(int(v) for v in part.split(":")) for part in (rows, cols))
+    except ValueError:
+        raise DataError(f"--roi must be Y0:Y1,X0:X1 (pixel rows and columns, e.g. 0:256,64:320), not {text!r}") \
+            from None
+    if not (0 <= y0 < y1 and 0 <= x0 < x1):
+        raise DataError(f"--roi {text}: needs 0 <= Y0 < Y1 and 0 <= X0 < X1")
+    return y0, y1, x0, x1
+
+
 def open_archive(path: str | Path, dataset: str | None = None) -> Archive:
     """Inspect an archive (read-only) and describe its frames.
 
@@ -217,6 +265,10 @@ def _mean_reference(f: h5py.File, ref: tuple[str, list[int] | None] | None, bloc
     return total / len(rows)
 
 
+def _cropped(archive: Archive, frame: np.ndarray | None) -> np.ndarray | None:
+    return None if frame is None else np.ascontiguousarray(archive.crop(frame))
+
+
 class FrameReader:
     """Reads output frames [start, stop) of an archive as flat-/dark-corrected float32 (n, H, W).
 
@@ -231,8 +283,8 @@ class FrameReader:
         self.file = _open(archive.path)
         self.ds = self.file[archive.dataset]
         self.rows = ChunkRows(self.ds, threads=threads, force_h5py=reader == "h5py")
-        self.flat = _mean_reference(self.file, archive.flats)
-        self.dark = _mean_reference(self.file, archive.darks)
+        self.flat = _cropped(archive, _mean_reference(self.file, archive.flats))
+        self.dark = _cropped(archive, _mean_reference(self.file, archive.darks))
         if self.flat is not None and self.dark is None:
             self.dark = np.zeros_like(self.flat)
         # float32 affine form of the correction, precomputed once (the hot loop of every worker). Pixels whose
@@ -274,7 +326,7 @@ class FrameReader:
             per_row = a.frames_per_row
             for i in np.flatnonzero(bad):
                 self.unreadable.extend(range((r0 + int(i)) * per_row, (r0 + int(i) + 1) * per_row))
-        return block.reshape(-1, *a.frame_shape)
+        return np.ascontiguousarray(a.crop(block.reshape(-1, *a.stored_frame_shape)))
 
     def spans(self, start: int, stop: int, min_frames: int) -> Iterator[tuple[int, int]]:
         """Row ranges [r0, r1) of the output's leading axis covering frames [start, stop): whole chunk rows of

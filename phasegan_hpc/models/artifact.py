@@ -314,13 +314,20 @@ class PhaseModel:
         return fresnel_residual(frames, onto_frames(hologram, tuple(frames.shape[-2:])), sigma_px)
 
     @torch.no_grad()
-    def scores(self, frames: torch.Tensor, phase: torch.Tensor, attenuation: torch.Tensor) -> dict[str, torch.Tensor]:
+    def scores(self, frames: torch.Tensor, phase: torch.Tensor, attenuation: torch.Tensor,
+               region: tuple[slice, slice] | None = None) -> dict[str, torch.Tensor]:
         """Both per-frame trust scores of retrieved objects, from one propagation: ``consistency`` (relative L1
-        of :meth:`predict_intensity` against the frames) and ``fresnel_residual``; each (B,) float32."""
+        of :meth:`predict_intensity` against the frames) and ``fresnel_residual``; each (B,) float32.
+
+        ``region`` (rows, columns of the frame grid): compare only there (frames padded to the networks'
+        multiple are scored on their own pixels; the propagation runs over the whole padded object)."""
+        shape = tuple(frames.shape[-2:])
         hologram = self.hologram(phase, attenuation)
-        predicted = self.predict_intensity(phase, attenuation, tuple(frames.shape[-2:]), hologram)
-        return {"consistency": relative_l1(predicted, frames),
-                "fresnel_residual": self.fresnel_residual(frames, phase, attenuation, hologram=hologram)}
+        predicted = self.predict_intensity(phase, attenuation, shape, hologram)
+        on_frames = onto_frames(hologram, shape)
+        if region is not None:
+            frames, predicted, on_frames = (x[..., region[0], region[1]] for x in (frames, predicted, on_frames))
+        return {"consistency": relative_l1(predicted, frames), "fresnel_residual": fresnel_residual(frames, on_frames)}
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> PhaseModel:

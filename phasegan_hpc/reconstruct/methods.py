@@ -32,14 +32,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 from skimage.restoration import denoise_tv_chambolle
 
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import PhaseModel, load_model
+from phasegan_hpc.models.unet import SIZE_MULTIPLE
 from phasegan_hpc.physics import object_wavefield, paganin
 from phasegan_hpc.physics.consistency import hologram_scores
 from phasegan_hpc.physics.geometry import Geometry
+
+#: How frames whose sides are not multiples of the U-Net's (``SIZE_MULTIPLE``, 32) go through G_O: padded by
+#: reflection about their edge pixels (no step at the border; the frame's own statistics), half on each side,
+#: and the outputs cropped back; the scores compare only the frame's own pixels (``PhaseModel.scores``).
+PAD_MODE = "reflect"
 
 #: The per-frame trust scores every method writes (see the module docstring).
 SCORES = ("consistency", "fresnel_residual")
@@ -119,8 +126,14 @@ class PhaseGAN(Method):
         return super().score_name(model)
 
     def retrieve(self, r, frames, which):
-        phase, att = r.model.retrieve(frames)
-        return {"phase": phase, "attenuation": att}, r.model.scores(frames[which], phase[which], att[which])
+        padded, region = pad_to_multiple(frames, SIZE_MULTIPLE)
+        phase, att = r.model.retrieve(padded)
+        scores = r.model.scores(padded[which], phase[which], att[which], region)
+        if padded is frames:
+            return {"phase": phase, "attenuation": att}, scores
+        s = r.model.scale  # the object grid is s times the frame grid
+        rows, cols = (slice(k.start * s, k.stop * s) for k in region)
+        return {"phase": phase[:, rows, cols].contiguous(), "attenuation": att[:, rows, cols].contiguous()}, scores
 
 
 @dataclass(frozen=True)
@@ -220,6 +233,20 @@ def tie_prepare(frames: np.ndarray, factor: float, out_shape: tuple[int, int], t
             frame = denoise_tv_chambolle(frame, weight=tv_weight, max_num_iter=tv_iterations)
         out[i] = frame
     return out
+
+
+def pad_to_multiple(frames: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, slice]]:
+    """Frames (B, H, W) padded (:data:`PAD_MODE`; "replicate" for a side shorter than its padding) to sides that
+    are multiples of ``multiple``, and the region (rows, columns) of the original frames in them. Frames that
+    fit already come back as they are (the same tensor)."""
+    h, w = frames.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    top, left = ph // 2, pw // 2
+    region = (slice(top, top + h), slice(left, left + w))
+    if not ph and not pw:
+        return frames, region
+    mode = PAD_MODE if ph < h and pw < w else "replicate"
+    return F.pad(frames[:, None], (left, pw - left, top, ph - top), mode=mode)[:, 0], region
 
 
 class Retriever:

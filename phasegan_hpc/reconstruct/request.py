@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phasegan_hpc.data.archive import READERS
+from phasegan_hpc.data.archive import READERS, parse_roi
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct.backends import BACKENDS
 from phasegan_hpc.reconstruct.methods import SCORES, Method, PhaseGAN, method_named
@@ -75,6 +75,7 @@ class ReconstructRequest:
         correct_on: where the flat/dark correction, sanitising and counting run (``prepare``): "host" (numpy),
             "device" (torch, on the raw integer frames copied to the device) or "auto" (device on CUDA).
         output_dtype: of the frame datasets, one of :data:`OUTPUT_DTYPES` (float16: half the bytes).
+        roi: "Y0:Y1,X0:X1": reconstruct only those pixel rows and columns of the frames (None: all).
 
     Raises (on construction):
         DataError: an unknown method, backend, score or geometry key, or options no run can use.
@@ -102,6 +103,7 @@ class ReconstructRequest:
     score: str = "all"
     correct_on: str = "auto"
     output_dtype: str = "float32"
+    roi: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -116,6 +118,7 @@ class ReconstructRequest:
         score_every(self.score)  # validates
         if self.reader not in READERS:
             raise DataError(f"unknown reader {self.reader!r}; choose from {', '.join(READERS)}")
+        parse_roi(self.roi)  # validates the form; the bounds are checked against the archive
         if self.correct_on not in CORRECT_ON:
             raise DataError(f"unknown --correct-on {self.correct_on!r}; choose from {', '.join(CORRECT_ON)}")
         if self.output_dtype not in OUTPUT_DTYPES:

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from phasegan_hpc.data.archive import Archive, FrameReader, open_archive
+from phasegan_hpc.data.archive import Archive, FrameReader, open_archive, parse_roi
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.evaluate import check_compatible
 from phasegan_hpc.models.artifact import PhaseModel, load_model
 from phasegan_hpc.physics.geometry import Geometry, attr_float
 from phasegan_hpc.physics.optics import resolve_wavelength_m
@@ -180,7 +179,7 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
     Raises:
         DataError, ResourceError: a user-fixable problem; nothing was written or replaced.
     """
-    archive = open_archive(request.archive, request.dataset)
+    archive = open_archive(request.archive, request.dataset).with_roi(parse_roi(request.roi))
     reader = FrameReader(archive)
     try:
         return _prepare(request, backend, archive, reader)
@@ -197,7 +196,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
     model_path = r.model_path()
     loaded = load_model(model_path) if model_path is not None else None
     if loaded is not None and method.model_geometry:
-        check_compatible(loaded.geometry, archive.attrs, archive.frame_shape, str(archive.path))
+        loaded.geometry.check_against(archive.attrs, str(archive.path))  # any frame size: padded (methods)
     geometry, delta_beta = _geometry(method, loaded, archive, r.physics)
     out = r.output_path()
     check_output(out, archive.path, r.overwrite)
@@ -211,7 +210,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
                 "batch_size": r.batch_size, "shard_rows": rows_per_shard(archive, r.batch_size, r.shard_frames),
                 "references_sha256": reader.references_sha256,
                 "physics": _identity_physics(geometry, delta_beta), "tie": method.options(), "score": r.score,
-                "output_dtype": r.output_dtype}
+                "output_dtype": r.output_dtype, **({"roi": list(archive.roi)} if archive.roi else {})}
     wanted = manifest(archive, identity, plan)
     shards_dir, resumed = prepare_shards_dir(out, wanted, r.overwrite)
     # A resumed run reuses only shards that verify and read what the archive holds now.
@@ -243,9 +242,11 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
         "wavelength_m": geometry.wavelength_m, "distance_m": geometry.distance_m,
         "delta_beta": delta_beta, "batch_size": r.batch_size,
         "score": method.score_name(loaded),
+        "roi": list(archive.roi) if archive.roi else None,  # (y0, y1, x0, x1) of the archive's frames
         "reconstruct_options": json.dumps({"backend": backend.name, "batch_size": r.batch_size,
                                            "method": method.name, "dataset": archive.dataset,
-                                           "shard_frames": r.shard_frames}),
+                                           "shard_frames": r.shard_frames, "roi": r.roi, "score": r.score,
+                                           "output_dtype": r.output_dtype}),
     }
     return Prepared(job, plan, [s for s in plan if s.index not in done], rejected, not resumed, out, layout, attrs)
 
