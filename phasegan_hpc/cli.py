@@ -233,9 +233,11 @@ def preview(data_dir: Path, out_png: Path | None, n: int) -> None:
 @click.option("--max-failures", type=NATURAL, default=3, show_default=True,
               help="Worker failures to recover from (restarting from the latest checkpoint).")
 @click.option("--max-steps", type=COUNT, default=None, help="Stop after this many steps (resume later).")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None,
+              help="Fine-tune: start G_O and G_D (same architecture) from this model.pt, fresh optimisers.")
 def train(config_path: Path | None, data_dir: Path | None, method: str | None, epochs: int | None,
           name: str | None, runs_dir: Path | None, workers: int, cpus_per_worker: float, gpus_per_worker: float,
-          max_failures: int, max_steps: int | None) -> None:
+          max_failures: int, max_steps: int | None, init_from: Path | None) -> None:
     """Train PhaseGAN (or a baseline) with Ray Train; rerunning the same --name resumes.
 
     Connects to RAY_ADDRESS when it is set, otherwise starts a local Ray for the run.
@@ -247,6 +249,7 @@ def train(config_path: Path | None, data_dir: Path | None, method: str | None, e
         "train.data_dir": None if data_dir is None else str(data_dir), "train.method": method,
         "train.epochs": epochs, "train.name": name, "train.max_steps": max_steps,
         "train.runs_dir": None if runs_dir is None else str(runs_dir),
+        "train.init_from": None if init_from is None else str(init_from.expanduser().absolute()),
     })
     with training_progress(f"{cfg.train.method} {cfg.train.name}") as update:
         result = fit(cfg, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,

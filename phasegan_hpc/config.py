@@ -259,6 +259,9 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int = 0
     seed: int = 0
+    # Fine-tuning: start G_O and G_D (same architecture, checked) and the normalisation from this model.pt,
+    # with fresh optimisers and discriminators ("": a fresh start); recorded in the new model's info.
+    init_from: str = ""
     # Two-detector training (paper §4): random crops matching the fields of view, padded to the network
     # sizes (0 = whole frames, no padding); ``rotate``: random 90-degree rotations besides the flips.
     detector_crop: int = 0

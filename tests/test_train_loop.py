@@ -245,3 +245,40 @@ def test_read_losses_matches_reading_each_step():
     pending = [{"a": torch.tensor(float(i)), "b": torch.tensor([2.5 * i])} for i in range(4)]
     assert read_losses(pending) == [{"a": float(i), "b": 2.5 * i} for i in range(4)]
     assert read_losses([]) == []
+
+
+@pytest.mark.slow
+def test_init_from_seeds_the_generators_and_is_recorded(tiny_train_config):
+    """`train --init-from A.pt` starts from A's G_O and G_D (with a learning rate too small to move a weight,
+    the new model's generators are A's), its normalisation, fresh optimisers, and records A's sha256; another
+    architecture is refused naming both."""
+    from phasegan_hpc.errors import TrainingError
+
+    cfg = with_overrides(tiny_train_config, {"train.epochs": 1, "train.name": "a"})
+    first = load_model(train_local(cfg)["model_path"])
+    still = {"train.lr_g": 1e-30, "train.lr_d": 1e-30}
+    seeded = load_model(train_local(with_overrides(cfg, {
+        **still, "train.name": "b", "train.init_from": str(run_dir_of(cfg) / "model.pt")}))["model_path"])
+    fresh = load_model(train_local(with_overrides(cfg, {**still, "train.name": "c", "train.seed": 7}))["model_path"])
+    for name, a in first.generator.state_dict().items():
+        torch.testing.assert_close(seeded.generator.state_dict()[name], a, rtol=0, atol=1e-12, msg=name)
+    for name, a in first.detector.state_dict().items():
+        torch.testing.assert_close(seeded.detector.state_dict()[name], a, rtol=0, atol=1e-12, msg=name)
+    weights = [k for k, v in first.generator.state_dict().items() if v.ndim == 4]  # convolution kernels
+    assert not torch.allclose(fresh.generator.state_dict()[weights[0]], first.generator.state_dict()[weights[0]])
+    assert seeded.normalisation.to_dict() == first.normalisation.to_dict()
+    assert seeded.info["init_from"] == {"path": str(run_dir_of(cfg) / "model.pt"), "sha256": first.sha256}
+    assert "init_from" not in first.info
+    wider = with_overrides(cfg, {"train.name": "d", "model.base_filters": 2 * cfg.model.base_filters,
+                                 "train.init_from": str(run_dir_of(cfg) / "model.pt")})
+    with pytest.raises(TrainingError, match=f"its G_O is .*base_filters {cfg.model.base_filters}.*this run's is "
+                                            f".*base_filters {2 * cfg.model.base_filters}"):
+        train_local(wider)
+
+
+def test_cli_init_from_a_missing_model_is_one_line(tiny_data, tmp_path):
+    proc = subprocess.run([EXE, "train", "--data", str(tiny_data), "--storage", str(tmp_path / "runs"),
+                           "--init-from", str(tmp_path / "nope.pt")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "nope.pt not found" in proc.stderr
+    assert not (tmp_path / "runs").exists()

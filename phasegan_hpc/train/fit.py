@@ -26,8 +26,10 @@ from phasegan_hpc.cluster import check_resources, check_storage, connect_ray, di
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.errors import PhaseganError, ResourceError, TrainingError
+from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.progress import ProgressFn
 from phasegan_hpc.train.loop import (
+    check_init_from,
     latest_losses,
     network_shapes,
     run_dir_of,
@@ -70,6 +72,8 @@ def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per
     data = open_training_data(cfg.train.data_dir, paired=cfg.train.method in PAIRED_METHODS,
                               upsample=cfg.model.upsample)  # fail fast
     network_shapes(cfg, data)
+    if cfg.train.init_from:  # a missing, foreign or mismatched model: one line, before Ray starts
+        check_init_from(cfg, load_model(cfg.train.init_from), cfg.train.init_from)
     total = steps_per_epoch(data, cfg.train.batch_size, workers) * cfg.train.epochs
     storage = check_storage(Path(cfg.train.runs_dir))
     cfg = _with_storage(cfg, storage)

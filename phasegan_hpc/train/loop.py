@@ -31,8 +31,9 @@ from phasegan_hpc.data.normalise import Normalisation, compute_normalisation
 from phasegan_hpc.errors import DataError, TrainingError
 from phasegan_hpc.files import atomic_write_text
 from phasegan_hpc.losses.metrics import METRICS, wasserstein_1d
-from phasegan_hpc.models.artifact import PhaseModel
+from phasegan_hpc.models.artifact import PhaseModel, load_model
 from phasegan_hpc.models.cycle import GeneratorPair
+from phasegan_hpc.models.registry import generator_arch
 from phasegan_hpc.models.unet import SIZE_MULTIPLE
 from phasegan_hpc.physics import FresnelPropagator, object_wavefield
 from phasegan_hpc.physics.geometry import Geometry
@@ -214,6 +215,10 @@ class TrainingRun:
         self.rank0 = session.rank == 0
         self.device = session.device
         self.identity = _identity(cfg)
+        self.init_model = None
+        if t.init_from:  # loaded once here (weights only), so that a missing or foreign file fails before work
+            self.init_model = load_model(t.init_from)
+            self.identity["init_from_sha256"] = self.init_model.sha256
         if t.amp == "fp16" and self.device.type != "cuda":
             raise TrainingError("train.amp = 'fp16' needs a CUDA device; use 'bf16' or 'off' on CPUs")
         self.prop = cfg.physics.padding(self.data.geometry).propagator(self.object_shape)
@@ -233,13 +238,19 @@ class TrainingRun:
         if state is not None and state.get("identity") != self.identity:
             raise TrainingError(f"run {self.run_dir} holds a checkpoint of another configuration "
                                 f"({state.get('identity')}); choose another --name")
-        self.norm = (Normalisation.from_dict(state["normalisation"]) if state
-                     else _normalisation(cfg, self.data, self.object_shape))
+        if state:
+            self.norm = Normalisation.from_dict(state["normalisation"])
+        elif self.init_model is not None:  # the units the seeding networks were trained in
+            self.norm = self.init_model.normalisation
+        else:
+            self.norm = _normalisation(cfg, self.data, self.object_shape)
         torch.manual_seed(t.seed)
         self.tr = tr = build_trainables(cfg, t.method, self.prop, self.norm, self.session.wrap, self.device)
         self.schedulers = [torch.optim.lr_scheduler.StepLR(opt, t.lr_decay_epochs, t.lr_decay_factor)
                            for opt in (tr.opt_g, tr.opt_d) if opt is not None]
         if not state:
+            if self.init_model is not None:
+                _seed_generators(cfg, unwrap(tr.generators), self.init_model, t.init_from)
             return
         unwrap(tr.generators).load_state_dict(state["generators"])
         tr.opt_g.load_state_dict(state["opt_g"])
@@ -387,7 +398,7 @@ class TrainingRun:
         self.log.write({"event": "end", "step": self.step, "g_o_sha256_by_rank": digests})
         if self.rank0:
             model_path = _export(self.cfg, self.run_dir, self.tr, self.norm, self.data.geometry, self.step,
-                                 self.metrics)
+                                 self.metrics, self.identity.get("init_from_sha256"))
             self.metrics = {**self.metrics, "model_path": str(model_path)}
         return self.metrics
 
@@ -554,10 +565,42 @@ def cycle_images(generators: GeneratorPair, intensity: torch.Tensor, obj: torch.
                        reconstructed_phase=np0(norm.denorm_object(out.reconstructed_object)[:, 0]))
 
 
+def check_init_from(cfg: Config, model: PhaseModel, path: str) -> None:
+    """Refuse a ``--init-from`` model whose networks this run cannot start from.
+
+    Raises:
+        TrainingError: another G_O architecture (named with both), or a G_D this run needs that the model lacks
+            or has in another architecture.
+    """
+    want = generator_arch(cfg.model, "g_o")
+    if dict(model.arch) != want:
+        raise TrainingError(f"--init-from {path}: its G_O is {_arch_line(model.arch)}; this run's is "
+                            f"{_arch_line(want)}")
+    if cfg.train.method in ("phasegan", "cyclegan"):
+        want_d = generator_arch(cfg.model, "g_d", cfg.train.method)
+        if model.detector is None or dict(model.detector_arch) != want_d:
+            have = _arch_line(model.detector_arch) if model.detector is not None else "missing"
+            raise TrainingError(f"--init-from {path}: its G_D is {have}; this run's is {_arch_line(want_d)}")
+
+
+def _seed_generators(cfg: Config, gens: GeneratorPair, model: PhaseModel, path: str) -> None:
+    """Load ``model``'s G_O (and G_D where this run has one) into ``gens`` (``--init-from``), once checked."""
+    check_init_from(cfg, model, path)
+    gens.g_o.load_state_dict(model.generator.state_dict())
+    if gens.g_d is not None:
+        gens.g_d.load_state_dict(model.detector.state_dict())
+
+
+def _arch_line(arch: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(arch.items()))
+
+
 def _export(cfg: Config, run_dir: Path, tr: Trainables, norm: Normalisation, geometry: Geometry,
-            step: int, metrics: dict[str, Any]) -> Path:
+            step: int, metrics: dict[str, Any], init_from_sha256: str | None = None) -> Path:
     info = {"step": step, "epochs": cfg.train.epochs, "config": config_to_toml(cfg), "software": __version__,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    if init_from_sha256:  # provenance of a fine-tuned model
+        info["init_from"] = {"path": cfg.train.init_from, "sha256": init_from_sha256}
     path = PhaseModel.for_run(cfg, unwrap(tr.generators), norm, geometry, info).save(run_dir / "model.pt")
     link_latest(run_dir)
     return path
