@@ -353,13 +353,16 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               "auto (device on CUDA).")
 @click.option("--output-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Phase and attenuation as float32, or float16 (half the bytes; relative precision 2**-11).")
+@click.option("--force-geometry", is_flag=True,
+              help="PhaseGAN: reconstruct with the model's geometry even where the archive or a flag differs.")
 @click.option("--roi", default=None, help="Reconstruct only pixel rows Y0..Y1-1 and columns X0..X1-1: Y0:Y1,X0:X1.")
 def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dataset: str | None, backend: str,
                 workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None, batch_size: int,
                 method: str, shard_frames: int | None, device: str | None, delta_beta: float | None,
                 pixel_size_m: float | None, distance_m: float | None, energy_kev: float | None,
                 compile_model: bool | None, no_preview: bool, overwrite: bool, report: Path | None, flag_by: str,
-                reader: str, score: str, correct_on: str, output_dtype: str, roi: str | None) -> None:
+                reader: str, score: str, correct_on: str, output_dtype: str, force_geometry: bool,
+                roi: str | None) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
 
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
@@ -369,7 +372,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
               workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
-              correct_on=correct_on, output_dtype=output_dtype, roi=roi,
+              correct_on=correct_on, output_dtype=output_dtype, roi=roi, force_geometry=force_geometry,
               physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
                        "energy_kev": energy_kev})
 

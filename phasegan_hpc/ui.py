@@ -163,6 +163,8 @@ def reconstruction_table(summary) -> Table:
         table.add_row("shards redone", f"{len(summary.rejected_shards)} did not verify: {shown}")
     if summary.replaced_workers:
         table.add_row("workers replaced", f"{summary.replaced_workers} (lost mid-run; their shards redone)")
+    for key, source in summary.geometry_sources.items():
+        table.add_row(key.removesuffix("_m").replace("_", " ") + " from", source)
     table.add_row("flag threshold", f"{summary.flag_by} > {summary.threshold:.3g}")
     shown = ", ".join(f"{i} ({s:.3g})" for i, s in summary.flagged[:10])
     more = f" and {len(summary.flagged) - 10} more" if len(summary.flagged) > 10 else ""

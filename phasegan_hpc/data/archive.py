@@ -21,6 +21,7 @@ import numpy as np
 
 from phasegan_hpc.data.checksum import Checksum
 from phasegan_hpc.data.chunks import ChunkRows
+from phasegan_hpc.data.metadata import Stated, stated_geometry
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.physics.flatfield import ArrayT, FlatfieldCorrector
 from phasegan_hpc.supervise import note
@@ -49,6 +50,7 @@ class Archive:
         flats, darks: (dataset path, rows or None for all) of the reference frames, or None.
         attrs: the file's root attributes (plain values).
         roi: (y0, y1, x0, x1) of the stored frames that are read (:meth:`with_roi`), or None: all.
+        stated: the geometry the file states, with its sources (``data.metadata``; absent keys: not stated).
     """
 
     path: Path
@@ -64,6 +66,7 @@ class Archive:
     darks: tuple[str, list[int] | None] | None = None
     attrs: dict = field(default_factory=dict, compare=False)
     roi: tuple[int, int, int, int] | None = None
+    stated: dict[str, Stated] = field(default_factory=dict, compare=False)
 
     @property
     def stored_frame_shape(self) -> tuple[int, int]:
@@ -240,7 +243,7 @@ def open_archive(path: str | Path, dataset: str | None = None) -> Archive:
             darks = _reference(f, path, f"{base}/data_dark", frame_shape, "darks")
         attrs = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in f.attrs.items()}
         return Archive(path, name, layout, tuple(int(s) for s in ds.shape), ds.dtype.name, chunk_rows, lead,
-                       frame_shape, select, flats, darks, attrs)
+                       frame_shape, select, flats, darks, attrs, stated=stated_geometry(f, name, str(path)))
 
 
 def _mean_reference(f: h5py.File, ref: tuple[str, list[int] | None] | None, block: int = 16) -> np.ndarray | None:

@@ -76,6 +76,8 @@ class ReconstructRequest:
             "device" (torch, on the raw integer frames copied to the device) or "auto" (device on CUDA).
         output_dtype: of the frame datasets, one of :data:`OUTPUT_DTYPES` (float16: half the bytes).
         roi: "Y0:Y1,X0:X1": reconstruct only those pixel rows and columns of the frames (None: all).
+        force_geometry: PhaseGAN: reconstruct with the model's geometry even where the archive or ``physics``
+            states another (refused otherwise).
 
     Raises (on construction):
         DataError: an unknown method, backend, score or geometry key, or options no run can use.
@@ -104,6 +106,7 @@ class ReconstructRequest:
     correct_on: str = "auto"
     output_dtype: str = "float32"
     roi: str | None = None
+    force_geometry: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -178,6 +181,7 @@ class Summary:
     pipeline_seconds: float = 0.0  # the busiest worker's time inside shards (read, compute, write)
     replaced_workers: int = 0  # workers lost (killed, node gone) and replaced during the run
     rejected_shards: list[int] = field(default_factory=list)  # shard files that did not verify, redone
+    geometry_sources: dict[str, str] = field(default_factory=dict)  # where each geometry value came from
 
     @property
     def frames_per_s(self) -> float:
@@ -200,4 +204,5 @@ class Summary:
                 "flagged": self.flagged, "flag_by": self.flag_by, "nonfinite": self.nonfinite,
                 "negative": self.negative, "scored_frames": self.scored_frames,
                 "replaced_workers": self.replaced_workers, "rejected_shards": self.rejected_shards,
+                "geometry_sources": self.geometry_sources,
                 "preview": str(self.preview) if self.preview else None}

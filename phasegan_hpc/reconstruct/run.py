@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from phasegan_hpc.data.archive import Archive, FrameReader, open_archive, parse_roi
+from phasegan_hpc.data.metadata import Stated
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import PhaseModel, load_model
 from phasegan_hpc.physics.geometry import Geometry, attr_float
@@ -66,6 +68,7 @@ class Prepared:
     output: Path
     layout: Layout
     attrs: dict[str, Any]  # the output's attributes
+    geometry_sources: dict[str, str]  # where each geometry value came from (model, a flag, the archive's field)
 
 
 def reconstruct(request: ReconstructRequest, *, progress: ProgressFn | None = None,
@@ -128,6 +131,7 @@ def _run_prepared(request: ReconstructRequest, backend: Backend, progress: Progr
     retire(out, Path(job.shards_dir))  # only now: the files of the run it replaced
     summary = _summarise(out, job, plan, pending, rows, seconds, request)
     summary.replaced_workers = backend.replaced
+    summary.geometry_sources = dict(prepared.geometry_sources)
     summary.rejected_shards = sorted(prepared.rejected)
     if summary.frames > 1 and len(summary.flagged) == summary.frames:
         raise DataError(f"every one of the {summary.frames} frames was flagged (non-finite input or output, or "
@@ -136,10 +140,22 @@ def _run_prepared(request: ReconstructRequest, backend: Backend, progress: Progr
     return summary
 
 
-def _geometry(method: Method, model: PhaseModel | None, archive: Archive,
-              overrides: dict[str, float]) -> tuple[Geometry, float | None]:
-    """(geometry of the frames, delta/beta): overrides, else the model's (PhaseGAN: the model's always), else
-    the archive's attributes. The frames' pixel is the geometry's detector pixel."""
+#: Relative difference at which a stated geometry value is another geometry than the model's (metadata are
+#: often rounded: an energy of 12.4 keV, a pixel of 0.65 um).
+GEOMETRY_RTOL = 1e-4
+GEOMETRY_KEYS = ("pixel_size_m", "wavelength_m", "distance_m")
+
+
+def _geometry(method: Method, model: PhaseModel | None, archive: Archive, overrides: dict[str, float],
+              force: bool = False) -> tuple[Geometry, float | None, dict[str, str]]:
+    """(geometry of the frames, delta/beta, where each geometry value came from). PhaseGAN: the model's, always;
+    what the flags and the archive state (``data.metadata``) is checked against it (a mismatch is refused unless
+    ``force``). Other methods: flag, else archive, else model. The frames' pixel is the geometry's detector
+    pixel.
+
+    Raises:
+        DataError: a mismatch with the model (naming both values and the source), or a value no one states.
+    """
     attrs = archive.attrs
     given = dict(overrides)
     if "energy_kev" in given:
@@ -150,21 +166,41 @@ def _geometry(method: Method, model: PhaseModel | None, archive: Archive,
         delta_beta = attr_float(attrs, "delta", where) / attr_float(attrs, "beta", where)
     if method.needs_delta_beta and delta_beta is None:
         raise DataError(f"--method {method.name} needs --delta-beta (the archive has no delta/beta attributes)")
+    flagged = {k: Stated(float(given[k]), "--" + ("energy-kev" if k == "wavelength_m" and "energy_kev" in overrides
+                                                   else k.replace("_", "-")))
+               for k in GEOMETRY_KEYS if k in given}
+    stated = archive.stated
     if model is not None and method.model_geometry:  # the geometry it was trained for
-        return model.geometry, delta_beta
+        g = model.geometry
+        ours = {"pixel_size_m": g.detector_pixel_size_m, "wavelength_m": g.wavelength_m, "distance_m": g.distance_m}
+        sources = {}
+        for key, value in ours.items():
+            sources[key] = "model"
+            for other in (flagged.get(key), stated.get(key)):
+                if other is None:
+                    continue
+                if not math.isclose(other.value, value, rel_tol=GEOMETRY_RTOL):
+                    if not force:
+                        raise DataError(f"{where}: {key} = {other.value:g} ({other.source}), but the model was "
+                                        f"trained for {value:g}; --force-geometry reconstructs with the model's")
+                    sources[key] = f"model (forced over {other.source})"
+                elif sources[key] == "model":
+                    sources[key] = f"model ({other.source} agrees)"
+        return g, delta_beta, sources
     known = model.geometry.to_attrs() if model is not None else {}
     values: dict[str, float] = {}
-    for key in ("pixel_size_m", "wavelength_m", "distance_m"):
-        if key in given:
-            values[key] = float(given[key])
+    sources = {}
+    for key in GEOMETRY_KEYS:
+        if key in flagged:
+            values[key], sources[key] = flagged[key].value, flagged[key].source
+        elif key in stated:
+            values[key], sources[key] = stated[key].value, stated[key].source
         elif key in known:
-            values[key] = float(known[key])
-        elif key in attrs:
-            values[key] = attr_float(attrs, key, where)
+            values[key], sources[key] = float(known[key]), "model"
         else:
             flag = "--" + key.replace("_", "-")
-            raise DataError(f"{archive.path} has no attribute {key!r}: give {flag}")
-    return Geometry(values["wavelength_m"], values["pixel_size_m"], values["distance_m"]), delta_beta
+            raise DataError(f"{archive.path} states no {key} (attribute, DXchange or NXtomo field): give {flag}")
+    return Geometry(values["wavelength_m"], values["pixel_size_m"], values["distance_m"]), delta_beta, sources
 
 
 def _identity_physics(geometry: Geometry, delta_beta: float | None) -> dict[str, Any]:
@@ -195,9 +231,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
                         "flats or darks are wrong (swapped, empty, or of another detector)")
     model_path = r.model_path()
     loaded = load_model(model_path) if model_path is not None else None
-    if loaded is not None and method.model_geometry:
-        loaded.geometry.check_against(archive.attrs, str(archive.path))  # any frame size: padded (methods)
-    geometry, delta_beta = _geometry(method, loaded, archive, r.physics)
+    geometry, delta_beta, sources = _geometry(method, loaded, archive, r.physics, r.force_geometry)
     out = r.output_path()
     check_output(out, archive.path, r.overwrite)
     plan = make_plan(archive, r.batch_size, r.shard_frames)
@@ -243,12 +277,14 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
         "delta_beta": delta_beta, "batch_size": r.batch_size,
         "score": method.score_name(loaded),
         "roi": list(archive.roi) if archive.roi else None,  # (y0, y1, x0, x1) of the archive's frames
+        "geometry_sources": json.dumps(sources),
         "reconstruct_options": json.dumps({"backend": backend.name, "batch_size": r.batch_size,
                                            "method": method.name, "dataset": archive.dataset,
                                            "shard_frames": r.shard_frames, "roi": r.roi, "score": r.score,
                                            "output_dtype": r.output_dtype}),
     }
-    return Prepared(job, plan, [s for s in plan if s.index not in done], rejected, not resumed, out, layout, attrs)
+    return Prepared(job, plan, [s for s in plan if s.index not in done], rejected, not resumed, out, layout, attrs,
+                    sources)
 
 
 #: Copies of a batch a worker holds at once (prefetched input, the batch, its results, the previous results).
