@@ -22,6 +22,7 @@ from phasegan_hpc.files import atomic_write_text, check_writable
 from phasegan_hpc.supervise import run_supervised
 from phasegan_hpc.ui import (
     console,
+    dry_run_table,
     error_line,
     metrics_table,
     progress_bar,
@@ -171,14 +172,22 @@ def correct(archive: Path, output: Path, dataset: str | None, pixel_size_m: floa
               overwrite=overwrite, physics={"pixel_size_m": pixel_size_m})
 
 
-def _pipeline(archive: Path, report: Path | None = None, **options) -> None:
+def _pipeline(archive: Path, report: Path | None = None, dry_run: bool = False, **options) -> None:
     """Run a reconstruction-pipeline command (a ``ReconstructRequest`` of ``options``) with a progress bar and
-    print its summary (and, with ``report``, write it as JSON)."""
+    print its summary (and, with ``report``, write it as JSON); ``dry_run``: print the plan only."""
     from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
 
     if report is not None:
         check_writable(report, "--report")
     request = ReconstructRequest(archive, **{"preview": False, **options})
+    if dry_run:
+        from phasegan_hpc.reconstruct.run import dry_run as plan_of
+
+        plan = plan_of(request)
+        console().print(dry_run_table(plan))
+        if report is not None:
+            atomic_write_text(report, json.dumps(plan.as_dict(), indent=2) + "\n")
+        return
     with progress_bar(request.method.name, unit="frames") as progress:
         summary = reconstruct(request, progress=progress)
     if summary is not None:  # None on MPI ranks other than 0
@@ -353,6 +362,8 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               "auto (device on CUDA).")
 @click.option("--output-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Phase and attenuation as float32, or float16 (half the bytes; relative precision 2**-11).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (frames, shards, workers, output size, geometry and "
+              "its sources) and write nothing (but --report).")
 @click.option("--force-geometry", is_flag=True,
               help="PhaseGAN: reconstruct with the model's geometry even where the archive or a flag differs.")
 @click.option("--roi", default=None, help="Reconstruct only pixel rows Y0..Y1-1 and columns X0..X1-1: Y0:Y1,X0:X1.")
@@ -361,14 +372,14 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
                 method: str, shard_frames: int | None, device: str | None, delta_beta: float | None,
                 pixel_size_m: float | None, distance_m: float | None, energy_kev: float | None,
                 compile_model: bool | None, no_preview: bool, overwrite: bool, report: Path | None, flag_by: str,
-                reader: str, score: str, correct_on: str, output_dtype: str, force_geometry: bool,
+                reader: str, score: str, correct_on: str, output_dtype: str, dry_run: bool, force_geometry: bool,
                 roi: str | None) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
 
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
     OUTPUT's .shards directory: move them together) and a PNG preview next to it.
     """
-    _pipeline(archive, report, model=model_path, output=output, dataset=dataset, backend=backend,
+    _pipeline(archive, report, dry_run, model=model_path, output=output, dataset=dataset, backend=backend,
               workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,

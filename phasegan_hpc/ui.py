@@ -199,3 +199,23 @@ def bench_table(result: dict) -> Table:
 
     rows("", result)
     return table
+
+
+def dry_run_table(plan) -> Table:
+    """What ``reconstruct --dry-run`` found (a :class:`~phasegan_hpc.reconstruct.request.DryRun`)."""
+    table = Table(title=f"plan (dry run, nothing written): {plan.output}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    roi = f", region {plan.roi[0]}:{plan.roi[1]},{plan.roi[2]}:{plan.roi[3]}" if plan.roi else ""
+    table.add_row("archive", f"{plan.archive}:{plan.dataset}")
+    table.add_row("frames", f"{plan.frames:,} of {plan.frame_shape[0]} x {plan.frame_shape[1]} px{roi}")
+    table.add_row("method", f"{plan.method}" + (f" ({plan.model})" if plan.model else ""))
+    table.add_row("shards", f"{plan.shards:,} of up to {plan.shard_frames:,} frames, batches of {plan.batch_size}")
+    workers = plan.workers if plan.workers is not None else "default (one per GPU share or CPU slot)"
+    table.add_row("workers", f"{workers} ({plan.backend})")
+    exists = " (exists: resumed or refused without --overwrite)" if plan.output_exists else ""
+    table.add_row("output", f"{plan.output}{exists}")
+    table.add_row("output size", f"{' x '.join(map(str, plan.output_shape))}, at most {plan.output_bytes / 1e9:.3g} GB")
+    for key, value in plan.geometry.items():
+        table.add_row(key, f"{value:.6g} ({plan.geometry_sources.get(key, '?')})")
+    return table

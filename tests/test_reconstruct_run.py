@@ -186,3 +186,32 @@ def test_a_run_that_fails_before_any_shard_leaves_nothing(ray_cluster, movie_mod
         reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "o.h5", backend="ray",
                                        cpus_per_worker=64, preview=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5"]  # no .shards, no plan.json, no lock
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(movie_model, movie, tmp_path):
+    """`--dry-run` checks as a run does, prints frames, shards, workers, output size and the geometry with its
+    sources, and writes nothing but --report; the real run then makes exactly the shards it planned, within
+    the size bound it printed."""
+    d = tmp_path / "in"
+    d.mkdir()
+    archive = write_dxchange(d / "a.h5", movie, n=10)
+    before = snapshot(d)
+    report = tmp_path / "plan.json"
+    args = ["reconstruct", archive, "--model", movie_model, "--shard-frames", 6, "--batch-size", 3, "--no-preview",
+            "--backend", "local", "--roi", "0:64,0:32"]
+    proc = run_cli(*args, "--dry-run", "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    assert "plan (dry run, nothing written)" in proc.stdout and "region 0:64,0:32" in proc.stdout
+    assert snapshot(d) == before  # not even a shard directory
+    plan = json.loads(report.read_text())
+    assert plan["frames"] == 10 and plan["shards"] == 2 and plan["output_shape"] == [10, 64, 32]
+    assert plan["geometry_sources"] == {"pixel_size_m": "model", "wavelength_m": "model", "distance_m": "model"}
+    assert plan["geometry"]["distance_m"] == pytest.approx(0.1) and plan["output_exists"] is False
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    shards = sorted(run_dir(d / "a_phasegan.h5").glob("shard-*.h5"))
+    assert len(shards) == plan["shards"]
+    with h5py.File(d / "a_phasegan.h5") as f:
+        assert list(f["phase"].shape) == plan["output_shape"]
+    assert sum(p.stat().st_size for p in shards) < plan["output_bytes"] + 2 * 4096 * len(shards)  # + metadata
+    assert_one_line_error(run_cli(*args[:-2], "--roi", "0:99,0:32", "--dry-run"), "is not a region of the 64 x 64")

@@ -206,3 +206,32 @@ class Summary:
                 "replaced_workers": self.replaced_workers, "rejected_shards": self.rejected_shards,
                 "geometry_sources": self.geometry_sources,
                 "preview": str(self.preview) if self.preview else None}
+
+
+@dataclass
+class DryRun:
+    """What a reconstruction would do (``reconstruct --dry-run``): nothing written, no worker started."""
+
+    archive: Path
+    dataset: str
+    frames: int
+    frame_shape: tuple[int, int]
+    roi: tuple[int, int, int, int] | None
+    method: str
+    model: Path | None
+    output: Path
+    output_exists: bool
+    shards: int
+    shard_frames: int  # frames of the largest shard
+    batch_size: int
+    backend: str
+    workers: int | None  # None: the backend's default (Ray: one per GPU share or per --cpus-per-worker CPUs)
+    output_shape: tuple[int, ...]
+    output_bytes: int  # an upper bound: uncompressed
+    geometry: dict[str, float]
+    geometry_sources: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready values (``--report``)."""
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                for k, v in self.__dict__.items()}

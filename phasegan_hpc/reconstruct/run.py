@@ -42,7 +42,7 @@ from phasegan_hpc.reconstruct.output import (
     verified,
 )
 from phasegan_hpc.reconstruct.plan import Shard, make_plan, rows_per_shard
-from phasegan_hpc.reconstruct.request import ReconstructRequest, Summary, score_every
+from phasegan_hpc.reconstruct.request import DryRun, ReconstructRequest, Summary, score_every
 from phasegan_hpc.reconstruct.source import FixedShards
 from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS, Job
 
@@ -223,20 +223,76 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
         reader.close()
 
 
-def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, reader: FrameReader) -> Prepared:
-    r, method = request, request.method
+@dataclass
+class _Checked:
+    """What the checks of a request found: the model, geometry, output path, plan and layout."""
+
+    model_path: Path | None
+    loaded: PhaseModel | None
+    geometry: Geometry
+    delta_beta: float | None
+    sources: dict[str, str]
+    output: Path
+    plan: list[Shard]
+    layout: Layout
+
+
+def _checked(r: ReconstructRequest, archive: Archive, reader: FrameReader) -> _Checked:
+    """Every check of the request against the archive, the model and the output path; nothing is written."""
     dead = reader.dead_fraction
     if dead > MAX_DEAD_FRACTION:
         raise DataError(f"{dead:.0%} of the pixels of {archive.path} have a flat field not above the dark: the "
                         "flats or darks are wrong (swapped, empty, or of another detector)")
     model_path = r.model_path()
     loaded = load_model(model_path) if model_path is not None else None
-    geometry, delta_beta, sources = _geometry(method, loaded, archive, r.physics, r.force_geometry)
+    geometry, delta_beta, sources = _geometry(r.method, loaded, archive, r.physics, r.force_geometry)
     out = r.output_path()
     check_output(out, archive.path, r.overwrite)
     plan = make_plan(archive, r.batch_size, r.shard_frames)
+    layout = r.method.layout(loaded, archive.frame_shape, geometry)
+    return _Checked(model_path, loaded, geometry, delta_beta, sources, out, plan, layout)
+
+
+def output_bytes(plan: list[Shard], layout: Layout, output_dtype: str) -> int:
+    """An upper bound of the output's size: its frames and per-frame values uncompressed."""
+    frame_bytes = (np.dtype(output_dtype).itemsize * len(layout.outputs) * int(np.prod(layout.shape))
+                   + 8 * len(SCALAR_DATASETS))
+    return sum(s.frames for s in plan) * frame_bytes
+
+
+def dry_run(request: ReconstructRequest) -> DryRun:
+    """What ``reconstruct`` would do (``--dry-run``): every check, the plan, the output's size bound and the
+    geometry with its sources; nothing is written and no worker starts.
+
+    Raises:
+        DataError, ResourceError: what the run itself would refuse before starting.
+    """
+    archive = open_archive(request.archive, request.dataset).with_roi(parse_roi(request.roi))
+    reader = FrameReader(archive)
+    try:
+        c = _checked(request, archive, reader)
+    finally:
+        reader.close()
+    g = c.geometry
+    return DryRun(archive=archive.path, dataset=archive.dataset, frames=archive.n_frames,
+                  frame_shape=archive.frame_shape, roi=archive.roi, method=request.method.name,
+                  model=c.model_path, output=c.output, output_exists=c.output.exists(), shards=len(c.plan),
+                  shard_frames=max(s.frames for s in c.plan), batch_size=request.batch_size,
+                  backend=request.backend, workers=request.workers,
+                  output_shape=(*archive.lead_shape, *c.layout.shape),
+                  output_bytes=output_bytes(c.plan, c.layout, request.output_dtype),
+                  geometry={"pixel_size_m": g.detector_pixel_size_m, "wavelength_m": g.wavelength_m,
+                            "distance_m": g.distance_m},
+                  geometry_sources=c.sources)
+
+
+def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, reader: FrameReader) -> Prepared:
+    r, method = request, request.method
+    c = _checked(r, archive, reader)
+    model_path, loaded, geometry, delta_beta, sources = c.model_path, c.loaded, c.geometry, c.delta_beta, c.sources
+    out, plan = c.output, c.plan
     device = backend.device(r.device)
-    layout = method.layout(loaded, archive.frame_shape, geometry)
+    layout = c.layout
     compiled = device.startswith("cuda") if r.compile is None else r.compile
     _check_batch_memory(r.batch_size if compiled else min(r.batch_size, max(s.frames for s in plan)),
                         archive.frame_shape, layout)
@@ -256,10 +312,8 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
         more = f" (and {len(changed) - 1} more shards)" if len(changed) > 1 else ""
         raise DataError(f"{archive.path} has changed since this reconstruction began: frames {s.start}-{s.stop - 1}"
                         f"{more} are not what was reconstructed from them; add --overwrite to reconstruct them anew")
-    frame_bytes = (np.dtype(r.output_dtype).itemsize * len(layout.outputs) * int(np.prod(layout.shape))
-                   + 8 * len(SCALAR_DATASETS))
     try:  # beside the previous result, if any: it stays until the new one is complete
-        check_space(shards_dir, sum(s.frames for s in plan if s.index not in done) * frame_bytes,
+        check_space(shards_dir, output_bytes([s for s in plan if s.index not in done], layout, r.output_dtype),
                     f"the reconstruction of {archive.n_frames} frames (uncompressed)")
     except DataError:
         if not resumed:
