@@ -362,6 +362,10 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               "auto (device on CUDA).")
 @click.option("--output-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Phase and attenuation as float32, or float16 (half the bytes; relative precision 2**-11).")
+@click.option("--flats", "flats_file", default=None, help="Flats from another file: FILE[:DATASET].")
+@click.option("--darks", "darks_file", default=None, help="Darks from another file: FILE[:DATASET].")
+@click.option("--flats-reduction", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
+              help="How the flats and darks become one frame each (median: robust to zingers and bad flats).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (frames, shards, workers, output size, geometry and "
               "its sources) and write nothing (but --report).")
 @click.option("--force-geometry", is_flag=True,
@@ -372,7 +376,8 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
                 method: str, shard_frames: int | None, device: str | None, delta_beta: float | None,
                 pixel_size_m: float | None, distance_m: float | None, energy_kev: float | None,
                 compile_model: bool | None, no_preview: bool, overwrite: bool, report: Path | None, flag_by: str,
-                reader: str, score: str, correct_on: str, output_dtype: str, dry_run: bool, force_geometry: bool,
+                reader: str, score: str, correct_on: str, output_dtype: str, flats_file: str | None,
+                darks_file: str | None, flats_reduction: str, dry_run: bool, force_geometry: bool,
                 roi: str | None) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
 
@@ -384,6 +389,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
               correct_on=correct_on, output_dtype=output_dtype, roi=roi, force_geometry=force_geometry,
+              flats=flats_file, darks=darks_file, flats_reduction=flats_reduction,
               physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
                        "energy_kev": energy_kev})
 

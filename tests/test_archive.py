@@ -139,3 +139,83 @@ def test_both_readers_give_identical_volumes_and_resume_each_other(movie_model, 
     (tmp_path / "c.h5").unlink()
     again = reconstruct(ReconstructRequest(archive, output=tmp_path / "c.h5", reader="h5py", **common))
     assert again.reused_shards == 4 and again.computed_frames == 0
+
+
+def _references(rng, h=70, w=40):
+    """Raw frames, five flats (one with a zinger, one with the beam half off) and three darks of h x w px."""
+    flats = rng.normal(1000.0, 20.0, (5, h, w)).round().astype(np.uint16)
+    flats[1, 5, 7] = 60000  # a zinger
+    flats[3, : h // 2] = 400  # the beam half off in one flat
+    darks = rng.normal(50.0, 2.0, (3, h, w)).round().astype(np.uint16)
+    raw = rng.normal(800.0, 30.0, (4, h, w)).round().astype(np.uint16)
+    return raw, flats, darks
+
+
+def test_median_flats_and_references_from_other_files(tmp_path):
+    """--flats-reduction median against numpy's median (over row bands: 70 rows cross a band edge), and
+    --flats FILE / --darks FILE:DATASET giving the same correction as the same references inside the archive."""
+    from phasegan_hpc.data.archive import FrameReader, parse_reference
+
+    raw, flats, darks = _references(np.random.default_rng(4))
+    inside = tmp_path / "inside.h5"
+    with h5py.File(inside, "w") as f:
+        f.create_dataset("exchange/data", data=raw, chunks=(2, 70, 40))
+        f["exchange/data_white"], f["exchange/data_dark"] = flats, darks
+    bare = tmp_path / "bare.h5"
+    with h5py.File(bare, "w") as f:
+        f.create_dataset("exchange/data", data=raw, chunks=(2, 70, 40))
+    with h5py.File(tmp_path / "flats.h5", "w") as f:
+        f["exchange/data_white"] = flats
+    with h5py.File(tmp_path / "darks.h5", "w") as f:
+        f["scan/dk"], f["scan/angles"] = darks, np.arange(3.0)
+    median_flat, median_dark = np.median(flats.astype(np.float64), axis=0), np.median(darks.astype(np.float64), axis=0)
+    expected = (raw.astype(np.float64) - median_dark) / (median_flat - median_dark)
+    readers = {
+        "inside": open_archive(inside).with_references(reduction="median"),
+        "files": open_archive(bare).with_references(parse_reference(str(tmp_path / "flats.h5"), "flats"),
+                                                    parse_reference(f"{tmp_path / 'darks.h5'}:/scan/dk", "darks"),
+                                                    "median"),
+    }
+    got = {}
+    for name, archive in readers.items():
+        reader = FrameReader(archive)
+        try:
+            np.testing.assert_array_equal(reader.flat, median_flat)
+            np.testing.assert_array_equal(reader.dark, median_dark)
+            got[name] = next(reader.blocks(0, 4, 4))
+        finally:
+            reader.close()
+        np.testing.assert_allclose(got[name], expected, rtol=2e-6)
+    np.testing.assert_array_equal(got["inside"], got["files"])
+    mean = FrameReader(open_archive(inside))
+    try:  # the mean is pulled by the zinger and the half-dark flat; the median is not
+        assert abs(mean.flat[5, 7] - median_flat[5, 7]) > 1000 and abs(mean.flat[0, 0] - median_flat[0, 0]) > 50
+    finally:
+        mean.close()
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["a"], f["b"] = flats, flats
+    with h5py.File(tmp_path / "small.h5", "w") as f:
+        f["exchange/data_white"] = flats[:, :32, :32]
+    for given, needle in ((str(tmp_path / "nope.h5"), "nope.h5"), (str(tmp_path / "two.h5"), "name the dataset"),
+                          (f"{tmp_path / 'two.h5'}:/c", "no dataset '/c'"),
+                          (str(tmp_path / "small.h5"), "flats are 32 x 32 but the frames are 70 x 40")):
+        with pytest.raises(DataError, match=needle):
+            open_archive(bare).with_references(parse_reference(given, "flats"))
+    with pytest.raises(DataError, match="--flats-reduction must be one of mean, median"):
+        open_archive(bare).with_references(reduction="mode")
+
+
+def test_reconstruct_takes_median_flats_from_another_file(tmp_path):
+    raw, flats, darks = _references(np.random.default_rng(5), 64, 64)
+    archive = tmp_path / "a.h5"
+    with h5py.File(archive, "w") as f:
+        f["exchange/data"], f["exchange/data_dark"] = raw, darks
+    with h5py.File(tmp_path / "flats.h5", "w") as f:
+        f["exchange/data_white"] = flats
+    s = reconstruct(ReconstructRequest(archive, method="flatfield", backend="local", preview=False,
+                                       flats=str(tmp_path / "flats.h5"), flats_reduction="median",
+                                       physics={"pixel_size_m": 1e-6, "distance_m": 0.1, "wavelength_m": 1e-10}))
+    median_dark = np.median(darks.astype(np.float64), axis=0)
+    expected = (raw - median_dark) / (np.median(flats.astype(np.float64), axis=0) - median_dark)
+    with h5py.File(s.output) as f:
+        np.testing.assert_allclose(f["intensity"][()], expected, rtol=2e-6)

@@ -58,6 +58,8 @@ def inputs(tmp_path_factory, movie, movie_model) -> Path:
     (d / "moved").mkdir()
     (d / "moved" / "orphan.h5").write_bytes(done.output.read_bytes())  # moved without its .shards directory
     write_dxchange(d / "four.h5", movie, n=4)
+    with h5py.File(d / "small_flats.h5", "w") as f:
+        f["exchange/data_white"] = np.ones((2, 32, 32), np.uint16)
     with h5py.File(d / "declared.h5", "w") as f:  # 1.6 kB declaring 2^40 frames (no chunk written)
         f.create_dataset("frames", shape=(2**40, 64, 64), dtype="uint16", chunks=(1, 64, 64))
         f.attrs.update({"pixel_size_m": 1e-6, "distance_m": 0.1, "wavelength_m": 1e-10})
@@ -117,6 +119,10 @@ CASES = [
     ("roi-reversed", "reconstruct {d}/good.h5 --roi 40:8,0:64", "--roi 40:8,0:64: needs 0 <= Y0 < Y1 and 0 <= X0 < X1"),
     ("roi-outside-the-frames", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --roi 0:65,0:64",
      "--roi 0:65,0:64 is not a region of the 64 x 64 frames of"),
+    ("flats-file-missing", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --flats {d}/nope.h5",
+     "nope.h5"),
+    ("flats-of-another-size", "reconstruct {d}/good.h5 --model {d}/model.pt --backend local --flats {d}/small_flats.h5",
+     "flats are 32 x 32 but the frames are 64 x 64"),
     ("output-dtype-unknown", "reconstruct {d}/good.h5 --output-dtype int8", "'--output-dtype': 'int8' is not one of"),
     ("batch-0", "reconstruct {d}/good.h5 --batch-size 0", "'--batch-size': 0 is not in the range x>=1"),
     ("shard-frames-0", "reconstruct {d}/good.h5 --shard-frames 0", "'--shard-frames': 0 is not in the range"),

@@ -51,6 +51,9 @@ class Archive:
         attrs: the file's root attributes (plain values).
         roi: (y0, y1, x0, x1) of the stored frames that are read (:meth:`with_roi`), or None: all.
         stated: the geometry the file states, with its sources (``data.metadata``; absent keys: not stated).
+        flats_file, darks_file: the file holding ``flats`` / ``darks`` when it is not the archive
+            (:meth:`with_references`).
+        reduction: how the reference stacks are reduced to one frame, a key of :data:`REDUCTIONS`.
     """
 
     path: Path
@@ -67,6 +70,9 @@ class Archive:
     attrs: dict = field(default_factory=dict, compare=False)
     roi: tuple[int, int, int, int] | None = None
     stated: dict[str, Stated] = field(default_factory=dict, compare=False)
+    flats_file: Path | None = None
+    darks_file: Path | None = None
+    reduction: str = "mean"
 
     @property
     def stored_frame_shape(self) -> tuple[int, int]:
@@ -87,6 +93,39 @@ class Archive:
             raise DataError(f"--roi {y0}:{y1},{x0}:{x1} is not a region of the {h} x {w} frames of "
                             f"{self.path}:{self.dataset}")
         return replace(self, roi=(y0, y1, x0, x1), frame_shape=(y1 - y0, x1 - x0))
+
+    def with_references(self, flats: tuple[Path, str | None] | None = None,
+                        darks: tuple[Path, str | None] | None = None, reduction: str = "mean") -> Archive:
+        """This archive with its flats and/or darks from other files ((file, dataset or None: DXchange's
+        ``/exchange/data_white`` / ``data_dark``, else the file's only stack of frames)), reduced by
+        ``reduction`` (:data:`REDUCTIONS`).
+
+        Raises:
+            DataError: an unknown reduction; a missing or unreadable file, no such dataset, or frames of
+                another shape.
+        """
+        if reduction not in REDUCTIONS:
+            raise DataError(f"--flats-reduction must be one of {', '.join(REDUCTIONS)}, not {reduction!r}")
+        found = {}
+        for what, given, default in (("flats", flats, "/exchange/data_white"), ("darks", darks, "/exchange/data_dark")):
+            if given is None:
+                continue
+            file, dataset = given
+            with _open(file) as g:
+                if dataset is None:
+                    stacks = [k for k, d in _datasets(g).items() if d.ndim >= 2]
+                    dataset = default if default in g else stacks[0] if len(stacks) == 1 else None
+                    if dataset is None:
+                        raise DataError(f"--{what} {file}: name the dataset (FILE:DATASET); found "
+                                        f"{_describe({k: g[k] for k in stacks}) if stacks else 'no stack of frames'}")
+                if not isinstance(g.get(dataset), h5py.Dataset):
+                    raise DataError(f"--{what} {file}: no dataset {dataset!r}")
+                found[what] = (file, _reference(g, file, dataset, self.stored_frame_shape, what))
+        return replace(self, reduction=reduction,
+                       flats=found["flats"][1] if "flats" in found else self.flats,
+                       flats_file=found["flats"][0] if "flats" in found else self.flats_file,
+                       darks=found["darks"][1] if "darks" in found else self.darks,
+                       darks_file=found["darks"][0] if "darks" in found else self.darks_file)
 
     def crop(self, frames: np.ndarray) -> np.ndarray:
         """Stored frames (..., H, W) -> their region of interest (a view; the frames themselves without one)."""
@@ -268,6 +307,45 @@ def _mean_reference(f: h5py.File, ref: tuple[str, list[int] | None] | None, bloc
     return total / len(rows)
 
 
+def _median_reference(f: h5py.File, ref: tuple[str, list[int] | None] | None, band: int = 32) -> np.ndarray | None:
+    """Median (H, W) float64 over a reference stack, a band of ``band`` pixel rows at a time (bounded memory;
+    a zinger or a frame with the beam off in a few flats does not move it)."""
+    if ref is None:
+        return None
+    ds, rows = f[ref[0]], ref[1]
+    if ds.ndim == 2:
+        return ds[()].astype(np.float64)
+    h, w = ds.shape[-2:]
+    out = np.empty((h, w), np.float64)
+    for y in range(0, h, band):
+        part = ds[..., y:y + band, :] if rows is None else ds[rows, y:y + band, :]
+        out[y:y + band] = np.median(np.asarray(part, np.float64).reshape(-1, part.shape[-2], w), axis=0)
+    return out
+
+
+#: ``--flats-reduction``: how a stack of flats (and of darks) becomes the one frame of the correction.
+REDUCTIONS = {"mean": _mean_reference, "median": _median_reference}
+
+
+def parse_reference(text: str | None, what: str) -> tuple[Path, str | None] | None:
+    """``--flats FILE[:DATASET]`` / ``--darks FILE[:DATASET]`` -> (file, dataset or None)."""
+    if text is None:
+        return None
+    file, sep, dataset = text.partition(":")
+    if not file:
+        raise DataError(f"--{what} must be FILE[:DATASET], not {text!r}")
+    return Path(file).expanduser().resolve(), (dataset or None) if sep else None
+
+
+def _reference_frame(f: h5py.File, ref: tuple[str, list[int] | None] | None, other: Path | None,
+                     reduce: Callable[..., np.ndarray | None]) -> np.ndarray | None:
+    """The reduced reference frame: from the archive ``f``, or from the file ``other`` (opened read-only)."""
+    if other is None:
+        return reduce(f, ref)
+    with _open(other) as g:
+        return reduce(g, ref)
+
+
 def _cropped(archive: Archive, frame: np.ndarray | None) -> np.ndarray | None:
     return None if frame is None else np.ascontiguousarray(archive.crop(frame))
 
@@ -286,8 +364,9 @@ class FrameReader:
         self.file = _open(archive.path)
         self.ds = self.file[archive.dataset]
         self.rows = ChunkRows(self.ds, threads=threads, force_h5py=reader == "h5py")
-        self.flat = _cropped(archive, _mean_reference(self.file, archive.flats))
-        self.dark = _cropped(archive, _mean_reference(self.file, archive.darks))
+        reduce = REDUCTIONS[archive.reduction]
+        self.flat = _cropped(archive, _reference_frame(self.file, archive.flats, archive.flats_file, reduce))
+        self.dark = _cropped(archive, _reference_frame(self.file, archive.darks, archive.darks_file, reduce))
         if self.flat is not None and self.dark is None:
             self.dark = np.zeros_like(self.flat)
         # float32 affine form of the correction, precomputed once (the hot loop of every worker). Pixels whose

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phasegan_hpc.data.archive import READERS, parse_roi
+from phasegan_hpc.data.archive import READERS, REDUCTIONS, parse_roi
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct.backends import BACKENDS
 from phasegan_hpc.reconstruct.methods import SCORES, Method, PhaseGAN, method_named
@@ -76,6 +76,9 @@ class ReconstructRequest:
             "device" (torch, on the raw integer frames copied to the device) or "auto" (device on CUDA).
         output_dtype: of the frame datasets, one of :data:`OUTPUT_DTYPES` (float16: half the bytes).
         roi: "Y0:Y1,X0:X1": reconstruct only those pixel rows and columns of the frames (None: all).
+        flats, darks: "FILE[:DATASET]": the flats / darks from another file (None: the archive's).
+        flats_reduction: how the flats and darks are reduced to one frame each: "mean" or "median"
+            (``data.archive.REDUCTIONS``; the median ignores zingers and a few bad flats).
         force_geometry: PhaseGAN: reconstruct with the model's geometry even where the archive or ``physics``
             states another (refused otherwise).
 
@@ -107,6 +110,9 @@ class ReconstructRequest:
     output_dtype: str = "float32"
     roi: str | None = None
     force_geometry: bool = False
+    flats: str | None = None
+    darks: str | None = None
+    flats_reduction: str = "mean"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -122,6 +128,8 @@ class ReconstructRequest:
         if self.reader not in READERS:
             raise DataError(f"unknown reader {self.reader!r}; choose from {', '.join(READERS)}")
         parse_roi(self.roi)  # validates the form; the bounds are checked against the archive
+        if self.flats_reduction not in REDUCTIONS:
+            raise DataError(f"unknown --flats-reduction {self.flats_reduction!r}; choose from {', '.join(REDUCTIONS)}")
         if self.correct_on not in CORRECT_ON:
             raise DataError(f"unknown --correct-on {self.correct_on!r}; choose from {', '.join(CORRECT_ON)}")
         if self.output_dtype not in OUTPUT_DTYPES:

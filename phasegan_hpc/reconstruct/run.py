@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from phasegan_hpc.data.archive import Archive, FrameReader, open_archive, parse_roi
+from phasegan_hpc.data.archive import Archive, FrameReader, open_archive, parse_reference, parse_roi
 from phasegan_hpc.data.metadata import Stated
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import PhaseModel, load_model
@@ -215,7 +215,7 @@ def prepare(request: ReconstructRequest, backend: Backend) -> Prepared:
     Raises:
         DataError, ResourceError: a user-fixable problem; nothing was written or replaced.
     """
-    archive = open_archive(request.archive, request.dataset).with_roi(parse_roi(request.roi))
+    archive = _archive_of(request)
     reader = FrameReader(archive)
     try:
         return _prepare(request, backend, archive, reader)
@@ -260,6 +260,13 @@ def output_bytes(plan: list[Shard], layout: Layout, output_dtype: str) -> int:
     return sum(s.frames for s in plan) * frame_bytes
 
 
+def _archive_of(r: ReconstructRequest) -> Archive:
+    """The request's archive: its region of interest, and flats and darks (from it or other files) reduced as
+    asked."""
+    return open_archive(r.archive, r.dataset).with_roi(parse_roi(r.roi)).with_references(
+        parse_reference(r.flats, "flats"), parse_reference(r.darks, "darks"), r.flats_reduction)
+
+
 def dry_run(request: ReconstructRequest) -> DryRun:
     """What ``reconstruct`` would do (``--dry-run``): every check, the plan, the output's size bound and the
     geometry with its sources; nothing is written and no worker starts.
@@ -267,7 +274,7 @@ def dry_run(request: ReconstructRequest) -> DryRun:
     Raises:
         DataError, ResourceError: what the run itself would refuse before starting.
     """
-    archive = open_archive(request.archive, request.dataset).with_roi(parse_roi(request.roi))
+    archive = _archive_of(request)
     reader = FrameReader(archive)
     try:
         c = _checked(request, archive, reader)
