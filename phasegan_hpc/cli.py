@@ -366,6 +366,8 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--darks", "darks_file", default=None, help="Darks from another file: FILE[:DATASET].")
 @click.option("--flats-reduction", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
               help="How the flats and darks become one frame each (median: robust to zingers and bad flats).")
+@click.option("--zinger-threshold", type=POSITIVE, default=None,
+              help="Replace pixels more than this above their 3 x 3 median (transmission units; counted per frame).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (frames, shards, workers, output size, geometry and "
               "its sources) and write nothing (but --report).")
 @click.option("--force-geometry", is_flag=True,
@@ -377,7 +379,8 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
                 pixel_size_m: float | None, distance_m: float | None, energy_kev: float | None,
                 compile_model: bool | None, no_preview: bool, overwrite: bool, report: Path | None, flag_by: str,
                 reader: str, score: str, correct_on: str, output_dtype: str, flats_file: str | None,
-                darks_file: str | None, flats_reduction: str, dry_run: bool, force_geometry: bool,
+                darks_file: str | None, flats_reduction: str, zinger_threshold: float | None, dry_run: bool,
+                force_geometry: bool,
                 roi: str | None) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
 
@@ -389,7 +392,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
               correct_on=correct_on, output_dtype=output_dtype, roi=roi, force_geometry=force_geometry,
-              flats=flats_file, darks=darks_file, flats_reduction=flats_reduction,
+              flats=flats_file, darks=darks_file, flats_reduction=flats_reduction, zinger_threshold=zinger_threshold,
               physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
                        "energy_kev": energy_kev})
 

@@ -13,7 +13,8 @@ from tools import EXE
 
 from phasegan_hpc.models.artifact import load_model
 
-DATASETS = ("phase", "attenuation", "consistency", "fresnel_residual", "nonfinite_pixels", "negative_pixels")
+DATASETS = ("phase", "attenuation", "consistency", "fresnel_residual", "nonfinite_pixels", "negative_pixels",
+            "zinger_pixels")
 
 
 def counts(movie, transmission):

@@ -150,3 +150,53 @@ def test_the_reader_corrects_tensors_like_arrays(movie, tmp_path):
         np.testing.assert_array_equal(reader.correct(torch.from_numpy(raw)).numpy(), next(reader.blocks(0, 6, 6)))
     finally:
         reader.close()
+
+
+def test_zingers_are_replaced_by_their_3x3_median_as_a_plain_loop_says():
+    from phasegan_hpc.reconstruct.prepare import remove_zingers, remove_zingers_tensor
+
+    rng = np.random.default_rng(3)
+    b = rng.normal(1.0, 0.05, (3, 11, 9)).astype(np.float32)
+    b[0, 4, 4] = 9.0  # inside
+    b[1, 0, 0] = 5.0  # a corner (mirrored border)
+    b[1, 10, 3] = 3.0  # the last row
+    b[2, 5, 5] = 1.3  # below a threshold of 0.5: kept
+    padded = np.pad(b, ((0, 0), (1, 1), (1, 1)), mode="reflect")
+    median = np.empty_like(b)
+    for k in range(3):
+        for y in range(11):
+            for x in range(9):
+                median[k, y, x] = np.median(padded[k, y:y + 3, x:x + 3])
+    expected = np.where(b - median > 0.5, median, b)
+    clean, counts = remove_zingers(b, 0.5)
+    np.testing.assert_array_equal(clean, expected)
+    assert counts.tolist() == [1, 2, 0] and clean[2, 5, 5] == np.float32(1.3)
+    t_clean, t_counts = remove_zingers_tensor(torch.from_numpy(b), 0.5)
+    np.testing.assert_array_equal(t_clean.numpy(), expected)
+    assert t_counts.tolist() == [1, 2, 0]
+
+
+@pytest.mark.slow
+def test_zingers_counted_per_frame_on_the_host_and_the_device(movie_model, movie, tmp_path):
+    raw = counts(movie, movie["transmission"][:6])
+    hits = {0: [(3, 3)], 2: [(10, 20), (40, 41), (63, 0)], 5: [(30, 30)]}
+    for k, pixels in hits.items():
+        for y, x in pixels:
+            raw[k, y, x] = 60000
+    archive = tmp_path / "zingers.h5"
+    with h5py.File(archive, "w") as f:
+        f["exchange/data"] = raw
+        f["exchange/data_white"] = np.stack([counts(movie, np.ones((64, 64)))] * 2)
+        f["exchange/data_dark"] = np.stack([np.round(movie["dark"]).astype(np.uint16)] * 2)
+    got = {}
+    for where in ("host", "device"):
+        reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / f"{where}.h5", backend="local",
+                                       batch_size=4, preview=False, correct_on=where, zinger_threshold=2.0))
+        got[where] = read(tmp_path / f"{where}.h5")
+    for k in DATASETS:
+        np.testing.assert_array_equal(got["device"][k], got["host"][k], err_msg=k)
+    assert got["host"]["zinger_pixels"].tolist() == [len(hits.get(k, [])) for k in range(6)]
+    reconstruct(ReconstructRequest(archive, model=movie_model, output=tmp_path / "off.h5", backend="local",
+                                   batch_size=4, preview=False))
+    off = read(tmp_path / "off.h5")
+    assert not off["zinger_pixels"].any() and np.abs(off["phase"][2] - got["host"]["phase"][2]).max() > 0

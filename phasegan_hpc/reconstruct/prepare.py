@@ -11,12 +11,18 @@ A frame's non-finite pixels (NaN, +-inf: unreadable chunks, dead pixels, overflo
 median of its finite ones (for an even count, the mean of the two middle values, as ``np.median``); a frame
 with no finite pixel is filled with 1.0 (the free beam) and its outputs are set to NaN by the worker.
 Negative pixels are finite values below zero after the correction (kept as they are, counted per frame).
+Zingers (``--zinger-threshold T``: direct hits of scattered X-rays or cosmic rays on the sensor, as tomopy's
+``remove_outlier``) are pixels more than T (in units of the corrected transmission) above the median of their
+3 x 3 neighbourhood (mirrored at the borders); they are replaced by that median, after the non-finite pixels,
+and counted per frame.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy import ndimage
 
 #: ``--correct-on`` values: "auto" is "device" on CUDA and "host" elsewhere.
 CORRECT_ON = ("auto", "host", "device")
@@ -91,3 +97,25 @@ def count_negative_tensor(batch: torch.Tensor) -> torch.Tensor:
     if batch.device.type == "cpu" and (not len(batch) or bool(batch.min() >= 0)):
         return torch.zeros(len(batch), dtype=torch.int64)
     return ((batch < 0) & (batch > float("-inf"))).reshape(len(batch), -1).sum(dim=1)
+
+
+def remove_zingers(batch: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Zingers of (B, H, W) float32 finite frames replaced by their 3 x 3 median (see the module docstring).
+
+    Returns:
+        (frames (a new array where any pixel was replaced), replaced pixels per frame (B,) int64).
+    """
+    median = ndimage.median_filter(batch, size=(1, 3, 3), mode="mirror")
+    hot = batch - median > threshold
+    counts = np.count_nonzero(hot.reshape(len(batch), -1), axis=1).astype(np.int64)
+    return (np.where(hot, median, batch) if counts.any() else batch), counts
+
+
+def remove_zingers_tensor(batch: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`remove_zingers` on a tensor's device (the same medians: 9 values, the middle one)."""
+    b, h, w = batch.shape
+    padded = F.pad(batch[:, None], (1, 1, 1, 1), mode="reflect")[:, 0]  # numpy's / scipy's "mirror"
+    windows = padded.unfold(1, 3, 1).unfold(2, 3, 1).reshape(b, h, w, 9)
+    median = windows.median(dim=-1).values
+    hot = batch - median > threshold
+    return torch.where(hot, median, batch), hot.reshape(b, -1).sum(dim=1)

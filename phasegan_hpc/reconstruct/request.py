@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,8 @@ class ReconstructRequest:
         flats, darks: "FILE[:DATASET]": the flats / darks from another file (None: the archive's).
         flats_reduction: how the flats and darks are reduced to one frame each: "mean" or "median"
             (``data.archive.REDUCTIONS``; the median ignores zingers and a few bad flats).
+        zinger_threshold: replace pixels more than this above their 3 x 3 median (corrected transmission
+            units; counted per frame in ``/zinger_pixels``); None: off.
         force_geometry: PhaseGAN: reconstruct with the model's geometry even where the archive or ``physics``
             states another (refused otherwise).
 
@@ -113,6 +116,7 @@ class ReconstructRequest:
     flats: str | None = None
     darks: str | None = None
     flats_reduction: str = "mean"
+    zinger_threshold: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -128,6 +132,9 @@ class ReconstructRequest:
         if self.reader not in READERS:
             raise DataError(f"unknown reader {self.reader!r}; choose from {', '.join(READERS)}")
         parse_roi(self.roi)  # validates the form; the bounds are checked against the archive
+        zinger = self.zinger_threshold
+        if zinger is not None and not (zinger > 0 and math.isfinite(zinger)):
+            raise DataError(f"--zinger-threshold must be a positive number, not {self.zinger_threshold}")
         if self.flats_reduction not in REDUCTIONS:
             raise DataError(f"unknown --flats-reduction {self.flats_reduction!r}; choose from {', '.join(REDUCTIONS)}")
         if self.correct_on not in CORRECT_ON:

@@ -307,7 +307,8 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
                 "batch_size": r.batch_size, "shard_rows": rows_per_shard(archive, r.batch_size, r.shard_frames),
                 "references_sha256": reader.references_sha256,
                 "physics": _identity_physics(geometry, delta_beta), "tie": method.options(), "score": r.score,
-                "output_dtype": r.output_dtype, **({"roi": list(archive.roi)} if archive.roi else {})}
+                "output_dtype": r.output_dtype, **({"roi": list(archive.roi)} if archive.roi else {}),
+                **({"zinger_threshold": r.zinger_threshold} if r.zinger_threshold else {})}
     wanted = manifest(archive, identity, plan)
     shards_dir, resumed = prepare_shards_dir(out, wanted, r.overwrite)
     # A resumed run reuses only shards that verify and read what the archive holds now.
@@ -329,7 +330,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
               delta_beta, r.batch_size, device, max(1, int(r.cpus_per_worker)), archive.lead_shape[1:],
               compiled, plan_id(wanted), r.reader, r.output_chunk_frames, score_every(r.score), r.correct_on,
-              r.output_dtype)
+              r.output_dtype, r.zinger_threshold or 0.0)
     attrs = {
         "method": method.name, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),

@@ -33,6 +33,8 @@ from phasegan_hpc.reconstruct.prepare import (
     correct_on_device,
     count_negative,
     count_negative_tensor,
+    remove_zingers,
+    remove_zingers_tensor,
     sanitise,
     sanitise_tensor,
 )
@@ -44,10 +46,11 @@ SCALAR_DATASETS = {
                               "the frame, no network (see attribute score)"),
     "nonfinite_pixels": ("1", "non-finite input pixels per frame (replaced by the frame's median)"),
     "negative_pixels": ("1", "input pixels below zero per frame, after the flat-field correction (kept as they are)"),
+    "zinger_pixels": ("1", "pixels replaced by their 3 x 3 median as zingers per frame (--zinger-threshold; 0: off)"),
     "scored": ("1", "1 where the frame's scores were computed, 0 where they were not (--score; their scores are NaN)"),
 }
 #: Per-frame integers among SCALAR_DATASETS (int64; the rest are float32 scores).
-COUNT_DATASETS = ("nonfinite_pixels", "negative_pixels", "scored")
+COUNT_DATASETS = ("nonfinite_pixels", "negative_pixels", "zinger_pixels", "scored")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Job:
     score_every: int = 1  # score the frames whose index is a multiple of this (1: all; 0: none; ``--score``)
     correct_on: str = "auto"  # flat/dark correction and sanitising on the "host" or the "device" (``prepare``)
     output_dtype: str = "float32"  # of the method's frame datasets (``--output-dtype``; scores stay float32)
+    zinger_threshold: float = 0.0  # replace pixels this far above their 3 x 3 median (0: off; ``prepare``)
 
 
 def shard_path(job: Job, shard: Shard) -> Path:
@@ -295,15 +299,20 @@ class ShardRunner:
     def _prepared(self, batch: np.ndarray, slot: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A batch read (corrected on the host, or raw for the device) -> (clean frames on the device, their
         per-frame counts: nonfinite_pixels, negative_pixels) (``prepare``)."""
+        zinger = self.job.zinger_threshold
         if self.on_device:
             x = self.reader.correct(self._to_device(batch, slot))
             negative = count_negative_tensor(x)
             clean, nonfinite = sanitise_tensor(x)
-            return clean, {"nonfinite_pixels": nonfinite, "negative_pixels": negative}
+            clean, zingers = (remove_zingers_tensor(clean, zinger) if zinger > 0
+                              else (clean, torch.zeros_like(nonfinite)))
+            return clean, {"nonfinite_pixels": nonfinite, "negative_pixels": negative, "zinger_pixels": zingers}
         negative = count_negative(batch)
         clean, nonfinite = sanitise(batch)
+        clean, zingers = remove_zingers(clean, zinger) if zinger > 0 else (clean, np.zeros_like(nonfinite))
         return self._to_device(clean, slot), {"nonfinite_pixels": torch.from_numpy(nonfinite),
-                                              "negative_pixels": torch.from_numpy(negative)}
+                                              "negative_pixels": torch.from_numpy(negative),
+                                              "zinger_pixels": torch.from_numpy(zingers)}
 
     def _padded(self, clean: torch.Tensor) -> torch.Tensor:
         """A short last batch padded with flat frames (1.0) to the batch size when the networks are compiled,
