@@ -368,6 +368,8 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               help="How the flats and darks become one frame each (median: robust to zingers and bad flats).")
 @click.option("--zinger-threshold", type=POSITIVE, default=None,
               help="Replace pixels more than this above their 3 x 3 median (transmission units; counted per frame).")
+@click.option("--mask", "mask_file", default=None,
+              help="Bad pixels / module gaps (non-zero) to inpaint before retrieval: FILE[:DATASET].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (frames, shards, workers, output size, geometry and "
               "its sources) and write nothing (but --report).")
 @click.option("--force-geometry", is_flag=True,
@@ -379,7 +381,8 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
                 pixel_size_m: float | None, distance_m: float | None, energy_kev: float | None,
                 compile_model: bool | None, no_preview: bool, overwrite: bool, report: Path | None, flag_by: str,
                 reader: str, score: str, correct_on: str, output_dtype: str, flats_file: str | None,
-                darks_file: str | None, flats_reduction: str, zinger_threshold: float | None, dry_run: bool,
+                darks_file: str | None, flats_reduction: str, zinger_threshold: float | None,
+                mask_file: str | None, dry_run: bool,
                 force_geometry: bool,
                 roi: str | None) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
@@ -393,6 +396,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
               correct_on=correct_on, output_dtype=output_dtype, roi=roi, force_geometry=force_geometry,
               flats=flats_file, darks=darks_file, flats_reduction=flats_reduction, zinger_threshold=zinger_threshold,
+              mask=mask_file,
               physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
                        "energy_kev": energy_kev})
 

@@ -200,3 +200,61 @@ def test_zingers_counted_per_frame_on_the_host_and_the_device(movie_model, movie
                                    batch_size=4, preview=False))
     off = read(tmp_path / "off.h5")
     assert not off["zinger_pixels"].any() and np.abs(off["phase"][2] - got["host"]["phase"][2]).max() > 0
+
+
+def test_masked_pixels_take_a_nearest_unmasked_pixels_value():
+    from phasegan_hpc.reconstruct.prepare import fill_index, inpaint, inpaint_tensor
+
+    rng = np.random.default_rng(6)
+    mask = np.zeros((12, 10), bool)
+    mask[:, 4:6] = True  # a module gap two columns wide
+    mask[0, 0] = mask[9, 8] = True  # bad pixels, one in a corner
+    b = rng.normal(size=(2, 12, 10)).astype(np.float32)
+    filled = inpaint(b, fill_index(mask))
+    np.testing.assert_array_equal(inpaint_tensor(torch.from_numpy(b), torch.from_numpy(fill_index(mask))).numpy(),
+                                  filled)
+    good = np.argwhere(~mask)
+    for y, x in np.argwhere(mask):  # plain loop: the value of one of the unmasked pixels at the least distance
+        d2 = ((good - (y, x)) ** 2).sum(axis=1)
+        nearest = good[d2 == d2.min()]
+        for k in range(2):
+            assert filled[k, y, x] in {b[k, yy, xx] for yy, xx in nearest}, (k, y, x)
+    np.testing.assert_array_equal(filled[:, ~mask], b[:, ~mask])
+    with pytest.raises(ValueError, match="covers every pixel"):
+        fill_index(np.ones((3, 3), bool))
+
+
+@pytest.mark.slow
+def test_masked_pixels_never_reach_the_result(movie_model, movie, tmp_path):
+    """Two archives that differ only under the mask give the same output, on the host and the device; the
+    mask is in the output; a mask of another shape is one clear error."""
+    from phasegan_hpc.errors import DataError
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 30:32] = 1
+    mask[5, 50] = 7  # any non-zero value
+    with h5py.File(tmp_path / "mask.h5", "w") as f:
+        f["detector/pixel_mask"] = mask
+        f["detector/angles"] = np.arange(3.0)  # 1-D: not a candidate
+    outputs = {}
+    for garbage in (0, 65535):
+        raw = counts(movie, movie["transmission"][:6])
+        raw[:, mask != 0] = garbage
+        archive = write_dxchange(tmp_path / f"g{garbage}.h5", movie, n=6)
+        with h5py.File(archive, "a") as f:
+            f["exchange/data"][...] = raw
+        for where in ("host", "device"):
+            out = tmp_path / f"g{garbage}-{where}.h5"
+            reconstruct(ReconstructRequest(archive, model=movie_model, output=out, backend="local", batch_size=4,
+                                           preview=False, correct_on=where, mask=str(tmp_path / "mask.h5")))
+            outputs[garbage, where] = read(out)
+    for key, result in outputs.items():
+        for k in DATASETS:
+            np.testing.assert_array_equal(result[k], outputs[0, "host"][k], err_msg=f"{key} {k}")
+    with h5py.File(tmp_path / "g0-host.h5") as f:
+        np.testing.assert_array_equal(f["mask"][()], (mask != 0).astype(np.uint8))
+    with h5py.File(tmp_path / "small.h5", "w") as f:
+        f["m"] = np.zeros((32, 32), np.uint8)
+    with pytest.raises(DataError, match="is 32 x 32 but the frames are 64 x 64"):
+        reconstruct(ReconstructRequest(tmp_path / "g0.h5", model=movie_model, backend="local", preview=False,
+                                       mask=str(tmp_path / "small.h5"), overwrite=True))

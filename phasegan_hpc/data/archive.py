@@ -327,6 +327,33 @@ def _median_reference(f: h5py.File, ref: tuple[str, list[int] | None] | None, ba
 REDUCTIONS = {"mean": _mean_reference, "median": _median_reference}
 
 
+def load_mask(spec: tuple[Path, str | None], archive: Archive) -> np.ndarray:
+    """``--mask FILE[:DATASET]`` (non-zero: a bad pixel or a module gap; DATASET default: the file's only 2-D
+    dataset) as a (H, W) bool array over the frames read (the region of interest's, if set).
+
+    Raises:
+        DataError: a missing file or dataset, another frame shape, or a mask of every pixel.
+    """
+    file, dataset = spec
+    with _open(file) as g:
+        if dataset is None:
+            planes = [k for k, d in _datasets(g).items() if d.ndim == 2]
+            if len(planes) != 1:
+                raise DataError(f"--mask {file}: name the dataset (FILE:DATASET); 2-D datasets: "
+                                f"{_describe({k: g[k] for k in planes})}")
+            dataset = planes[0]
+        ds = g.get(dataset)
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 2:
+            raise DataError(f"--mask {file}: {dataset!r} is not a 2-D dataset")
+        if tuple(ds.shape) != archive.stored_frame_shape:
+            raise DataError(f"--mask {file}:{dataset} is {ds.shape[0]} x {ds.shape[1]} but the frames are "
+                            f"{archive.stored_frame_shape[0]} x {archive.stored_frame_shape[1]}")
+        mask = np.ascontiguousarray(archive.crop(np.asarray(ds[()]) != 0))
+    if mask.all():
+        raise DataError(f"--mask {file}:{dataset} masks every pixel of the frames read")
+    return mask
+
+
 def parse_reference(text: str | None, what: str) -> tuple[Path, str | None] | None:
     """``--flats FILE[:DATASET]`` / ``--darks FILE[:DATASET]`` -> (file, dataset or None)."""
     if text is None:

@@ -348,7 +348,7 @@ def verified(shards_dir: Path, plan: list[Shard], plan_sha256: str,
 
 
 def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard], layout: Layout,
-             attrs: dict[str, Any], frames_dtype: str = "float32") -> Path:
+             attrs: dict[str, Any], frames_dtype: str = "float32", mask: np.ndarray | None = None) -> Path:
     """Write the output file: virtual datasets over all shards plus attributes (atomic).
 
     Args:
@@ -358,6 +358,7 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
         layout: the method's frame datasets and their shape.
         attrs: extra root attributes (model sha256, method, config TOML, physics...).
         frames_dtype: of the method's frame datasets in the shards (``--output-dtype``).
+        mask: (H, W) bool of the pixels inpainted before retrieval (``--mask``), written as ``/mask``.
     """
     lead, tail = archive.lead_shape, archive.lead_shape[1:]
     rel = os.path.relpath(shards_dir, output.parent)
@@ -372,6 +373,9 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
                 volume[s.row_start:s.row_stop] = src
             ds = f.create_virtual_dataset(name, volume, fillvalue=-1 if dtype == "int64" else np.nan)
             ds.attrs["units"], ds.attrs["description"] = units, desc
+        if mask is not None:
+            m = f.create_dataset("mask", data=mask.astype(np.uint8))
+            m.attrs["description"] = "1: a pixel inpainted from its nearest unmasked one before retrieval (--mask)"
         f.attrs.update({
             "source_file": str(archive.path), "source_dataset": archive.dataset, "source_layout": archive.layout,
             "software": "phasegan-hpc", "software_version": __version__, "shards": str(rel),

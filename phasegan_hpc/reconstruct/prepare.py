@@ -15,6 +15,10 @@ Zingers (``--zinger-threshold T``: direct hits of scattered X-rays or cosmic ray
 ``remove_outlier``) are pixels more than T (in units of the corrected transmission) above the median of their
 3 x 3 neighbourhood (mirrored at the borders); they are replaced by that median, after the non-finite pixels,
 and counted per frame.
+Masked pixels (``--mask``: bad pixels, module gaps; fixed for the detector) are inpainted first, right after
+the correction (so they count neither as non-finite nor as negative): each takes the value of its nearest unmasked pixel (Euclidean; ``scipy.ndimage.distance_transform_edt``),
+through an index map computed once (:func:`fill_index`), so the masked pixels' own values never reach the
+retrieval.
 """
 
 from __future__ import annotations
@@ -119,3 +123,26 @@ def remove_zingers_tensor(batch: torch.Tensor, threshold: float) -> tuple[torch.
     median = windows.median(dim=-1).values
     hot = batch - median > threshold
     return torch.where(hot, median, batch), hot.reshape(b, -1).sum(dim=1)
+
+
+def fill_index(mask: np.ndarray) -> np.ndarray:
+    """For a (H, W) bool mask (True: bad), the flat index (H * W,) int64 of the pixel whose value each pixel
+    takes: itself where unmasked, its nearest unmasked pixel where masked.
+
+    Raises:
+        ValueError: a mask with no unmasked pixel.
+    """
+    if mask.all():
+        raise ValueError("the mask covers every pixel")
+    _, (rows, cols) = ndimage.distance_transform_edt(mask, return_indices=True)
+    return (rows * mask.shape[1] + cols).reshape(-1).astype(np.int64)
+
+
+def inpaint(batch: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """(B, H, W) frames with their masked pixels filled through :func:`fill_index`'s ``index`` (a new array)."""
+    return batch.reshape(len(batch), -1)[:, index].reshape(batch.shape)
+
+
+def inpaint_tensor(batch: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """:func:`inpaint` on a tensor's device (``index`` on that device)."""
+    return batch.reshape(len(batch), -1)[:, index].reshape(batch.shape)

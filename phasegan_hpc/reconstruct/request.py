@@ -82,6 +82,8 @@ class ReconstructRequest:
             (``data.archive.REDUCTIONS``; the median ignores zingers and a few bad flats).
         zinger_threshold: replace pixels more than this above their 3 x 3 median (corrected transmission
             units; counted per frame in ``/zinger_pixels``); None: off.
+        mask: "FILE[:DATASET]": bad pixels and module gaps (non-zero), inpainted before retrieval from their
+            nearest unmasked pixel and written to the output as ``/mask``; None: none.
         force_geometry: PhaseGAN: reconstruct with the model's geometry even where the archive or ``physics``
             states another (refused otherwise).
 
@@ -117,6 +119,7 @@ class ReconstructRequest:
     darks: str | None = None
     flats_reduction: str = "mean"
     zinger_threshold: float | None = None
+    mask: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here

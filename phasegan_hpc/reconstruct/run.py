@@ -8,6 +8,7 @@ ones are redone from their start, and the result is identical to an uninterrupte
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from phasegan_hpc.data.archive import Archive, FrameReader, open_archive, parse_reference, parse_roi
+from phasegan_hpc.data.archive import Archive, FrameReader, load_mask, open_archive, parse_reference, parse_roi
 from phasegan_hpc.data.metadata import Stated
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import PhaseModel, load_model
@@ -127,7 +128,7 @@ def _run_prepared(request: ReconstructRequest, backend: Backend, progress: Progr
         raise DataError(f"shards {missing[:5]} did not finish or do not verify{why}; rerun the same command "
                         "to resume")
     assemble(out, Path(job.shards_dir), job.archive, plan, prepared.layout, prepared.attrs,  # one rename
-             job.output_dtype)
+             job.output_dtype, job.mask)
     retire(out, Path(job.shards_dir))  # only now: the files of the run it replaced
     summary = _summarise(out, job, plan, pending, rows, seconds, request)
     summary.replaced_workers = backend.replaced
@@ -303,12 +304,15 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
     compiled = device.startswith("cuda") if r.compile is None else r.compile
     _check_batch_memory(r.batch_size if compiled else min(r.batch_size, max(s.frames for s in plan)),
                         archive.frame_shape, layout)
+    mask = load_mask(parse_reference(r.mask, "mask"), archive) if r.mask else None
     identity = {"method": method.name, "model_sha256": loaded.sha256 if loaded else None,
                 "batch_size": r.batch_size, "shard_rows": rows_per_shard(archive, r.batch_size, r.shard_frames),
                 "references_sha256": reader.references_sha256,
                 "physics": _identity_physics(geometry, delta_beta), "tie": method.options(), "score": r.score,
                 "output_dtype": r.output_dtype, **({"roi": list(archive.roi)} if archive.roi else {}),
-                **({"zinger_threshold": r.zinger_threshold} if r.zinger_threshold else {})}
+                **({"zinger_threshold": r.zinger_threshold} if r.zinger_threshold else {}),
+                **({"mask_sha256": hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()} if mask is not None
+                   else {})}
     wanted = manifest(archive, identity, plan)
     shards_dir, resumed = prepare_shards_dir(out, wanted, r.overwrite)
     # A resumed run reuses only shards that verify and read what the archive holds now.
@@ -330,7 +334,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
     job = Job(archive, str(shards_dir), method, str(Path(model_path).resolve()) if model_path else None, geometry,
               delta_beta, r.batch_size, device, max(1, int(r.cpus_per_worker)), archive.lead_shape[1:],
               compiled, plan_id(wanted), r.reader, r.output_chunk_frames, score_every(r.score), r.correct_on,
-              r.output_dtype, r.zinger_threshold or 0.0)
+              r.output_dtype, r.zinger_threshold or 0.0, mask)
     attrs = {
         "method": method.name, "model_sha256": loaded.sha256 if loaded else "", "model_path": str(model_path or ""),
         "model_method": loaded.method if loaded else "", "config": (loaded.info.get("config", "") if loaded else ""),

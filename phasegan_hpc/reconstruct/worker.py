@@ -33,6 +33,9 @@ from phasegan_hpc.reconstruct.prepare import (
     correct_on_device,
     count_negative,
     count_negative_tensor,
+    fill_index,
+    inpaint,
+    inpaint_tensor,
     remove_zingers,
     remove_zingers_tensor,
     sanitise,
@@ -75,6 +78,7 @@ class Job:
     correct_on: str = "auto"  # flat/dark correction and sanitising on the "host" or the "device" (``prepare``)
     output_dtype: str = "float32"  # of the method's frame datasets (``--output-dtype``; scores stay float32)
     zinger_threshold: float = 0.0  # replace pixels this far above their 3 x 3 median (0: off; ``prepare``)
+    mask: np.ndarray | None = field(default=None, compare=False)  # (H, W) bool, True: inpainted (``--mask``)
 
 
 def shard_path(job: Job, shard: Shard) -> Path:
@@ -219,6 +223,8 @@ class ShardRunner:
         self._pinned: dict[int, torch.Tensor] = {}
         # Raw frames copied to the device and corrected there (CUDA by default), or corrected on the host.
         self.on_device = correct_on_device(job.correct_on, self.device)
+        self._fill = fill_index(job.mask) if job.mask is not None and job.mask.any() else None
+        self._fill_t = torch.from_numpy(self._fill).to(self.device) if self._fill is not None else None
         self._out_dtype = getattr(torch, job.output_dtype)
         # Output chunks are compressed and stored here while the next batch computes.
         self._pool = ThreadPoolExecutor(max(1, job.threads), thread_name_prefix="write")
@@ -302,11 +308,13 @@ class ShardRunner:
         zinger = self.job.zinger_threshold
         if self.on_device:
             x = self.reader.correct(self._to_device(batch, slot))
+            x = inpaint_tensor(x, self._fill_t) if self._fill_t is not None else x  # masked: neither counted
             negative = count_negative_tensor(x)
             clean, nonfinite = sanitise_tensor(x)
             clean, zingers = (remove_zingers_tensor(clean, zinger) if zinger > 0
                               else (clean, torch.zeros_like(nonfinite)))
             return clean, {"nonfinite_pixels": nonfinite, "negative_pixels": negative, "zinger_pixels": zingers}
+        batch = inpaint(batch, self._fill) if self._fill is not None else batch  # masked: neither counted
         negative = count_negative(batch)
         clean, nonfinite = sanitise(batch)
         clean, zingers = remove_zingers(clean, zinger) if zinger > 0 else (clean, np.zeros_like(nonfinite))
