@@ -16,9 +16,9 @@ Zingers (``--zinger-threshold T``: direct hits of scattered X-rays or cosmic ray
 3 x 3 neighbourhood (mirrored at the borders); they are replaced by that median, after the non-finite pixels,
 and counted per frame.
 Masked pixels (``--mask``: bad pixels, module gaps; fixed for the detector) are inpainted first, right after
-the correction (so they count neither as non-finite nor as negative): each takes the value of its nearest unmasked pixel (Euclidean; ``scipy.ndimage.distance_transform_edt``),
-through an index map computed once (:func:`fill_index`), so the masked pixels' own values never reach the
-retrieval.
+the correction (so they count neither as non-finite nor as negative): each takes the value of its nearest
+unmasked pixel (Euclidean; ``scipy.ndimage.distance_transform_edt``), through an index map computed once
+(:func:`fill_index`), so the masked pixels' own values never reach the retrieval.
 """
 
 from __future__ import annotations
