@@ -1,6 +1,7 @@
-"""Corrected frames made ready for retrieval: non-finite pixels replaced, negative pixels counted.
+"""Corrected frames made ready for retrieval: masked pixels inpainted, non-finite ones replaced, negative ones
+counted, zingers removed.
 
-The same two steps in two forms, chosen by ``--correct-on`` (:func:`correct_on_device`): numpy on the host
+These steps come in two forms, chosen by ``--correct-on`` (:func:`correct_on_device`): numpy on the host
 (after the reader's flat/dark correction), or torch on the retrieval's device, where the raw integer frames
 were copied and corrected (``FrameReader.correct`` on a tensor): half the bytes of float32 cross the bus, and
 nothing waits for the GPU, so the host reads and writes while it computes. Both give the same values: the
