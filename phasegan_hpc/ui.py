@@ -146,11 +146,17 @@ def progress_bar(description: str, unit: str | None = None) -> Iterator[Progress
     yield update
 
 
-def reconstruction_table(summary) -> Table:
-    """What ``reconstruct`` did: frames, time, throughput, output, flagged frames."""
-    table = Table(title=f"reconstruction: {summary.output}", show_header=False)
+def _what_value(title: str) -> Table:
+    """A two-column table without a header: what, and its value (right-aligned)."""
+    table = Table(title=title, show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
+    return table
+
+
+def reconstruction_table(summary) -> Table:
+    """What ``reconstruct`` did: frames, time, throughput, output, flagged frames."""
+    table = _what_value(f"reconstruction: {summary.output}")
     reused = f" ({summary.reused_shards} of {summary.shards} shards reused)" if summary.reused_shards else ""
     table.add_row("frames", f"{summary.frames:,}{reused}")
     table.add_row("computed", f"{summary.computed_frames:,} in {summary.seconds:.1f} s")
@@ -182,9 +188,7 @@ def reconstruction_table(summary) -> Table:
 
 def bench_table(result: dict) -> Table:
     """A benchmark's result as a two-column table: nested keys joined with '.', numbers to 4 digits."""
-    table = Table(title=f"bench {result.get('benchmark', '')}", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
+    table = _what_value(f"bench {result.get('benchmark', '')}")
 
     def rows(prefix: str, value: object) -> None:
         if isinstance(value, dict):
@@ -203,9 +207,7 @@ def bench_table(result: dict) -> Table:
 
 def dry_run_table(plan) -> Table:
     """What ``reconstruct --dry-run`` found (a :class:`~phasegan_hpc.reconstruct.request.DryRun`)."""
-    table = Table(title=f"plan (dry run, nothing written): {plan.output}", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
+    table = _what_value(f"plan (dry run, nothing written): {plan.output}")
     roi = f", region {plan.roi[0]}:{plan.roi[1]},{plan.roi[2]}:{plan.roi[3]}" if plan.roi else ""
     table.add_row("archive", f"{plan.archive}:{plan.dataset}")
     table.add_row("frames", f"{plan.frames:,} of {plan.frame_shape[0]} x {plan.frame_shape[1]} px{roi}")
