@@ -236,6 +236,7 @@ class _Checked:
     output: Path
     plan: list[Shard]
     layout: Layout
+    mask: np.ndarray | None  # (H, W) bool of the pixels to inpaint (``--mask``)
 
 
 def _checked(r: ReconstructRequest, archive: Archive, reader: FrameReader) -> _Checked:
@@ -251,7 +252,8 @@ def _checked(r: ReconstructRequest, archive: Archive, reader: FrameReader) -> _C
     check_output(out, archive.path, r.overwrite)
     plan = make_plan(archive, r.batch_size, r.shard_frames)
     layout = r.method.layout(loaded, archive.frame_shape, geometry)
-    return _Checked(model_path, loaded, geometry, delta_beta, sources, out, plan, layout)
+    mask = load_mask(parse_reference(r.mask, "mask"), archive) if r.mask else None
+    return _Checked(model_path, loaded, geometry, delta_beta, sources, out, plan, layout, mask)
 
 
 def output_bytes(plan: list[Shard], layout: Layout, output_dtype: str) -> int:
@@ -304,7 +306,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
     compiled = device.startswith("cuda") if r.compile is None else r.compile
     _check_batch_memory(r.batch_size if compiled else min(r.batch_size, max(s.frames for s in plan)),
                         archive.frame_shape, layout)
-    mask = load_mask(parse_reference(r.mask, "mask"), archive) if r.mask else None
+    mask = c.mask
     identity = {"method": method.name, "model_sha256": loaded.sha256 if loaded else None,
                 "batch_size": r.batch_size, "shard_rows": rows_per_shard(archive, r.batch_size, r.shard_frames),
                 "references_sha256": reader.references_sha256,
