@@ -70,8 +70,8 @@ mps_stop() {
   local node pid
   for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
     # shellcheck disable=SC2016  # expanded on the node
-    srun --overlap --nodes=1 --ntasks=1 -w "$node" bash -c 'echo quit | "$0" >/dev/null 2>&1; true' \
-      "$MPS_BIN" || true
+    srun --overlap --nodes=1 --ntasks=1 -w "$node" bash -c 'echo quit | "$0" >/dev/null' "$MPS_BIN" \
+      || _mps_log "could not ask the daemon on $node to quit: its step is ended instead"
   done
   for pid in "${MPS_SRUN_PIDS[@]:-}"; do  # a daemon that did not quit: its step ends it
     if [[ -n "$pid" ]]; then

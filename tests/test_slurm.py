@@ -104,9 +104,11 @@ fifo=$CUDA_MPS_PIPE_DIRECTORY/control
 if [[ ${1:-} == -f ]]; then
   mkfifo "$fifo"
   echo "daemon started $CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY" >> "$log"
-  while read -r cmd < "$fifo"; do
-    echo "daemon got $cmd" >> "$log"
-    [[ $cmd == quit ]] && break
+  while true; do  # a read that ends without a line (a writer gone) reopens the pipe, as a daemon keeps serving
+    if read -r cmd < "$fifo"; then
+      echo "daemon got $cmd" >> "$log"
+      [[ $cmd == quit ]] && break
+    fi
   done
   rm -f "$fifo"
   echo "daemon quit" >> "$log"
