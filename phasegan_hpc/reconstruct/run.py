@@ -45,7 +45,7 @@ from phasegan_hpc.reconstruct.output import (
 from phasegan_hpc.reconstruct.plan import Shard, make_plan, rows_per_shard
 from phasegan_hpc.reconstruct.request import DryRun, ReconstructRequest, Summary, score_every
 from phasegan_hpc.reconstruct.source import FixedShards
-from phasegan_hpc.reconstruct.worker import SCALAR_DATASETS, Job
+from phasegan_hpc.reconstruct.worker import Job, frame_bytes
 
 #: A frame is flagged when its score (``flag_by``) exceeds median + FLAG_MADS x (1.4826 MAD) of all frames,
 FLAG_MADS = 5.0
@@ -258,9 +258,7 @@ def _checked(r: ReconstructRequest, archive: Archive, reader: FrameReader) -> _C
 
 def output_bytes(plan: list[Shard], layout: Layout, output_dtype: str) -> int:
     """An upper bound of the output's size: its frames and per-frame values uncompressed."""
-    frame_bytes = (np.dtype(output_dtype).itemsize * len(layout.outputs) * int(np.prod(layout.shape))
-                   + 8 * len(SCALAR_DATASETS))
-    return sum(s.frames for s in plan) * frame_bytes
+    return sum(s.frames for s in plan) * frame_bytes(layout, output_dtype)
 
 
 def _archive_of(r: ReconstructRequest) -> Archive:

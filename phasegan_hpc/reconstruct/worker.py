@@ -81,6 +81,13 @@ class Job:
     mask: np.ndarray | None = field(default=None, compare=False)  # (H, W) bool, True: inpainted (``--mask``)
 
 
+def frame_bytes(layout: Any, output_dtype: str) -> int:
+    """Uncompressed bytes a shard stores per frame: the method's frames in ``output_dtype`` and the per-frame
+    values (an upper bound of what compression leaves)."""
+    return (np.dtype(output_dtype).itemsize * len(layout.outputs) * int(np.prod(layout.shape))
+            + 8 * len(SCALAR_DATASETS))
+
+
 def shard_path(job: Job, shard: Shard) -> Path:
     return Path(job.shards_dir) / shard.name
 
@@ -253,9 +260,8 @@ class ShardRunner:
         layout = self.retriever.layout
         rows = shard.row_stop - shard.row_start
         tail = self.job.lead_tail
-        frame_bytes = (np.dtype(self.job.output_dtype).itemsize * len(layout.outputs) * int(np.prod(layout.shape))
-                       + 8 * len(SCALAR_DATASETS))
-        with atomic_h5(path, reserve=shard.frames * frame_bytes) as f:  # a full disk fails here, cleanly
+        reserve = shard.frames * frame_bytes(layout, self.job.output_dtype)
+        with atomic_h5(path, reserve=reserve) as f:  # a full disk fails here, cleanly
             ds = {}
             for name, (units, desc) in {**layout.outputs, **SCALAR_DATASETS}.items():
                 spatial = layout.shape if name in layout.outputs else ()
@@ -304,7 +310,8 @@ class ShardRunner:
 
     def _prepared(self, batch: np.ndarray, slot: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A batch read (corrected on the host, or raw for the device) -> (clean frames on the device, their
-        per-frame counts: nonfinite_pixels, negative_pixels) (``prepare``)."""
+        per-frame counts: nonfinite_pixels, negative_pixels, zinger_pixels) (``prepare``: the mask inpainted
+        first, then counted, sanitised, zingers removed)."""
         zinger = self.job.zinger_threshold
         if self.on_device:
             x = self.reader.correct(self._to_device(batch, slot))
