@@ -70,10 +70,13 @@ def cli() -> None:
 @click.option("--workers", type=COUNT, default=None, help="Processes (default: one per CPU core).")
 @click.option("--movie", "n_movie", type=NATURAL, default=0, show_default=True,
               help="Also write movie.h5: an N-frame raw-detector archive (DXchange, uint16) for reconstruct.")
+@click.option("--pulse-flats", type=NATURAL, default=0, show_default=True,
+              help="The movie's flats: F flats, each with an illumination of its own (pulse to pulse, as at "
+                   "European XFEL; for --flats-reduction pca), and /truth/flatfield; 0: 8 flats of the mean beam.")
 @click.option("--overwrite", is_flag=True, help="Replace the data set in a non-empty OUT_DIR.")
 def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val: int | None,
              n_paired: int | None, size: int | None, seed: int | None, workers: int | None, n_movie: int,
-             overwrite: bool) -> None:
+             pulse_flats: int, overwrite: bool) -> None:
     """Simulate the synthetic data set of paper §3 into OUT_DIR.
 
     Writes objects.h5 and intensities.h5 (unpaired: independent draws), validation.h5 (paired),
@@ -92,7 +95,9 @@ def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val
         from phasegan_hpc.simulate.movie import simulate_movie
 
         with progress_bar("simulating a movie") as progress:
-            paths["movie.h5"] = simulate_movie(out_dir / "movie.h5", cfg, n_movie, overwrite=True, progress=progress)
+            flats = dict(n_flats=pulse_flats, pulse_flats=True) if pulse_flats else {}
+            paths["movie.h5"] = simulate_movie(out_dir / "movie.h5", cfg, n_movie, overwrite=True, progress=progress,
+                                               **flats)
     _err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
@@ -364,8 +369,11 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               help="Phase and attenuation as float32, or float16 (half the bytes; relative precision 2**-11).")
 @click.option("--flats", "flats_file", default=None, help="Flats from another file: FILE[:DATASET].")
 @click.option("--darks", "darks_file", default=None, help="Darks from another file: FILE[:DATASET].")
-@click.option("--flats-reduction", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
-              help="How the flats and darks become one frame each (median: robust to zingers and bad flats).")
+@click.option("--flats-reduction", type=click.Choice(["mean", "median", "pca"]), default="mean", show_default=True,
+              help="How the flats and darks become one frame each (median: robust to zingers and bad flats), or "
+              "pca: a flat per frame from eigen-flats (illumination that changes from pulse to pulse).")
+@click.option("--eigenflats", type=COUNT, default=None,
+              help="--flats-reduction pca: eigen-flats fitted to each frame (default: min(15, flats - 1)).")
 @click.option("--zinger-threshold", type=POSITIVE, default=None,
               help="Replace pixels more than this above their 3 x 3 median (transmission units; counted per frame).")
 @click.option("--mask", "mask_file", default=None,
@@ -381,8 +389,8 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
                 pixel_size_m: float | None, distance_m: float | None, energy_kev: float | None,
                 compile_model: bool | None, no_preview: bool, overwrite: bool, report: Path | None, flag_by: str,
                 reader: str, score: str, correct_on: str, output_dtype: str, flats_file: str | None,
-                darks_file: str | None, flats_reduction: str, zinger_threshold: float | None,
-                mask_file: str | None, dry_run: bool,
+                darks_file: str | None, flats_reduction: str, eigenflats: int | None,
+                zinger_threshold: float | None, mask_file: str | None, dry_run: bool,
                 force_geometry: bool,
                 roi: str | None) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
@@ -395,8 +403,8 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
               correct_on=correct_on, output_dtype=output_dtype, roi=roi, force_geometry=force_geometry,
-              flats=flats_file, darks=darks_file, flats_reduction=flats_reduction, zinger_threshold=zinger_threshold,
-              mask=mask_file,
+              flats=flats_file, darks=darks_file, flats_reduction=flats_reduction, eigenflats=eigenflats,
+              zinger_threshold=zinger_threshold, mask=mask_file,
               physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
                        "energy_kev": energy_kev})
 
@@ -526,6 +534,20 @@ def bench_read(**options) -> None:
 def bench_pipeline(**options) -> None:
     """The I/O pipeline alone (`correct`) vs a bare h5py read loop and vs the earlier reader and writer."""
     bench_command("pipeline", **options)
+
+
+@bench.command("flatfield")
+@_size(64)
+@_frames(64, "Frames of each simulated archive.")
+@_int_option("--flats", 32, "Flats of each archive (each its own pulse).")
+@_repeats(5)
+@click.option("--strength", type=POSITIVE, default=1.0, show_default=True,
+              help="[flatfield] strength of the pulse-to-pulse variation (1: the paper's).")
+@_bench_options
+def bench_flatfield(**options) -> None:
+    """Residual flat-field error of --flats-reduction pca (eigen-flats x fit binning) vs mean and median flats
+    on archives with pulse-to-pulse illumination, and the correction's speed."""
+    bench_command("flatfield", **options)
 
 
 @bench.command("step")

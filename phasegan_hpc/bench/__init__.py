@@ -66,6 +66,7 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     """The registry: name -> function(**its options) returning a result dict (`cli.py` declares the options)."""
     # lazy: the benchmarks import torch and the CLI imports this module at start-up (and a cycle: they import it)
     from phasegan_hpc.bench.check import bench_check
+    from phasegan_hpc.bench.flatfield import bench_flatfield
     from phasegan_hpc.bench.frc import bench_frc
     from phasegan_hpc.bench.inference import bench_inference
     from phasegan_hpc.bench.pipeline import bench_pipeline
@@ -77,7 +78,7 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     from phasegan_hpc.bench.train import bench_train
 
     return {"frc": bench_frc, "propagator": bench_propagator, "read": bench_read, "pipeline": bench_pipeline,
-            "step": bench_step, "train": bench_train, "reconstruct": bench_reconstruct,
+            "flatfield": bench_flatfield, "step": bench_step, "train": bench_train, "reconstruct": bench_reconstruct,
             "inference": bench_inference, "table1": bench_table1, "check": bench_check}
 
 

@@ -23,7 +23,7 @@ from phasegan_hpc.data.checksum import Checksum
 from phasegan_hpc.data.chunks import ChunkRows
 from phasegan_hpc.data.metadata import Stated, stated_geometry
 from phasegan_hpc.errors import DataError
-from phasegan_hpc.physics.flatfield import ArrayT, FlatfieldCorrector
+from phasegan_hpc.physics.flatfield import ArrayT, DynamicFlatfieldCorrector, FlatfieldCorrector
 from phasegan_hpc.supervise import note
 
 #: NXtomo image_key values (NeXus).
@@ -53,7 +53,8 @@ class Archive:
         stated: the geometry the file states, with its sources (``data.metadata``; absent keys: not stated).
         flats_file, darks_file: the file holding ``flats`` / ``darks`` when it is not the archive
             (:meth:`with_references`).
-        reduction: how the reference stacks are reduced to one frame, a key of :data:`REDUCTIONS`.
+        reduction: how the reference stacks are reduced, one of :data:`REDUCTIONS`.
+        eigenflats: ``reduction`` "pca": the eigen-flats K (None: :func:`default_eigenflats`).
     """
 
     path: Path
@@ -73,6 +74,7 @@ class Archive:
     flats_file: Path | None = None
     darks_file: Path | None = None
     reduction: str = "mean"
+    eigenflats: int | None = None
 
     @property
     def stored_frame_shape(self) -> tuple[int, int]:
@@ -95,17 +97,20 @@ class Archive:
         return replace(self, roi=(y0, y1, x0, x1), frame_shape=(y1 - y0, x1 - x0))
 
     def with_references(self, flats: tuple[Path, str | None] | None = None,
-                        darks: tuple[Path, str | None] | None = None, reduction: str = "mean") -> Archive:
+                        darks: tuple[Path, str | None] | None = None, reduction: str = "mean",
+                        eigenflats: int | None = None) -> Archive:
         """This archive with its flats and/or darks from other files ((file, dataset or None: DXchange's
         ``/exchange/data_white`` / ``data_dark``, else the file's only stack of frames)), reduced by
-        ``reduction`` (:data:`REDUCTIONS`).
+        ``reduction`` (:data:`REDUCTIONS`; "pca" with ``eigenflats`` eigen-flats, None: the default).
 
         Raises:
-            DataError: an unknown reduction; a missing or unreadable file, no such dataset, or frames of
-                another shape.
+            DataError: an unknown reduction, eigen-flats without "pca"; a missing or unreadable file, no such
+                dataset, or frames of another shape.
         """
         if reduction not in REDUCTIONS:
             raise DataError(f"--flats-reduction must be one of {', '.join(REDUCTIONS)}, not {reduction!r}")
+        if eigenflats is not None and (reduction != "pca" or eigenflats < 1):
+            raise DataError(f"--eigenflats {eigenflats}: needs --flats-reduction pca and at least 1 eigen-flat")
         found = {}
         for what, given, default in (("flats", flats, "/exchange/data_white"), ("darks", darks, "/exchange/data_dark")):
             if given is None:
@@ -121,7 +126,7 @@ class Archive:
                 if not isinstance(g.get(dataset), h5py.Dataset):
                     raise DataError(f"--{what} {file}: no dataset {dataset!r}")
                 found[what] = (file, _reference(g, file, dataset, self.stored_frame_shape, what))
-        return replace(self, reduction=reduction,
+        return replace(self, reduction=reduction, eigenflats=eigenflats,
                        flats=found["flats"][1] if "flats" in found else self.flats,
                        flats_file=found["flats"][0] if "flats" in found else self.flats_file,
                        darks=found["darks"][1] if "darks" in found else self.darks,
@@ -323,8 +328,32 @@ def _median_reference(f: h5py.File, ref: tuple[str, list[int] | None] | None, ba
     return out
 
 
-#: ``--flats-reduction``: how a stack of flats (and of darks) becomes the one frame of the correction.
-REDUCTIONS = {"mean": _mean_reference, "median": _median_reference}
+def _reference_stack(f: h5py.File, ref: tuple[str, list[int] | None]) -> np.ndarray:
+    """Every frame of a reference stack, float32 (n, H, W) (n x H x W x 4 bytes; ``--flats-reduction pca``)."""
+    ds, rows = f[ref[0]], ref[1]
+    stack = ds[()] if rows is None else ds[rows]
+    return np.asarray(stack, np.float32).reshape(-1, *ds.shape[-2:])
+
+
+#: ``--flats-reduction``: "mean" and "median" reduce the flats (and the darks) to one frame each; "pca" keeps
+#: every flat for a flat per frame from eigen-flats (:class:`~phasegan_hpc.physics.DynamicFlatfieldCorrector`;
+#: the darks by their mean).
+REDUCTIONS = ("mean", "median", "pca")
+_FRAME_REDUCERS = {"mean": _mean_reference, "median": _median_reference, "pca": _mean_reference}
+#: ``--eigenflats`` by default: min(this, flats - 1) (the paper's flat-field model has 15 components).
+DEFAULT_EIGENFLATS = 15
+
+
+def default_eigenflats(n_flats: int) -> int:
+    """The eigen-flats used by default for ``n_flats`` flats: min(:data:`DEFAULT_EIGENFLATS`, n - 1)."""
+    return max(1, min(DEFAULT_EIGENFLATS, n_flats - 1))
+
+
+def fit_binning(frame_shape: tuple[int, int]) -> int:
+    """The block side of the dynamic flat-field fit: frames downsampled to 64 to 127 pixels on their short side
+    (``bench flatfield``: at 64 x 64 px the fit on every pixel beats 2 x 2 blocks; the fit's cost grows with its
+    pixels)."""
+    return max(1, min(frame_shape) // 64)
 
 
 def load_mask(spec: tuple[Path, str | None], archive: Archive) -> np.ndarray:
@@ -391,18 +420,45 @@ class FrameReader:
         self.file = _open(archive.path)
         self.ds = self.file[archive.dataset]
         self.rows = ChunkRows(self.ds, threads=threads, force_h5py=reader == "h5py")
-        reduce = REDUCTIONS[archive.reduction]
+        reduce = _FRAME_REDUCERS[archive.reduction]
         self.flat = _cropped(archive, _reference_frame(self.file, archive.flats, archive.flats_file, reduce))
         self.dark = _cropped(archive, _reference_frame(self.file, archive.darks, archive.darks_file, reduce))
         if self.flat is not None and self.dark is None:
             self.dark = np.zeros_like(self.flat)
         # float32 affine form of the correction, precomputed once (the hot loop of every worker). Pixels whose
         # flat is not above the dark carry no signal: NaN, so that every frame counts them (nonfinite_pixels).
-        self._corrector = FlatfieldCorrector(self.flat, self.dark, dead_value=np.nan)
+        self._corrector: FlatfieldCorrector | DynamicFlatfieldCorrector
+        if archive.reduction == "pca":
+            self._corrector = self._dynamic_corrector()
+        else:
+            self._corrector = FlatfieldCorrector(self.flat, self.dark, dead_value=np.nan)
         #: output frame indices whose raw data could not be read (see :meth:`raw_rows`)
         self.unreadable: list[int] = []
         #: the fraction of pixels whose flat is not above the dark (0 without flats)
         self.dead_fraction = self._corrector.dead_fraction
+
+    def _dynamic_corrector(self) -> DynamicFlatfieldCorrector:
+        """``--flats-reduction pca``: the eigen-flats of every flat (cropped to the region read).
+
+        Raises:
+            DataError: fewer than 2 flats, or more eigen-flats asked for than they give.
+        """
+        a = self.archive
+        if a.flats is None:
+            raise DataError(f"--flats-reduction pca: {a.path} has no flats (give them with --flats FILE[:DATASET])")
+        if a.flats_file is None:
+            stack = _reference_stack(self.file, a.flats)
+        else:
+            with _open(a.flats_file) as g:
+                stack = _reference_stack(g, a.flats)
+        stack = np.ascontiguousarray(a.crop(stack))
+        n = len(stack)
+        k = a.eigenflats if a.eigenflats is not None else default_eigenflats(n)
+        if n < 2 or k > n - 1:
+            raise DataError(f"--flats-reduction pca: {n} flat(s) give at most {max(0, n - 1)} eigen-flats"
+                            + (f", not --eigenflats {k}" if a.eigenflats is not None else "; it needs at least 2"))
+        return DynamicFlatfieldCorrector(stack, self.dark, n_components=k, binning=fit_binning(a.frame_shape),
+                                         dead_value=np.nan)
 
     def close(self) -> None:
         self.rows.close()
@@ -473,8 +529,12 @@ class FrameReader:
 
     @property
     def references_sha256(self) -> str:
-        """sha256 of the mean flat and dark used for the correction ("" without either)."""
+        """sha256 of the flat and dark used for the correction, and with pca of the eigen-flats and the fit's
+        binning ("" without flats or darks)."""
         h = hashlib.sha256()
         for ref in (self.flat, self.dark):
             h.update(b"-" if ref is None else np.ascontiguousarray(ref, np.float64).tobytes())
+        if isinstance(self._corrector, DynamicFlatfieldCorrector):
+            h.update(f"pca:{self._corrector.binning}:".encode())
+            h.update(np.ascontiguousarray(self._corrector.components).tobytes())
         return h.hexdigest() if self.flat is not None or self.dark is not None else ""

@@ -2,13 +2,19 @@
 phase retrieval and flat-field correction. Pure functions with documented shapes, dtypes and SI units.
 """
 
-from phasegan_hpc.physics.flatfield import FlatfieldCorrector, flatfield_correct
+from phasegan_hpc.physics.flatfield import (
+    DynamicFlatfieldCorrector,
+    FlatfieldCorrector,
+    flatfield_correct,
+    principal_components,
+)
 from phasegan_hpc.physics.optics import energy_kev, fresnel_number, wavelength_m, wavenumber
 from phasegan_hpc.physics.paganin import paganin
 from phasegan_hpc.physics.propagator import FresnelPropagator, contrast_transfer_gains, fresnel_kernel
 from phasegan_hpc.physics.wavefield import object_wavefield, phase_attenuation, thickness_to_phase_attenuation
 
 __all__ = [
+    "DynamicFlatfieldCorrector",
     "FlatfieldCorrector",
     "FresnelPropagator",
     "contrast_transfer_gains",
@@ -19,6 +25,7 @@ __all__ = [
     "object_wavefield",
     "paganin",
     "phase_attenuation",
+    "principal_components",
     "thickness_to_phase_attenuation",
     "wavelength_m",
     "wavenumber",

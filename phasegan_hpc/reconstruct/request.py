@@ -78,8 +78,10 @@ class ReconstructRequest:
         output_dtype: of the frame datasets, one of :data:`OUTPUT_DTYPES` (float16: half the bytes).
         roi: "Y0:Y1,X0:X1": reconstruct only those pixel rows and columns of the frames (None: all).
         flats, darks: "FILE[:DATASET]": the flats / darks from another file (None: the archive's).
-        flats_reduction: how the flats and darks are reduced to one frame each: "mean" or "median"
-            (``data.archive.REDUCTIONS``; the median ignores zingers and a few bad flats).
+        flats_reduction: how the flats and darks are reduced (``data.archive.REDUCTIONS``): "mean" or "median"
+            to one frame each (the median ignores zingers and a few bad flats), or "pca": a flat for every frame
+            from eigen-flats of the flats, for illumination that changes from pulse to pulse (darks: mean).
+        eigenflats: "pca": the eigen-flats (None: ``data.archive.default_eigenflats``, min(15, flats - 1)).
         zinger_threshold: replace pixels more than this above their 3 x 3 median (corrected transmission
             units; counted per frame in ``/zinger_pixels``); None: off.
         mask: "FILE[:DATASET]": bad pixels and module gaps (non-zero), inpainted before retrieval from their
@@ -118,6 +120,7 @@ class ReconstructRequest:
     flats: str | None = None
     darks: str | None = None
     flats_reduction: str = "mean"
+    eigenflats: int | None = None
     zinger_threshold: float | None = None
     mask: str | None = None
 
@@ -140,6 +143,8 @@ class ReconstructRequest:
             raise DataError(f"--zinger-threshold must be a positive number, not {self.zinger_threshold}")
         if self.flats_reduction not in REDUCTIONS:
             raise DataError(f"unknown --flats-reduction {self.flats_reduction!r}; choose from {', '.join(REDUCTIONS)}")
+        if self.eigenflats is not None and (self.flats_reduction != "pca" or self.eigenflats < 1):
+            raise DataError(f"--eigenflats {self.eigenflats}: needs --flats-reduction pca and at least 1 eigen-flat")
         if self.correct_on not in CORRECT_ON:
             raise DataError(f"unknown --correct-on {self.correct_on!r}; choose from {', '.join(CORRECT_ON)}")
         if self.output_dtype not in OUTPUT_DTYPES:

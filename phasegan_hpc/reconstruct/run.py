@@ -265,7 +265,7 @@ def _archive_of(r: ReconstructRequest) -> Archive:
     """The request's archive: its region of interest, and flats and darks (from it or other files) reduced as
     asked."""
     return open_archive(r.archive, r.dataset).with_roi(parse_roi(r.roi)).with_references(
-        parse_reference(r.flats, "flats"), parse_reference(r.darks, "darks"), r.flats_reduction)
+        parse_reference(r.flats, "flats"), parse_reference(r.darks, "darks"), r.flats_reduction, r.eigenflats)
 
 
 def dry_run(request: ReconstructRequest) -> DryRun:

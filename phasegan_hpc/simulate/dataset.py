@@ -91,15 +91,23 @@ class FrameSimulator:
             t, delta=c.phantom.delta, beta=c.phantom.beta, wavelength_m=c.physics.wavelength
         )
 
+    def illumination(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` illuminations F (flat fields, mean about 1), float64 (n, H, W), drawn from the PCA basis
+        (ones without flat-field variation), scaled by ``[flatfield] strength``: F = 1 + s (F - 1)."""
+        size = self.cfg.simulate.size
+        if self.basis is None:
+            return np.ones((n, size, size))
+        flats = self.basis.sample(rng, n)
+        strength = self.cfg.flatfield.strength
+        if strength != 1.0:
+            flats = np.maximum(1.0 + strength * (flats - 1.0), MIN_FLAT)
+        return flats
+
     def record(
         self, rng: np.random.Generator, phase: np.ndarray, attenuation: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Image objects: returns (noisy intensity float32, illumination F float64), each (n, H, W)."""
-        n = len(phase)
-        flats = self.basis.sample(rng, n) if self.basis is not None else np.ones_like(phase)
-        strength = self.cfg.flatfield.strength
-        if self.basis is not None and strength != 1.0:  # [flatfield] strength: F = 1 + s (F - 1)
-            flats = np.maximum(1.0 + strength * (flats - 1.0), MIN_FLAT)
+        flats = self.illumination(rng, len(phase))
         psi = object_wavefield(torch.from_numpy(phase), torch.from_numpy(attenuation))
         psi = psi * torch.from_numpy(np.sqrt(flats))  # variable illumination psi_i (paper §3)
         clean = self.prop.intensity(psi).numpy()

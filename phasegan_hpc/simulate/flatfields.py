@@ -18,6 +18,7 @@ from skimage.transform import resize
 
 from phasegan_hpc.data.h5io import atomic_h5
 from phasegan_hpc.errors import DataError
+from phasegan_hpc.physics.flatfield import principal_components
 
 #: Flat fields are clipped below at this fraction of the mean beam, so the illumination stays positive.
 MIN_FLAT = 0.05
@@ -91,20 +92,13 @@ def pca_basis(flats: np.ndarray, n_components: int) -> FlatfieldBasis:
     Returns:
         The :class:`FlatfieldBasis`; coefficient spreads are the singular values / sqrt(n - 1).
     """
-    flats = np.array(flats, dtype=np.float64)  # a private copy, centred in place below
+    flats = np.asarray(flats, dtype=np.float64)
     n = len(flats)
     if flats.ndim != 3 or n < max(2, n_components):
         raise DataError(f"need a stack (n, H, W) of at least {max(2, n_components)} flats, got {flats.shape}")
-    flats /= flats.mean()
-    mean = flats.mean(axis=0)
-    flats -= mean
-    x = flats.reshape(n, -1)
-    # PCA through the small (n, n) Gram matrix: x = U S V^T, x x^T = U S^2 U^T, V_k^T = U_k^T x / S_k.
-    evals, evecs = np.linalg.eigh(x @ x.T)
-    top = np.argsort(evals)[::-1][:n_components]
-    s = np.sqrt(np.maximum(evals[top], 0.0))
-    comps = (evecs[:, top].T @ x) / np.maximum(s, 1e-300)[:, None]
-    return FlatfieldBasis(mean, comps.reshape(n_components, *mean.shape), s / np.sqrt(n - 1))
+    mean, comps, s = principal_components(flats / flats.mean(), n_components)
+    return FlatfieldBasis(mean, comps, s / np.sqrt(n - 1))
+
 
 def save_basis(path: str | Path, basis: FlatfieldBasis) -> None:
     """Write a basis to HDF5 (``/mean``, ``/components``, ``/std``) for ``[flatfield] basis_file``."""

@@ -1,8 +1,13 @@
 """A raw-detector movie archive in the DXchange layout, for ``reconstruct`` demos and benchmarks.
 
     movie.h5   /exchange/data        uint16 (N, H, W)  raw counts: Poisson(I x photons per pixel) + dark
-               /exchange/data_white  uint16 (F, H, W)  flats: the mean illumination, same detector
+               /exchange/data_white  uint16 (F, H, W)  flats: the mean illumination, same detector, or with
+                                                       ``pulse_flats`` an illumination of their own each
+                                                       (pulse-to-pulse, as European XFEL's flats)
                /exchange/data_dark   uint16 (D, H, W)  darks: the detector offset with read noise
+               /truth/flatfield      float32 (N, H, W) with ``pulse_flats`` only: the illumination each
+                                                       frame was recorded with (the reference of ``bench
+                                                       flatfield`` and the dynamic flat-field tests)
                root attributes as the other synthetic files (pixel_size_m, wavelength_m, distance_m, ...)
 
 Frames are drawn like the detector domain of paper §3 (own draw stream), chunk by chunk (bounded memory),
@@ -28,9 +33,12 @@ DARK_LEVEL, READ_NOISE = 100.0, 3.0
 
 
 def simulate_movie(path: str | Path, cfg: Config, n_frames: int, *, overwrite: bool = False,
-                   n_flats: int = 8, n_darks: int = 4, chunk_frames: int = 16,
+                   n_flats: int = 8, n_darks: int = 4, chunk_frames: int = 16, pulse_flats: bool = False,
                    progress: ProgressFn | None = None) -> Path:
     """Write an ``n_frames`` raw-detector movie of the ``cfg`` geometry to ``path`` (DXchange).
+
+    ``pulse_flats``: the ``n_flats`` flats are drawn like the frames' illumination (each its own, from the
+    flat-field basis), not all from the mean one, and ``/truth/flatfield`` records each frame's illumination.
 
     Raises:
         DataError: ``path`` exists and ``overwrite`` is false, or a non-positive frame count.
@@ -58,14 +66,22 @@ def simulate_movie(path: str | Path, cfg: Config, n_frames: int, *, overwrite: b
         f.attrs["dark_level_counts"] = DARK_LEVEL
         data = f.create_dataset("exchange/data", shape=(n_frames, size, size), dtype="uint16",
                                 chunks=(min(chunk_frames, n_frames), size, size), **comp)
+        truth = f.create_dataset("truth/flatfield", shape=(n_frames, size, size), dtype="float32",
+                                 chunks=data.chunks, **comp) if pulse_flats else None
         for i, start in enumerate(range(0, n_frames, chunk_frames)):
             stop = min(start + chunk_frames, n_frames)
             crng = chunk_rng(cfg.simulate.seed, STREAM_MOVIE, i)
             phase, att = sim.objects(crng, stop - start)
-            intensity, _ = sim.record(crng, phase, att)  # counts / photons per pixel, flat field included
+            intensity, illumination = sim.record(crng, phase, att)  # counts / photons per pixel, flat included
             data[start:stop] = raw(intensity)
+            if truth is not None:
+                truth[start:stop] = illumination
             tally.add(stop - start)
-        flats = rng.poisson(np.broadcast_to(mean_flat * per_pixel, (n_flats, size, size))) / per_pixel
+        if pulse_flats:
+            beams = sim.illumination(chunk_rng(cfg.simulate.seed, STREAM_MOVIE, 1 << 21), n_flats)
+        else:
+            beams = np.broadcast_to(mean_flat, (n_flats, size, size))
+        flats = rng.poisson(beams * per_pixel) / per_pixel
         f.create_dataset("exchange/data_white", data=raw(flats), **comp)
         f.create_dataset("exchange/data_dark", data=raw(np.zeros((n_darks, size, size))), **comp)
     return path
