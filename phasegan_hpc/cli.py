@@ -383,6 +383,8 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--force-geometry", is_flag=True,
               help="PhaseGAN: reconstruct with the model's geometry even where the archive or a flag differs.")
 @click.option("--roi", default=None, help="Reconstruct only pixel rows Y0..Y1-1 and columns X0..X1-1: Y0:Y1,X0:X1.")
+@click.option("--frames", "frames", default=None,
+              help="Reconstruct only rows START..STOP-1 (every STEP-th) of the first axis: START:STOP[:STEP].")
 def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dataset: str | None, backend: str,
                 workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None, batch_size: int,
                 method: str, shard_frames: int | None, device: str | None, delta_beta: float | None,
@@ -392,7 +394,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
                 darks_file: str | None, flats_reduction: str, eigenflats: int | None,
                 zinger_threshold: float | None, mask_file: str | None, dry_run: bool,
                 force_geometry: bool,
-                roi: str | None) -> None:
+                roi: str | None, frames: str | None) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
 
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
@@ -402,7 +404,7 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
               workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
-              correct_on=correct_on, output_dtype=output_dtype, roi=roi, force_geometry=force_geometry,
+              correct_on=correct_on, output_dtype=output_dtype, roi=roi, frames=frames, force_geometry=force_geometry,
               flats=flats_file, darks=darks_file, flats_reduction=flats_reduction, eigenflats=eigenflats,
               zinger_threshold=zinger_threshold, mask=mask_file,
               physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,

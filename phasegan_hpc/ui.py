@@ -210,7 +210,9 @@ def dry_run_table(plan) -> Table:
     table = _what_value(f"plan (dry run, nothing written): {plan.output}")
     roi = f", region {plan.roi[0]}:{plan.roi[1]},{plan.roi[2]}:{plan.roi[3]}" if plan.roi else ""
     table.add_row("archive", f"{plan.archive}:{plan.dataset}")
-    table.add_row("frames", f"{plan.frames:,} of {plan.frame_shape[0]} x {plan.frame_shape[1]} px{roi}")
+    picked = (f" (rows {plan.selection[0]}:{plan.selection[1]}:{plan.selection[2]} of the first axis)"
+              if plan.selection else "")
+    table.add_row("frames", f"{plan.frames:,}{picked} of {plan.frame_shape[0]} x {plan.frame_shape[1]} px{roi}")
     table.add_row("method", f"{plan.method}" + (f" ({plan.model})" if plan.model else ""))
     table.add_row("shards", f"{plan.shards:,} of up to {plan.shard_frames:,} frames, batches of {plan.batch_size}")
     workers = plan.workers if plan.workers is not None else "default (one per GPU share or CPU slot)"

@@ -215,3 +215,41 @@ def test_dry_run_prints_the_plan_and_writes_nothing(movie_model, movie, tmp_path
         assert list(f["phase"].shape) == plan["output_shape"]
     assert sum(p.stat().st_size for p in shards) < plan["output_bytes"] + 2 * 4096 * len(shards)  # + metadata
     assert_one_line_error(run_cli(*args[:-2], "--roi", "0:99,0:32", "--dry-run"), "is not a region of the 64 x 64")
+
+
+def test_frames_reconstructs_a_slice_of_rows(movie_model, movie, tmp_path):
+    """`--frames START:STOP[:STEP]` reconstructs those rows only, equal to G_O on each of them; a slice on
+    chunk boundaries keeps the chunk-aligned plan; NXtomo's slice is of its projections; --dry-run names it;
+    a slice beyond the archive, an empty one or a malformed one is one line."""
+    from movies import corrected_reference, g_o_reference
+
+    from phasegan_hpc.data.archive import open_archive, parse_frames
+
+    archive = write_dxchange(tmp_path / "a.h5", movie, n=20)
+    with h5py.File(archive) as f:
+        raw, flats, darks = (f[f"exchange/{k}"][()] for k in ("data", "data_white", "data_dark"))
+    s = reconstruct(ReconstructRequest(archive, model=movie_model, backend="local", batch_size=2, shard_frames=3,
+                                       frames="4:17:3", preview=False))
+    assert s.frames == 5
+    ref = g_o_reference(movie_model, corrected_reference(movie, raw[4:17:3], flats, darks))
+    out = read(s.output)
+    np.testing.assert_allclose(out["phase"], ref[:, 0], rtol=1e-4, atol=1e-5)
+    with h5py.File(s.output) as f:
+        assert list(f.attrs["frames"]) == [4, 19, 3]
+    aligned = open_archive(archive).with_frames(parse_frames("6:12"))
+    assert aligned.chunk_rows == 3 and aligned.lead_shape == (6,) and list(aligned.select) == list(range(6, 12))
+    assert open_archive(archive).with_frames(parse_frames("7:12")).chunk_rows == 1  # not on a chunk boundary
+    # NXtomo: the slice picks among the projections (image_key 0), not among all rows.
+    key = np.array([1, 0, 0, 2, 0, 0, 0, 1, 0])
+    with h5py.File(tmp_path / "nx.h5", "w") as f:
+        f["entry/data/data"] = np.zeros((len(key), 8, 8), np.uint16)
+        f["entry/data/image_key"] = key
+    nx = open_archive(tmp_path / "nx.h5").with_frames(parse_frames("1::2"))
+    assert list(nx.select) == [2, 5, 8] and nx.lead_shape == (3,)
+    args = ["reconstruct", archive, "--model", movie_model, "--backend", "local", "--output", tmp_path / "x.h5"]
+    proc = run_cli(*args, "--frames", "10:", "--dry-run")
+    assert proc.returncode == 0 and "10 (rows 10:20:1 of the first axis)" in proc.stdout, proc.stdout
+    for frames, needle in (("0:99", "has 20 rows"), ("20:", "selects no frame"), ("3", "must be START:STOP[:STEP]"),
+                           ("0:4:0", "STEP >= 1")):
+        assert_one_line_error(run_cli(*args, "--frames", frames), needle)
+    assert not (tmp_path / "x.h5").exists()

@@ -46,7 +46,8 @@ class Archive:
         chunk_rows: rows along axis 0 per HDF5 chunk (1 for a contiguous dataset).
         lead_shape: the output's leading shape (NXtomo: number of projections).
         frame_shape: (H, W) of the frames read: the region of interest's, if one is set.
-        select: NXtomo only: the dataset rows that are projections (sorted), else None.
+        select: the dataset rows (along the first axis, sorted) that are the output's rows: NXtomo's
+            projections, and/or those ``--frames`` picks (:meth:`with_frames`); None: every row.
         flats, darks: (dataset path, rows or None for all) of the reference frames, or None.
         attrs: the file's root attributes (plain values).
         roi: (y0, y1, x0, x1) of the stored frames that are read (:meth:`with_roi`), or None: all.
@@ -55,6 +56,8 @@ class Archive:
             (:meth:`with_references`).
         reduction: how the reference stacks are reduced, one of :data:`REDUCTIONS`.
         eigenflats: ``reduction`` "pca": the eigen-flats K (None: :func:`default_eigenflats`).
+        frames: (start, stop, step) of ``--frames`` along the first leading axis (of the projections, for
+            NXtomo), or None: all.
     """
 
     path: Path
@@ -75,6 +78,7 @@ class Archive:
     darks_file: Path | None = None
     reduction: str = "mean"
     eigenflats: int | None = None
+    frames: tuple[int, int, int] | None = None
 
     @property
     def stored_frame_shape(self) -> tuple[int, int]:
@@ -95,6 +99,32 @@ class Archive:
             raise DataError(f"--roi {y0}:{y1},{x0}:{x1} is not a region of the {h} x {w} frames of "
                             f"{self.path}:{self.dataset}")
         return replace(self, roi=(y0, y1, x0, x1), frame_shape=(y1 - y0, x1 - x0))
+
+    def with_frames(self, frames: tuple[int | None, int | None, int | None] | None) -> Archive:
+        """This archive reduced to the rows ``frames`` = (start, stop, step) of its first leading axis (Python
+        slice semantics with start, stop >= 0; for NXtomo: of its projections); None: all of them. Shards read
+        the selected rows only; with step 1 and a start on a chunk boundary they stay aligned to the chunks.
+
+        Raises:
+            DataError: a selection that holds no frame.
+        """
+        if frames is None:
+            return self
+        n = self.lead_shape[0]
+        if frames[1] is not None and frames[1] > n:
+            raise DataError(f"--frames {_slice_text(frames)}: {self.path}:{self.dataset} has {n} rows "
+                            f"(frames 0-{n - 1}{' of the projections' if self.layout == 'nxtomo' else ''})")
+        picked = range(n)[slice(*frames)]
+        start, step = picked.start, picked.step
+        rows = np.arange(n, dtype=np.int64)[slice(*frames)]
+        if len(rows) == 0:
+            raise DataError(f"--frames {_slice_text(frames)} selects no frame of the {n} rows of "
+                            f"{self.path}:{self.dataset}")
+        select = rows if self.select is None else self.select[rows]
+        aligned = self.select is None and step == 1 and start % self.chunk_rows == 0
+        return replace(self, select=select, lead_shape=(len(rows), *self.lead_shape[1:]),
+                       chunk_rows=self.chunk_rows if aligned else 1,
+                       frames=(int(start), int(start + step * len(rows)), int(step)))
 
     def with_references(self, flats: tuple[Path, str | None] | None = None,
                         darks: tuple[Path, str | None] | None = None, reduction: str = "mean",
@@ -223,6 +253,32 @@ def _reference(f: h5py.File, path: Path, name: str, frame_shape: tuple[int, int]
         raise DataError(f"{path}:{name}: {what} are {ds.shape[-2]} x {ds.shape[-1]} but the frames are "
                         f"{frame_shape[0]} x {frame_shape[1]}")
     return name, rows
+
+
+def _slice_text(frames: tuple[int | None, int | None, int | None]) -> str:
+    return ":".join("" if v is None else str(v) for v in frames)
+
+
+def parse_frames(text: str | None) -> tuple[int | None, int | None, int | None] | None:
+    """``--frames START:STOP[:STEP]`` (rows START..STOP-1 of the first leading axis, every STEP-th; an empty
+    field: the start, the end, 1) -> (start, stop, step), or None.
+
+    Raises:
+        DataError: anything else, negative values or a step below 1.
+    """
+    if text is None:
+        return None
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        start, stop, *step = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise DataError(f"--frames must be START:STOP[:STEP] (e.g. 0:1000 or 100::10), not {text!r}") from None
+    step_v = step[0] if step else None
+    if any(v is not None and v < 0 for v in (start, stop)) or (step_v is not None and step_v < 1):
+        raise DataError(f"--frames {text}: START and STOP must be >= 0 and STEP >= 1")
+    return start, stop, step_v
 
 
 def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phasegan_hpc.data.archive import READERS, REDUCTIONS, parse_roi
+from phasegan_hpc.data.archive import READERS, REDUCTIONS, parse_frames, parse_roi
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct.backends import BACKENDS
 from phasegan_hpc.reconstruct.methods import SCORES, Method, PhaseGAN, method_named
@@ -77,6 +77,8 @@ class ReconstructRequest:
             "device" (torch, on the raw integer frames copied to the device) or "auto" (device on CUDA).
         output_dtype: of the frame datasets, one of :data:`OUTPUT_DTYPES` (float16: half the bytes).
         roi: "Y0:Y1,X0:X1": reconstruct only those pixel rows and columns of the frames (None: all).
+        frames: "START:STOP[:STEP]": reconstruct only those rows of the first leading axis (NXtomo: of the
+            projections); the output holds them in order (its attribute ``frames`` says which); None: all.
         flats, darks: "FILE[:DATASET]": the flats / darks from another file (None: the archive's).
         flats_reduction: how the flats and darks are reduced (``data.archive.REDUCTIONS``): "mean" or "median"
             to one frame each (the median ignores zingers and a few bad flats), or "pca": a flat for every frame
@@ -116,6 +118,7 @@ class ReconstructRequest:
     correct_on: str = "auto"
     output_dtype: str = "float32"
     roi: str | None = None
+    frames: str | None = None
     force_geometry: bool = False
     flats: str | None = None
     darks: str | None = None
@@ -138,6 +141,7 @@ class ReconstructRequest:
         if self.reader not in READERS:
             raise DataError(f"unknown reader {self.reader!r}; choose from {', '.join(READERS)}")
         parse_roi(self.roi)  # validates the form; the bounds are checked against the archive
+        parse_frames(self.frames)  # likewise
         zinger = self.zinger_threshold
         if zinger is not None and not (zinger > 0 and math.isfinite(zinger)):
             raise DataError(f"--zinger-threshold must be a positive number, not {self.zinger_threshold}")
@@ -240,6 +244,7 @@ class DryRun:
     frames: int
     frame_shape: tuple[int, int]
     roi: tuple[int, int, int, int] | None
+    selection: tuple[int, int, int] | None  # --frames: (start, stop, step) of the first leading axis
     method: str
     model: Path | None
     output: Path

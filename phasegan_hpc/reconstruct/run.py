@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from phasegan_hpc.data.archive import Archive, FrameReader, load_mask, open_archive, parse_reference, parse_roi
+from phasegan_hpc.data.archive import (
+    Archive,
+    FrameReader,
+    load_mask,
+    open_archive,
+    parse_frames,
+    parse_reference,
+    parse_roi,
+)
 from phasegan_hpc.data.metadata import Stated
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import PhaseModel, load_model
@@ -264,7 +272,7 @@ def output_bytes(plan: list[Shard], layout: Layout, output_dtype: str) -> int:
 def _archive_of(r: ReconstructRequest) -> Archive:
     """The request's archive: its region of interest, and flats and darks (from it or other files) reduced as
     asked."""
-    return open_archive(r.archive, r.dataset).with_roi(parse_roi(r.roi)).with_references(
+    return open_archive(r.archive, r.dataset).with_roi(parse_roi(r.roi)).with_frames(parse_frames(r.frames)).with_references(
         parse_reference(r.flats, "flats"), parse_reference(r.darks, "darks"), r.flats_reduction, r.eigenflats)
 
 
@@ -283,7 +291,7 @@ def dry_run(request: ReconstructRequest) -> DryRun:
         reader.close()
     g = c.geometry
     return DryRun(archive=archive.path, dataset=archive.dataset, frames=archive.n_frames,
-                  frame_shape=archive.frame_shape, roi=archive.roi, method=request.method.name,
+                  frame_shape=archive.frame_shape, roi=archive.roi, selection=archive.frames, method=request.method.name,
                   model=c.model_path, output=c.output, output_exists=c.output.exists(), shards=len(c.plan),
                   shard_frames=max(s.frames for s in c.plan), batch_size=request.batch_size,
                   backend=request.backend, workers=request.workers,
@@ -310,6 +318,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
                 "references_sha256": reader.references_sha256,
                 "physics": _identity_physics(geometry, delta_beta), "tie": method.options(), "score": r.score,
                 "output_dtype": r.output_dtype, **({"roi": list(archive.roi)} if archive.roi else {}),
+                **({"frames": list(archive.frames)} if archive.frames else {}),
                 **({"zinger_threshold": r.zinger_threshold} if r.zinger_threshold else {}),
                 **({"mask_sha256": hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()} if mask is not None
                    else {})}
@@ -343,10 +352,12 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
         "delta_beta": delta_beta, "batch_size": r.batch_size,
         "score": method.score_name(loaded),
         "roi": list(archive.roi) if archive.roi else None,  # (y0, y1, x0, x1) of the archive's frames
+        "frames": list(archive.frames) if archive.frames else None,  # --frames: (start, stop, step) of axis 0
         "geometry_sources": json.dumps(sources),
         "reconstruct_options": json.dumps({"backend": backend.name, "batch_size": r.batch_size,
                                            "method": method.name, "dataset": archive.dataset,
-                                           "shard_frames": r.shard_frames, "roi": r.roi, "score": r.score,
+                                           "shard_frames": r.shard_frames, "roi": r.roi, "frames": r.frames,
+                                           "score": r.score,
                                            "output_dtype": r.output_dtype}),
     }
     return Prepared(job, plan, [s for s in plan if s.index not in done], rejected, not resumed, out, layout, attrs,
