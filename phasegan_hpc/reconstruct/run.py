@@ -270,10 +270,11 @@ def output_bytes(plan: list[Shard], layout: Layout, output_dtype: str) -> int:
 
 
 def _archive_of(r: ReconstructRequest) -> Archive:
-    """The request's archive: its region of interest, and flats and darks (from it or other files) reduced as
-    asked."""
-    return open_archive(r.archive, r.dataset).with_roi(parse_roi(r.roi)).with_frames(parse_frames(r.frames)).with_references(
-        parse_reference(r.flats, "flats"), parse_reference(r.darks, "darks"), r.flats_reduction, r.eigenflats)
+    """The request's archive: its region of interest, its rows (``--frames``), and flats and darks (from it or
+    other files) reduced as asked."""
+    archive = open_archive(r.archive, r.dataset).with_roi(parse_roi(r.roi)).with_frames(parse_frames(r.frames))
+    return archive.with_references(parse_reference(r.flats, "flats"), parse_reference(r.darks, "darks"),
+                                   r.flats_reduction, r.eigenflats)
 
 
 def dry_run(request: ReconstructRequest) -> DryRun:
@@ -291,7 +292,8 @@ def dry_run(request: ReconstructRequest) -> DryRun:
         reader.close()
     g = c.geometry
     return DryRun(archive=archive.path, dataset=archive.dataset, frames=archive.n_frames,
-                  frame_shape=archive.frame_shape, roi=archive.roi, selection=archive.frames, method=request.method.name,
+                  frame_shape=archive.frame_shape, roi=archive.roi, selection=archive.frames,
+                  method=request.method.name,
                   model=c.model_path, output=c.output, output_exists=c.output.exists(), shards=len(c.plan),
                   shard_frames=max(s.frames for s in c.plan), batch_size=request.batch_size,
                   backend=request.backend, workers=request.workers,
