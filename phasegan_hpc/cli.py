@@ -327,7 +327,9 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 
 
 @cli.command()
-@click.argument("archive", type=click.Path(path_type=Path))
+@click.argument("archives", nargs=-1, required=True)
+@click.option("--sequence", is_flag=True, default=False,
+              help="ARCHIVES (files or a quoted pattern like 'RUN-S*.h5', in name order) are one movie: one output.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="model.pt (default: $PHASEGAN_HPC_MODEL, else ./runs/latest/model.pt).")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
@@ -385,7 +387,8 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--roi", default=None, help="Reconstruct only pixel rows Y0..Y1-1 and columns X0..X1-1: Y0:Y1,X0:X1.")
 @click.option("--frames", "frames", default=None,
               help="Reconstruct only rows START..STOP-1 (every STEP-th) of the first axis: START:STOP[:STEP].")
-def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dataset: str | None, backend: str,
+def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | None, output: Path | None,
+                dataset: str | None, backend: str,
                 workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None, batch_size: int,
                 method: str, shard_frames: int | None, device: str | None, delta_beta: float | None,
                 pixel_size_m: float | None, distance_m: float | None, energy_kev: float | None,
@@ -395,12 +398,17 @@ def reconstruct(archive: Path, model_path: Path | None, output: Path | None, dat
                 zinger_threshold: float | None, mask_file: str | None, dry_run: bool,
                 force_geometry: bool,
                 roi: str | None, frames: str | None) -> None:
-    """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers.
+    """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers;
+    with --sequence, of several files (or a quoted glob pattern) read as one movie.
 
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
     OUTPUT's .shards directory: move them together) and a PNG preview next to it.
     """
-    _pipeline(archive, report, dry_run, model=model_path, output=output, dataset=dataset, backend=backend,
+    from phasegan_hpc.reconstruct.request import archives_of
+
+    archive, further = archives_of(archives, sequence)
+    _pipeline(archive, report, dry_run, sequence=further, model=model_path, output=output, dataset=dataset,
+              backend=backend,
               workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,

@@ -209,7 +209,8 @@ def dry_run_table(plan) -> Table:
     """What ``reconstruct --dry-run`` found (a :class:`~phasegan_hpc.reconstruct.request.DryRun`)."""
     table = _what_value(f"plan (dry run, nothing written): {plan.output}")
     roi = f", region {plan.roi[0]}:{plan.roi[1]},{plan.roi[2]}:{plan.roi[3]}" if plan.roi else ""
-    table.add_row("archive", f"{plan.archive}:{plan.dataset}")
+    more = f" and {plan.files - 1} more files, one movie" if plan.files > 1 else ""
+    table.add_row("archive", f"{plan.archive}:{plan.dataset}{more}")
     picked = (f" (rows {plan.selection[0]}:{plan.selection[1]}:{plan.selection[2]} of the first axis)"
               if plan.selection else "")
     table.add_row("frames", f"{plan.frames:,}{picked} of {plan.frame_shape[0]} x {plan.frame_shape[1]} px{roi}")

@@ -253,3 +253,40 @@ def test_frames_reconstructs_a_slice_of_rows(movie_model, movie, tmp_path):
                            ("0:4:0", "STEP >= 1")):
         assert_one_line_error(run_cli(*args, "--frames", frames), needle)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_sequence_of_three_files_is_the_same_movie_as_one_file(movie_model, movie, tmp_path):
+    """`--sequence 'RUN-S*.h5'`: three sequence files (flats and darks in the first only; 7 + 7 + 6 frames, so
+    shards cross file boundaries) give the output of the same 20 frames in one file, value for value, named
+    after the run; the files are read-only; several files without --sequence, a pattern matching nothing and a
+    file of other frames are one line each."""
+    whole = write_dxchange(tmp_path / "whole.h5", movie, n=20)
+    with h5py.File(whole) as f:
+        raw, flats, darks = (f[f"exchange/{k}"][()] for k in ("data", "data_white", "data_dark"))
+    d = tmp_path / "run"
+    d.mkdir()
+    for i, (a, b) in enumerate(((0, 7), (7, 14), (14, 20))):
+        with h5py.File(d / f"RUN-S{i:05d}.h5", "w") as f:
+            f.create_dataset("exchange/data", data=raw[a:b], chunks=(3, 64, 64))
+            if i == 0:
+                f["exchange/data_white"], f["exchange/data_dark"] = flats, darks
+    before = snapshot(d)
+    options = dict(model=movie_model, backend="local", batch_size=2, shard_frames=6, preview=False)
+    one = reconstruct(ReconstructRequest(whole, **options))
+    seq = reconstruct(ReconstructRequest(d / "RUN-S00000.h5", sequence=(d / "RUN-S00001.h5", d / "RUN-S00002.h5"),
+                                         **options))
+    assert seq.output == d / "RUN_phasegan.h5" and seq.frames == 20
+    assert_identical(read(seq.output), read(one.output))
+    with h5py.File(seq.output) as f:
+        assert [p for p, _ in json.loads(f.attrs["source_files"])] == [str(d / f"RUN-S{i:05d}.h5") for i in range(3)]
+    assert {k: v for k, v in snapshot(d).items() if k.startswith("RUN-S")} == before  # read-only
+    args = ["reconstruct", "--model", movie_model, "--backend", "local", "--output", tmp_path / "x.h5"]
+    proc = run_cli(*args, "--sequence", str(d / "RUN-S*.h5"), "--dry-run")
+    assert proc.returncode == 0 and "and 2 more files, one movie" in proc.stdout, proc.stderr + proc.stdout
+    with h5py.File(d / "RUN-S00003.h5", "w") as f:
+        f["exchange/data"] = raw[:2, :32]
+    for extra, needle in ((["--sequence", d / "RUN-S*.h5"], "a sequence needs frames of one shape and dtype"),
+                          ([d / "RUN-S00000.h5", d / "RUN-S00001.h5"], "add --sequence to read them as one movie"),
+                          (["--sequence", tmp_path / "none-S*.h5"], "no file matches it as a pattern")):
+        assert_one_line_error(run_cli(*args, *extra), needle)
+    assert not (tmp_path / "x.h5").exists()

@@ -10,7 +10,9 @@ The archive is only ever opened read-only (``h5py.File(path, "r")``). Nothing he
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +60,8 @@ class Archive:
         eigenflats: ``reduction`` "pca": the eigen-flats K (None: :func:`default_eigenflats`).
         frames: (start, stop, step) of ``--frames`` along the first leading axis (of the projections, for
             NXtomo), or None: all.
+        parts: a sequence of files read as one movie (:func:`open_sequence`): (file, rows along the first axis)
+            of each, in order (``path`` is the first); None: one file.
     """
 
     path: Path
@@ -79,6 +83,7 @@ class Archive:
     reduction: str = "mean"
     eigenflats: int | None = None
     frames: tuple[int, int, int] | None = None
+    parts: tuple[tuple[Path, int], ...] | None = None
 
     @property
     def stored_frame_shape(self) -> tuple[int, int]:
@@ -346,6 +351,72 @@ def open_archive(path: str | Path, dataset: str | None = None) -> Archive:
                        frame_shape, select, flats, darks, attrs, stated=stated_geometry(f, name, str(path)))
 
 
+def expand_archives(args: list[str] | tuple[str, ...]) -> list[Path]:
+    """Archive arguments -> files: each argument with ``*``, ``?`` or ``[`` that is not itself a file is a glob
+    pattern, expanded in name order (``RUN-S00000.h5``, ``RUN-S00001.h5``, ...); the others are taken as they
+    are, in the order given.
+
+    Raises:
+        DataError: no argument, or a pattern that matches no file.
+    """
+    if not args:
+        raise DataError("no archive given")
+    paths: list[Path] = []
+    for arg in map(str, args):
+        if any(c in arg for c in "*?[") and not os.path.lexists(os.path.expanduser(arg)):
+            found = sorted(glob.glob(os.path.expanduser(arg)))
+            if not found:
+                raise DataError(f"archive {arg} not found (and no file matches it as a pattern)")
+            paths.extend(Path(p) for p in found)
+        else:
+            paths.append(Path(arg))
+    return paths
+
+
+def open_sequence(paths: list[Path], dataset: str | None = None) -> Archive:
+    """Several archives read as one movie, in the order given (European XFEL's sequence files ``...-S00000.h5``,
+    ``...-S00001.h5``, ...): the frames of each, one after the other along the first axis. Every file must
+    hold the same frames dataset (the first file's, found as :func:`open_archive` finds it) with the same frame
+    shape, dtype and trailing leading shape; the geometry the files state and the flats and darks are the
+    first file's (the first that has them, for flats and darks). One file: :func:`open_archive`.
+
+    Raises:
+        DataError: as :func:`open_archive`, for any file; files that differ; a file given twice; NXtomo files
+            (their image_key interleaves flats and projections: reconstruct those one by one).
+    """
+    first = open_archive(paths[0], dataset)
+    if len(paths) == 1:
+        return first
+    if first.select is not None:
+        raise DataError(f"{first.path}: a sequence of NXtomo files (image_key) is not supported; reconstruct "
+                        "each file on its own")
+    parts = [first]
+    for p in paths[1:]:
+        a = open_archive(p, first.dataset)
+        if a.select is not None or (a.dtype, a.frame_shape, a.lead_shape[1:]) != (first.dtype, first.frame_shape,
+                                                                                 first.lead_shape[1:]):
+            raise DataError(f"sequence: {a.path}:{a.dataset} holds {a.dtype} {' x '.join(map(str, a.shape))} "
+                            f"frames, {first.path} {first.dtype} {' x '.join(map(str, first.shape))}; a sequence "
+                            "needs frames of one shape and dtype")
+        parts.append(a)
+    files = [a.path for a in parts]
+    if len(set(files)) < len(files):
+        twice = next(f for f in files if files.count(f) > 1)
+        raise DataError(f"sequence: {twice} is given twice")
+    rows = [a.shape[0] for a in parts]
+    # chunk-aligned only if every file but the last ends on a chunk boundary of the same chunking
+    aligned = all(a.chunk_rows == first.chunk_rows for a in parts) and all(r % first.chunk_rows == 0
+                                                                           for r in rows[:-1])
+    flats = next(((a.path, a.flats) for a in parts if a.flats is not None), (None, None))
+    darks = next(((a.path, a.darks) for a in parts if a.darks is not None), (None, None))
+    total = sum(rows)
+    return replace(first, shape=(total, *first.shape[1:]), lead_shape=(total, *first.lead_shape[1:]),
+                   chunk_rows=first.chunk_rows if aligned else 1,
+                   flats=flats[1], flats_file=flats[0] if flats[0] != first.path else None,
+                   darks=darks[1], darks_file=darks[0] if darks[0] != first.path else None,
+                   parts=tuple((a.path, r) for a, r in zip(parts, rows, strict=True)))
+
+
 def _mean_reference(f: h5py.File, ref: tuple[str, list[int] | None] | None, block: int = 16) -> np.ndarray | None:
     """Mean (H, W) float64 of a reference stack, read a few frames at a time (bounded memory)."""
     if ref is None:
@@ -476,6 +547,16 @@ class FrameReader:
         self.file = _open(archive.path)
         self.ds = self.file[archive.dataset]
         self.rows = ChunkRows(self.ds, threads=threads, force_h5py=reader == "h5py")
+        # a sequence: every file's reader, and where each file's rows begin along the first axis
+        self._files = [self.file]
+        self._part_rows = [self.rows]
+        self._part_start = np.zeros(1, np.int64)
+        if archive.parts is not None:
+            for path, _ in archive.parts[1:]:
+                f = _open(path)
+                self._files.append(f)
+                self._part_rows.append(ChunkRows(f[archive.dataset], threads=threads, force_h5py=reader == "h5py"))
+            self._part_start = np.cumsum([0] + [n for _, n in archive.parts[:-1]]).astype(np.int64)
         reduce = _FRAME_REDUCERS[archive.reduction]
         self.flat = _cropped(archive, _reference_frame(self.file, archive.flats, archive.flats_file, reduce))
         self.dark = _cropped(archive, _reference_frame(self.file, archive.darks, archive.darks_file, reduce))
@@ -517,8 +598,15 @@ class FrameReader:
                                          dead_value=np.nan)
 
     def close(self) -> None:
-        self.rows.close()
-        self.file.close()
+        for rows, f in zip(self._part_rows, self._files, strict=True):
+            rows.close()
+            f.close()
+
+    def _by_part(self, rows: np.ndarray) -> Iterator[tuple[int, ChunkRows, np.ndarray]]:
+        """Sorted dataset rows (of the whole sequence) -> (file index, its reader, its own rows), in order."""
+        part = np.searchsorted(self._part_start, rows, side="right") - 1
+        for i in np.unique(part):
+            yield int(i), self._part_rows[i], rows[part == i] - self._part_start[i]
 
     def correct(self, raw: ArrayT) -> ArrayT:
         """(I - dark) / (flat - dark) (DESIGN.md §3), I - dark without flats, I without either; float32, numpy
@@ -539,7 +627,9 @@ class FrameReader:
         ``sink`` receives the rows' stored bytes (see :meth:`input_checksum`)."""
         a = self.archive
         note(f"reading rows {r0}-{r1 - 1} of {a.path}:{a.dataset}")  # named if a C decoder crashes (h5py path)
-        block, bad = self.rows.read(self.dataset_rows(r0, r1), sink)
+        pieces = [rows.read(local, sink) for _, rows, local in self._by_part(self.dataset_rows(r0, r1))]
+        block, bad = (pieces[0] if len(pieces) == 1 else
+                      (np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])))
         note("")
         if bad.any():
             block = block.astype(np.float32)
@@ -580,7 +670,8 @@ class FrameReader:
         to the checksum of the bytes ``blocks`` feeds its sink."""
         h = Checksum()
         for r0, r1 in self.spans(start, stop, min_frames):
-            self.rows.digest(self.dataset_rows(r0, r1), h.update)
+            for _, rows, local in self._by_part(self.dataset_rows(r0, r1)):
+                rows.digest(local, h.update)
         return h.hexdigest()
 
     @property

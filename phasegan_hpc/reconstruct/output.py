@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -48,9 +49,13 @@ MANIFEST = "plan.json"
 MANIFEST_VERSION = 2  # 2: the identity leaves out the archive's length; shards record what they read
 
 
-def default_output(archive: Path, method: str) -> Path:
-    """``<stem>_phasegan.h5`` (``_paganin`` for the baseline) next to the archive."""
-    return archive.with_name(f"{archive.stem}_{method}.h5")
+def default_output(archive: Path, method: str, sequence: bool = False) -> Path:
+    """``<stem>_phasegan.h5`` (``_paganin`` for the baseline) next to the archive; for a sequence whose first
+    file is ``RUN-S00000.h5``, ``RUN_phasegan.h5`` (the sequence number dropped)."""
+    stem = archive.stem
+    if sequence:
+        stem = re.sub(r"[-_]?S?\d+$", "", stem) or stem
+    return archive.with_name(f"{stem}_{method}.h5")
 
 
 class OutputLock:
@@ -108,12 +113,13 @@ def shards_dir_of(output: Path) -> Path:
     return output.with_name(f"{output.stem}.shards")
 
 
-def check_output(output: Path, archive: Path, overwrite: bool) -> None:
-    """Refuse an output that would replace the archive, a finished output (without ``overwrite``), a file at
-    the output that is not a reconstruction (even with ``overwrite``), or a directory that cannot be written.
-    Changes nothing."""
-    if output.resolve() == archive.resolve() or shards_dir_of(output).resolve() == archive.resolve():
-        raise DataError(f"output {output} is the archive itself; choose another --output")
+def check_output(output: Path, archive: Path | list[Path], overwrite: bool) -> None:
+    """Refuse an output that would replace the archive (or a file of a sequence), a finished output (without
+    ``overwrite``), a file at the output that is not a reconstruction (even with ``overwrite``), or a directory
+    that cannot be written. Changes nothing."""
+    for a in archive if isinstance(archive, list) else [archive]:
+        if output.resolve() == a.resolve() or shards_dir_of(output).resolve() == a.resolve():
+            raise DataError(f"output {output} is the archive {a} itself; choose another --output")
     if output.suffix.lower() not in (".h5", ".hdf5", ".nxs"):
         raise DataError(f"output {output} must end in .h5")
     check_writable(output, "output")  # its directory is made when missing
@@ -161,6 +167,7 @@ def manifest(archive: Archive, job_identity: dict[str, Any], plan: list[Shard]) 
         "archive": str(archive.path), "dataset": archive.dataset, "layout": archive.layout, "dtype": archive.dtype,
         "frame_shape": list(archive.frame_shape), "lead_tail": list(archive.lead_shape[1:]),
         "chunk_rows": archive.chunk_rows,
+        **({"sequence": [str(p) for p, _ in archive.parts]} if archive.parts else {}),
         **job_identity,
         "shards": [s.as_dict() for s in plan],
     }
@@ -378,6 +385,7 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
             m.attrs["description"] = "1: a pixel inpainted from its nearest unmasked one before retrieval (--mask)"
         f.attrs.update({
             "source_file": str(archive.path), "source_dataset": archive.dataset, "source_layout": archive.layout,
+            **({"source_files": json.dumps([[str(p), n] for p, n in archive.parts])} if archive.parts else {}),
             "software": "phasegan-hpc", "software_version": __version__, "shards": str(rel),
             "complete": True,  # every shard finished and verified (a partial volume would say False)
             **{k: v for k, v in attrs.items() if v is not None},

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phasegan_hpc.data.archive import READERS, REDUCTIONS, parse_frames, parse_roi
+from phasegan_hpc.data.archive import READERS, REDUCTIONS, expand_archives, parse_frames, parse_roi
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.reconstruct.backends import BACKENDS
 from phasegan_hpc.reconstruct.methods import SCORES, Method, PhaseGAN, method_named
@@ -41,12 +41,29 @@ def score_every(score: str) -> int:
     raise DataError(f"--score must be all, none or every:N with N >= 1, not {score!r}")
 
 
+def archives_of(args: tuple[str, ...] | list[str], sequence: bool) -> tuple[Path, tuple[Path, ...]]:
+    """``reconstruct ARCHIVE...`` -> (archive, the sequence's further files): glob patterns expanded in name
+    order (``data.archive.expand_archives``); several files only with ``--sequence`` (one movie).
+
+    Raises:
+        DataError: no file, a pattern matching none, or several files without ``sequence``.
+    """
+    paths = expand_archives(args)
+    if len(paths) > 1 and not sequence:
+        raise DataError(f"{len(paths)} archives given ({paths[0]}, {paths[1]}, ...): add --sequence to read them as "
+                        "one movie; one output per archive in one run is not built yet, reconstruct them one by one")
+    return paths[0], tuple(paths[1:])
+
+
 @dataclass(frozen=True)
 class ReconstructRequest:
     """One reconstruction: what to read, how to retrieve, where to write, and on what to run.
 
     Attributes:
         archive: the HDF5 movie archive (opened read-only, never modified).
+        sequence: further archives read after ``archive`` as one movie (``--sequence``: sequence files of a
+            run, ``data.archive.open_sequence``); one output, named after the first file without its
+            sequence number.
         model: ``model.pt``; None: ``$PHASEGAN_HPC_MODEL`` or ``runs/latest/model.pt`` (optional unless the
             method needs one).
         output: output file; None: ``<stem>_<method>.h5`` next to the archive.
@@ -96,6 +113,7 @@ class ReconstructRequest:
     """
 
     archive: Path
+    sequence: tuple[Path, ...] = ()
     model: Path | None = None
     output: Path | None = None
     dataset: str | None = None
@@ -130,6 +148,7 @@ class ReconstructRequest:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "archive", Path(self.archive))
+        set_(self, "sequence", tuple(Path(p) for p in self.sequence))
         set_(self, "model", Path(self.model) if self.model is not None else None)
         set_(self, "output", Path(self.output) if self.output is not None else None)
         if isinstance(self.method, str):
@@ -164,7 +183,7 @@ class ReconstructRequest:
         """``output`` as an absolute path, else ``<stem>_<method>.h5`` next to the (resolved) archive."""
         if self.output is not None:
             return self.output.expanduser().absolute()
-        return default_output(self.archive.expanduser().resolve(), self.method.name)
+        return default_output(self.archive.expanduser().resolve(), self.method.name, bool(self.sequence))
 
     def model_path(self) -> Path | None:
         """``model``, else ``$PHASEGAN_HPC_MODEL``, else ``./runs/latest/model.pt``; None if there is none and the
@@ -245,6 +264,7 @@ class DryRun:
     frame_shape: tuple[int, int]
     roi: tuple[int, int, int, int] | None
     selection: tuple[int, int, int] | None  # --frames: (start, stop, step) of the first leading axis
+    files: int  # 1, or the files of a sequence (``archive`` is the first)
     method: str
     model: Path | None
     output: Path

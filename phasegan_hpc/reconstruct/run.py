@@ -22,7 +22,7 @@ from phasegan_hpc.data.archive import (
     Archive,
     FrameReader,
     load_mask,
-    open_archive,
+    open_sequence,
     parse_frames,
     parse_reference,
     parse_roi,
@@ -257,7 +257,7 @@ def _checked(r: ReconstructRequest, archive: Archive, reader: FrameReader) -> _C
     loaded = load_model(model_path) if model_path is not None else None
     geometry, delta_beta, sources = _geometry(r.method, loaded, archive, r.physics, r.force_geometry)
     out = r.output_path()
-    check_output(out, archive.path, r.overwrite)
+    check_output(out, [p for p, _ in archive.parts or [(archive.path, 0)]], r.overwrite)
     plan = make_plan(archive, r.batch_size, r.shard_frames)
     layout = r.method.layout(loaded, archive.frame_shape, geometry)
     mask = load_mask(parse_reference(r.mask, "mask"), archive) if r.mask else None
@@ -270,9 +270,10 @@ def output_bytes(plan: list[Shard], layout: Layout, output_dtype: str) -> int:
 
 
 def _archive_of(r: ReconstructRequest) -> Archive:
-    """The request's archive: its region of interest, its rows (``--frames``), and flats and darks (from it or
-    other files) reduced as asked."""
-    archive = open_archive(r.archive, r.dataset).with_roi(parse_roi(r.roi)).with_frames(parse_frames(r.frames))
+    """The request's archive (one file, or a sequence of files read as one movie): its region of interest, its
+    rows (``--frames``), and flats and darks (from it or other files) reduced as asked."""
+    archive = open_sequence([r.archive, *r.sequence], r.dataset)
+    archive = archive.with_roi(parse_roi(r.roi)).with_frames(parse_frames(r.frames))
     return archive.with_references(parse_reference(r.flats, "flats"), parse_reference(r.darks, "darks"),
                                    r.flats_reduction, r.eigenflats)
 
@@ -293,6 +294,7 @@ def dry_run(request: ReconstructRequest) -> DryRun:
     g = c.geometry
     return DryRun(archive=archive.path, dataset=archive.dataset, frames=archive.n_frames,
                   frame_shape=archive.frame_shape, roi=archive.roi, selection=archive.frames,
+                  files=len(archive.parts) if archive.parts else 1,
                   method=request.method.name,
                   model=c.model_path, output=c.output, output_exists=c.output.exists(), shards=len(c.plan),
                   shard_frames=max(s.frames for s in c.plan), batch_size=request.batch_size,
