@@ -180,25 +180,35 @@ def correct(archive: Path, output: Path, dataset: str | None, pixel_size_m: floa
 def _pipeline(archive: Path, report: Path | None = None, dry_run: bool = False, **options) -> None:
     """Run a reconstruction-pipeline command (a ``ReconstructRequest`` of ``options``) with a progress bar and
     print its summary (and, with ``report``, write it as JSON); ``dry_run``: print the plan only."""
-    from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
+    _pipelines([(archive, ())], report, dry_run, **options)
+
+
+def _pipelines(runs: list, report: Path | None = None, dry_run: bool = False, **options) -> None:
+    """:func:`_pipeline` for several archives at once (``reconstruct A.h5 B.h5``: one pool of workers): a plan
+    or summary table each; ``report`` holds one record, or a list of them for several archives."""
+    from phasegan_hpc.reconstruct import reconstruct_all
+    from phasegan_hpc.reconstruct.request import requests_for
 
     if report is not None:
         check_writable(report, "--report")
-    request = ReconstructRequest(archive, **{"preview": False, **options})
+    requests = requests_for(runs, **{"preview": False, **options})
+    records = []
     if dry_run:
         from phasegan_hpc.reconstruct.run import dry_run as plan_of
 
-        plan = plan_of(request)
-        console().print(dry_run_table(plan))
-        if report is not None:
-            atomic_write_text(report, json.dumps(plan.as_dict(), indent=2) + "\n")
-        return
-    with progress_bar(request.method.name, unit="frames") as progress:
-        summary = reconstruct(request, progress=progress)
-    if summary is not None:  # None on MPI ranks other than 0
-        console().print(reconstruction_table(summary))
-        if report is not None:
-            atomic_write_text(report, json.dumps(summary.as_dict(), indent=2) + "\n")
+        for request in requests:
+            plan = plan_of(request)
+            console().print(dry_run_table(plan))
+            records.append(plan.as_dict())
+    else:
+        with progress_bar(requests[0].method.name, unit="frames") as progress:
+            summaries = reconstruct_all(requests, progress=progress)
+        for summary in summaries:
+            if summary is not None:  # None on MPI ranks other than 0
+                console().print(reconstruction_table(summary))
+                records.append(summary.as_dict())
+    if report is not None and records:
+        atomic_write_text(report, json.dumps(records[0] if len(records) == 1 else records, indent=2) + "\n")
 
 
 @cli.command("movie-figure")
@@ -398,26 +408,24 @@ def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | No
                 zinger_threshold: float | None, mask_file: str | None, dry_run: bool,
                 force_geometry: bool,
                 roi: str | None, frames: str | None) -> None:
-    """Phase and attenuation of every frame of the HDF5 movie ARCHIVE (read-only), sharded over workers;
-    with --sequence, of several files (or a quoted glob pattern) read as one movie.
+    """Phase and attenuation of every frame of the HDF5 movie ARCHIVES (read-only), sharded over one pool of
+    workers: one output per archive, or with --sequence one for all of them read as one movie (files, or a
+    quoted glob pattern in name order).
 
     A rerun after a crash continues: finished shards are kept. Writes OUTPUT (virtual datasets over
     OUTPUT's .shards directory: move them together) and a PNG preview next to it.
     """
     from phasegan_hpc.reconstruct.request import archives_of
 
-    archive, further = archives_of(archives, sequence)
-    _pipeline(archive, report, dry_run, sequence=further, model=model_path, output=output, dataset=dataset,
-              backend=backend,
-              workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-              batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
-              preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
-              correct_on=correct_on, output_dtype=output_dtype, roi=roi, frames=frames, force_geometry=force_geometry,
-              flats=flats_file, darks=darks_file, flats_reduction=flats_reduction, eigenflats=eigenflats,
-              zinger_threshold=zinger_threshold, mask=mask_file,
-              physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
-                       "energy_kev": energy_kev})
-
+    _pipelines(archives_of(archives, sequence), report, dry_run, model=model_path, output=output, dataset=dataset,
+               backend=backend, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+               batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
+               preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
+               correct_on=correct_on, output_dtype=output_dtype, roi=roi, frames=frames,
+               force_geometry=force_geometry, flats=flats_file, darks=darks_file, flats_reduction=flats_reduction,
+               eigenflats=eigenflats, zinger_threshold=zinger_threshold, mask=mask_file,
+               physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
+                        "energy_kev": energy_kev})
 
 class _Benchmark(click.Command):
     """A ``bench`` subcommand. An option that only other benchmarks take is a user error (one line, exit 1:

@@ -18,7 +18,7 @@ from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
 from phasegan_hpc.reconstruct.backends import backend_named
 from phasegan_hpc.reconstruct.plan import Shard
 from phasegan_hpc.reconstruct.run import prepare
-from phasegan_hpc.reconstruct.source import FixedShards
+from phasegan_hpc.reconstruct.source import FixedShards, Task, tasks
 
 pytestmark = pytest.mark.slow
 
@@ -100,13 +100,13 @@ class DrippingShards:
                 self.inner.give_back(self.left.pop(0))
 
     def take(self, timeout: float = 0.0):
-        shard = self.inner.take(timeout)
-        if shard is not None:
-            self.taken.append(shard.index)
-        return shard
+        task = self.inner.take(timeout)
+        if task is not None:
+            self.taken.append(task.shard.index)
+        return task
 
-    def give_back(self, shard) -> None:
-        self.inner.give_back(shard)
+    def give_back(self, task) -> None:
+        self.inner.give_back(task)
 
     def exhausted(self) -> bool:
         with self.lock:
@@ -117,7 +117,7 @@ class DrippingShards:
 
 
 def test_fixed_shards_give_back_comes_first():
-    a, b, c = (Shard(i, i, i + 1, i, i + 1) for i in range(3))
+    a, b, c = (Task(0, Shard(i, i, i + 1, i, i + 1)) for i in range(3))
     src = FixedShards([a, b, c])
     assert src.pending() == 3 and src.take() == a
     src.give_back(a)  # its worker was lost
@@ -140,9 +140,9 @@ def test_backends_serve_a_source_that_grows_while_they_run(ray_cluster, movie_mo
         backend = backend_named(name, workers=2)
     prepared = prepare(request, backend)
     assert len(prepared.pending) == 4
-    source = DrippingShards(prepared.pending, every=1.0 if name == "ray" else 0.5)
+    source = DrippingShards(tasks(prepared.pending), every=1.0 if name == "ray" else 0.5)
     frames: list[int] = []
-    rows = backend.run(prepared.job, source, frames.append)
+    rows = backend.run([prepared.job], source, frames.append)
     assert sorted(r["shard"] for r in rows) == [0, 1, 2, 3] == sorted(source.taken)  # each once, none early lost
     assert sum(frames) == 22
     for s in prepared.plan:  # every shard file as the uninterrupted reference wrote it

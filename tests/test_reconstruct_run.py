@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import faults
 import h5py
@@ -286,7 +287,48 @@ def test_a_sequence_of_three_files_is_the_same_movie_as_one_file(movie_model, mo
     with h5py.File(d / "RUN-S00003.h5", "w") as f:
         f["exchange/data"] = raw[:2, :32]
     for extra, needle in ((["--sequence", d / "RUN-S*.h5"], "a sequence needs frames of one shape and dtype"),
-                          ([d / "RUN-S00000.h5", d / "RUN-S00001.h5"], "add --sequence to read them as one movie"),
+                          ([d / "RUN-S00000.h5", d / "RUN-S00001.h5"], "--output names one file, but 2 archives"),
                           (["--sequence", tmp_path / "none-S*.h5"], "no file matches it as a pattern")):
         assert_one_line_error(run_cli(*args, *extra), needle)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_list_of_archives_gives_one_output_each_from_one_pool(ray_cluster, movie_model, movie, tmp_path):
+    """`reconstruct A.h5 B.h5`: each output equals its archive's own run; the shards of both run on one pool of
+    Ray actors (the same two processes); a bad archive in the list is one line and nothing is written."""
+    from phasegan_hpc.reconstruct.backends import backend_named
+    from phasegan_hpc.reconstruct.run import prepare
+    from phasegan_hpc.reconstruct.source import FixedShards, tasks
+
+    d = tmp_path / "in"
+    d.mkdir()
+    a, b = write_dxchange(d / "a.h5", movie, n=12), write_dxchange(d / "b.h5", movie, n=9)
+    options = dict(model=movie_model, batch_size=2, shard_frames=3, preview=False)
+    refs = [read(reconstruct(ReconstructRequest(x, output=tmp_path / f"ref_{x.stem}.h5", backend="local",
+                                                **options)).output) for x in (a, b)]
+    ray_backend = backend_named("ray", workers=2)
+    prepared = [prepare(ReconstructRequest(x, output=tmp_path / f"pool_{x.stem}.h5", backend="ray", workers=2,
+                                           **options), ray_backend) for x in (a, b)]
+    todo = tasks(prepared[0].pending, 0) + tasks(prepared[1].pending, 1)
+    rows = ray_backend.run([p.job for p in prepared], FixedShards(todo), lambda n: None)
+    assert sorted((r["job"], r["shard"]) for r in rows) == sorted((t.job, t.shard.index) for t in todo)
+    assert len({r["worker"] for r in rows}) <= 2  # two actors served both archives
+    for p in prepared:  # every shard as the archive's own run wrote it
+        for s in p.plan:
+            ref = run_dir(tmp_path / f"ref_{p.job.archive.path.stem}.h5") / s.name
+            with h5py.File(ref, "r") as x, h5py.File(Path(p.job.shards_dir) / s.name, "r") as y:
+                np.testing.assert_array_equal(x["phase"][()], y["phase"][()])
+    report = tmp_path / "runs.json"
+    proc = run_cli("reconstruct", a, b, "--model", movie_model, "--backend", "local", "--batch-size", 2,
+                   "--shard-frames", 3, "--no-preview", "--report", report)
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(report.read_text())
+    assert [r["output"] for r in records] == [str(d / "a_phasegan.h5"), str(d / "b_phasegan.h5")]
+    for x, ref in zip((a, b), refs, strict=True):
+        assert_identical(read(d / f"{x.stem}_phasegan.h5"), ref)
+    (d / "text.h5").write_text("not HDF5")
+    before = snapshot(d)
+    proc = run_cli("reconstruct", a, d / "text.h5", "--model", movie_model, "--backend", "local",
+                   "--overwrite")
+    assert_one_line_error(proc, "is not an HDF5 file")
+    assert snapshot(d) == before

@@ -119,7 +119,7 @@ def check_output(output: Path, archive: Path | list[Path], overwrite: bool) -> N
     that cannot be written. Changes nothing."""
     for a in archive if isinstance(archive, list) else [archive]:
         if output.resolve() == a.resolve() or shards_dir_of(output).resolve() == a.resolve():
-            raise DataError(f"output {output} is the archive {a} itself; choose another --output")
+            raise DataError(f"output {output} is the archive itself; choose another --output")
     if output.suffix.lower() not in (".h5", ".hdf5", ".nxs"):
         raise DataError(f"output {output} must end in .h5")
     check_writable(output, "output")  # its directory is made when missing

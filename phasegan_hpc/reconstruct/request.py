@@ -41,18 +41,29 @@ def score_every(score: str) -> int:
     raise DataError(f"--score must be all, none or every:N with N >= 1, not {score!r}")
 
 
-def archives_of(args: tuple[str, ...] | list[str], sequence: bool) -> tuple[Path, tuple[Path, ...]]:
-    """``reconstruct ARCHIVE...`` -> (archive, the sequence's further files): glob patterns expanded in name
-    order (``data.archive.expand_archives``); several files only with ``--sequence`` (one movie).
+def archives_of(args: tuple[str, ...] | list[str], sequence: bool) -> list[tuple[Path, tuple[Path, ...]]]:
+    """``reconstruct ARCHIVE...`` -> the runs to make, each (archive, the further files of its sequence): glob
+    patterns expanded in name order (``data.archive.expand_archives``); with ``sequence`` every file is one
+    movie (one run), else each file is a run of its own.
 
     Raises:
-        DataError: no file, a pattern matching none, or several files without ``sequence``.
+        DataError: no file, or a pattern matching none.
     """
     paths = expand_archives(args)
-    if len(paths) > 1 and not sequence:
-        raise DataError(f"{len(paths)} archives given ({paths[0]}, {paths[1]}, ...): add --sequence to read them as "
-                        "one movie; one output per archive in one run is not built yet, reconstruct them one by one")
-    return paths[0], tuple(paths[1:])
+    return [(paths[0], tuple(paths[1:]))] if sequence else [(p, ()) for p in paths]
+
+
+def requests_for(runs: list[tuple[Path, tuple[Path, ...]]], **options: Any) -> list[ReconstructRequest]:
+    """One :class:`ReconstructRequest` per run of :func:`archives_of`, with the same ``options``.
+
+    Raises:
+        DataError: ``output`` given for several archives (each gets its default output), or what a request
+            refuses.
+    """
+    if len(runs) > 1 and options.get("output") is not None:
+        raise DataError(f"--output names one file, but {len(runs)} archives are given: leave it out (each gets "
+                        "<stem>_<method>.h5 beside it) or use --sequence to read them as one movie")
+    return [ReconstructRequest(archive, sequence=further, **options) for archive, further in runs]
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from phasegan_hpc.reconstruct.output import (
 )
 from phasegan_hpc.reconstruct.plan import Shard, make_plan, rows_per_shard
 from phasegan_hpc.reconstruct.request import DryRun, ReconstructRequest, Summary, score_every
-from phasegan_hpc.reconstruct.source import FixedShards
+from phasegan_hpc.reconstruct.source import FixedShards, tasks
 from phasegan_hpc.reconstruct.worker import Job, frame_bytes
 
 #: A frame is flagged when its score (``flag_by``) exceeds median + FLAG_MADS x (1.4826 MAD) of all frames,
@@ -96,45 +96,76 @@ def reconstruct(request: ReconstructRequest, *, progress: ProgressFn | None = No
     Raises:
         DataError, ResourceError: a user-fixable problem; nothing was written or replaced.
     """
+    return reconstruct_all([request], progress=progress, backend=backend)[0]
+
+
+def reconstruct_all(requests: list[ReconstructRequest], *, progress: ProgressFn | None = None,
+                    backend: Backend | None = None) -> list[Summary | None]:
+    """Reconstruct several archives (``reconstruct A.h5 B.h5 ...``), one output each, on one pool of workers:
+    every request is checked and prepared first (a problem with any of them is raised before any work, and
+    what the earlier ones had set up is removed), then the shards of all run on the same workers, then each
+    output is verified and published and summarised on its own. Resources (backend, workers) are the first
+    request's.
+
+    Returns:
+        One :class:`Summary` per request, in order (Nones on MPI ranks other than 0).
+
+    Raises:
+        DataError, ResourceError: as :func:`reconstruct`; also two requests writing one output.
+    """
+    first = requests[0]
+    outputs = [r.output_path() for r in requests]
+    if len(set(outputs)) < len(outputs):
+        twice = next(o for o in outputs if outputs.count(o) > 1)
+        raise DataError(f"two archives would be reconstructed to {twice}; give each its own --output")
     if backend is None:
-        backend = backend_named(request.backend, workers=request.workers, cpus_per_worker=request.cpus_per_worker,
-                                gpus_per_worker=request.gpus_per_worker)
-    with OutputLock(request.output_path()) if backend.is_driver() else contextlib.nullcontext():
-        return _run(request, backend, progress)
+        backend = backend_named(first.backend, workers=first.workers, cpus_per_worker=first.cpus_per_worker,
+                                gpus_per_worker=first.gpus_per_worker)
+    with contextlib.ExitStack() as locks:
+        if backend.is_driver():
+            for out in outputs:
+                locks.enter_context(OutputLock(out))
+        prepared: list[Prepared] = []
+        try:
+            for r in requests:
+                prepared.append(backend.prepare(lambda r=r: prepare(r, backend)))
+            return _run_prepared(requests, backend, progress, prepared)
+        except BaseException:
+            for p in prepared:
+                run_dir = Path(p.job.shards_dir)
+                if backend.is_driver() and p.created and not any(run_dir.glob("shard-*.h5")):
+                    retire_empty(run_dir)  # failed before any shard: leave nothing behind, not even plan.json
+            raise
 
 
-def _run(request: ReconstructRequest, backend: Backend, progress: ProgressFn | None) -> Summary | None:
-    """:func:`reconstruct` with the output locked (by the driver)."""
-    prepared = backend.prepare(lambda: prepare(request, backend))
-    try:
-        return _run_prepared(request, backend, progress, prepared)
-    except BaseException:
-        run_dir = Path(prepared.job.shards_dir)
-        if backend.is_driver() and prepared.created and not any(run_dir.glob("shard-*.h5")):
-            retire_empty(run_dir)  # failed before any shard: leave nothing behind, not even plan.json
-        raise
-
-
-def _run_prepared(request: ReconstructRequest, backend: Backend, progress: ProgressFn | None,
-                  prepared: Prepared) -> Summary | None:
-    job, plan, pending, out = prepared.job, prepared.plan, prepared.pending, prepared.output
+def _run_prepared(requests: list[ReconstructRequest], backend: Backend, progress: ProgressFn | None,
+                  prepared: list[Prepared]) -> list[Summary | None]:
     driver = backend.is_driver()
-    n = job.archive.n_frames
-    tally = Tally(progress if driver else None, n, n - sum(s.frames for s in pending))
+    n = sum(p.job.archive.n_frames for p in prepared)
+    tally = Tally(progress if driver else None, n, n - sum(s.frames for p in prepared for s in p.pending))
     tally.add(0)  # where a resumed run starts
+    todo = [t for i, p in enumerate(prepared) for t in tasks(p.pending, i)]
     t0 = time.perf_counter()
-    rows = backend.run(job, FixedShards(pending), tally.add) if pending else []  # [] if all finished before
+    rows = backend.run([p.job for p in prepared], FixedShards(todo), tally.add) if todo else []
     seconds = time.perf_counter() - t0
     if not driver:
-        return None
+        return [None] * len(requests)
+    return [_finish(r, backend, p, [row for row in rows if row.get("job") == i], seconds)
+            for i, (r, p) in enumerate(zip(requests, prepared, strict=True))]
+
+
+def _finish(request: ReconstructRequest, backend: Backend, prepared: Prepared, rows: list[dict[str, Any]],
+            seconds: float) -> Summary:
+    """Verify every shard of one output, publish it and summarise it (the driver)."""
+    job, plan, pending, out = prepared.job, prepared.plan, prepared.pending, prepared.output
     # Every shard, before anything is published: those written now by the checksum their worker returned.
     written = {int(r["shard"]): str(r["checksum"]) for r in rows if "checksum" in r}
     good, bad = verified(Path(job.shards_dir), plan, job.plan_id, written=written)
     missing = sorted(set(s.index for s in plan) - good)
     if missing:  # never assemble a partial or mixed volume
         why = f" ({bad[missing[0]]})" if missing[0] in bad else ""
-        raise DataError(f"shards {missing[:5]} did not finish or do not verify{why}; rerun the same command "
-                        "to resume")
+        raise DataError(f"{out}: shards {missing[:5]} did not finish or do not verify{why}; rerun the same "
+                        "command to resume")
     assemble(out, Path(job.shards_dir), job.archive, plan, prepared.layout, prepared.attrs,  # one rename
              job.output_dtype, job.mask)
     retire(out, Path(job.shards_dir))  # only now: the files of the run it replaced

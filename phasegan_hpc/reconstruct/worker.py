@@ -41,6 +41,7 @@ from phasegan_hpc.reconstruct.prepare import (
     sanitise,
     sanitise_tensor,
 )
+from phasegan_hpc.reconstruct.source import Task
 
 #: Per-frame scalar datasets of every shard (besides the method's frames: see ``Method.layout``).
 SCALAR_DATASETS = {
@@ -381,3 +382,34 @@ class ShardRunner:
         if progress is not None:
             progress(len(counts))
         return offset
+
+
+class TaskRunner:
+    """Runs the tasks of several jobs (``reconstruct A.h5 B.h5``: one job per archive) in one worker: one
+    :class:`ShardRunner` open at a time, replaced (the old one closed) when a task of another job comes. Tasks
+    come job by job, so a worker changes jobs about once per archive."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs = list(jobs)
+        self._job: int | None = None
+        self._runner: ShardRunner | None = None
+
+    @property
+    def frames_done(self) -> int:
+        """Frames of the current shard, for progress polling (0 before the first)."""
+        return self._runner.frames_done if self._runner is not None else 0
+
+    def run(self, task: Task, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Run ``task``'s shard with its job's runner; its summary row, with the job's index as ``job``."""
+        if task.job != self._job:
+            self.close()
+            self._runner = ShardRunner(self.jobs[task.job])
+            self._job = task.job
+        assert self._runner is not None
+        return {**self._runner.run(task.shard, progress), "job": task.job}
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner, self._job = None, None
+

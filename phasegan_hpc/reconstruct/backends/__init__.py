@@ -50,9 +50,10 @@ class Backend(Protocol):
         """
         ...
 
-    def run(self, job: Job, source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
-        """Run every shard ``source`` gives until it is exhausted; returns the workers' summary rows (on the
-        driver; other MPI ranks get [])."""
+    def run(self, jobs: list[Job], source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
+        """Run every task ``source`` gives (a shard of ``jobs[task.job]``) until it is exhausted, on one pool
+        of workers for all the jobs; returns the workers' summary rows, each with its ``job`` (on the driver;
+        other MPI ranks get [])."""
         ...
 
 

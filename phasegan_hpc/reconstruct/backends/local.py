@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from phasegan_hpc.reconstruct.backends import Advance, local_device
 from phasegan_hpc.reconstruct.source import ShardSource
-from phasegan_hpc.reconstruct.worker import Job, ShardRunner
+from phasegan_hpc.reconstruct.worker import Job, TaskRunner
 
 T = TypeVar("T")
 #: How long the worker waits for a growing source's next shard before asking again [s].
@@ -29,14 +29,14 @@ class LocalBackend:
     def device(self, requested: str | None) -> str:
         return local_device(requested)
 
-    def run(self, job: Job, source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
-        runner = ShardRunner(job)
+    def run(self, jobs: list[Job], source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
+        runner = TaskRunner(jobs)
         rows = []
         try:
             while not source.exhausted():
-                shard = source.take(POLL_S)
-                if shard is not None:
-                    rows.append(runner.run(shard, progress))
+                task = source.take(POLL_S)
+                if task is not None:
+                    rows.append(runner.run(task, progress))
             return rows
         finally:
             runner.close()

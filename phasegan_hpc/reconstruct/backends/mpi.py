@@ -19,9 +19,8 @@ from mpi4py import MPI
 
 from phasegan_hpc.errors import DataError, PhaseganError
 from phasegan_hpc.reconstruct.backends import Advance, local_device
-from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.source import ShardSource
-from phasegan_hpc.reconstruct.worker import Job, ShardRunner, shard_path
+from phasegan_hpc.reconstruct.source import ShardSource, Task
+from phasegan_hpc.reconstruct.worker import Job, TaskRunner, shard_path
 
 T = TypeVar("T")
 #: How often rank 0 looks for finished shard files, and a rank waits on a growing source [s].
@@ -59,28 +58,29 @@ class MpiBackend:
     def device(self, requested: str | None) -> str:
         return local_device(requested)
 
-    def run(self, job: Job, source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
-        if job.device.startswith("cuda") and self.size > 1:  # one GPU per rank, round robin over the node's
-            job = dataclasses.replace(job, device=f"cuda:{self.rank % max(1, torch.cuda.device_count())}")
+    def run(self, jobs: list[Job], source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
+        if self.size > 1:  # one GPU per rank, round robin over the node's
+            gpu = f"cuda:{self.rank % max(1, torch.cuda.device_count())}"
+            jobs = [dataclasses.replace(j, device=gpu) if j.device.startswith("cuda") else j for j in jobs]
         rows: list[dict[str, Any]] = []
         error: str | None = None
-        seen: list[Shard] = []  # every shard taken so far, for rank 0's progress
+        seen: list[Task] = []  # every task taken so far, for rank 0's progress
         stop = threading.Event()
         watcher = None
         if self.rank == 0:
-            watcher = threading.Thread(target=_watch_files, args=(job, seen, progress, stop), daemon=True)
+            watcher = threading.Thread(target=_watch_files, args=(jobs, seen, progress, stop), daemon=True)
             watcher.start()
         try:
-            runner = ShardRunner(job)
+            runner = TaskRunner(jobs)
             try:
                 k = 0
                 while not source.exhausted():
-                    shard = source.take(POLL_S)
-                    if shard is None:
+                    task = source.take(POLL_S)
+                    if task is None:
                         continue
-                    seen.append(shard)
+                    seen.append(task)
                     if k % self.size == self.rank:
-                        rows.append(runner.run(shard))
+                        rows.append(runner.run(task))
                     k += 1
             finally:
                 runner.close()
@@ -98,15 +98,16 @@ class MpiBackend:
         return [r for part, _ in gathered for r in part]
 
 
-def _watch_files(job: Job, seen: list[Shard], progress: Advance, stop: threading.Event) -> None:
-    """Advance ``progress`` by each shard of ``seen`` (which grows) whose file has appeared, until ``stop``."""
-    counted: set[int] = set()
+def _watch_files(jobs: list[Job], seen: list[Task], progress: Advance, stop: threading.Event) -> None:
+    """Advance ``progress`` by each task of ``seen`` (which grows) whose shard file has appeared, until ``stop``."""
+    counted: set[tuple[int, int]] = set()
     while True:
         final = stop.is_set()
-        for s in list(seen):
-            if s.index not in counted and shard_path(job, s).is_file():
-                progress(s.frames)
-                counted.add(s.index)
+        for t in list(seen):
+            key = (t.job, t.shard.index)
+            if key not in counted and shard_path(jobs[t.job], t.shard).is_file():
+                progress(t.shard.frames)
+                counted.add(key)
         if final:
             return
         stop.wait(POLL_S)

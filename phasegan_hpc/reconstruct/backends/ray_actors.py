@@ -23,8 +23,8 @@ from phasegan_hpc.cluster import check_resources, connect_ray, disconnect_ray
 from phasegan_hpc.errors import DataError, PhaseganError, ResourceError
 from phasegan_hpc.reconstruct.backends import Advance, check_device
 from phasegan_hpc.reconstruct.plan import Shard
-from phasegan_hpc.reconstruct.source import ShardSource
-from phasegan_hpc.reconstruct.worker import Job, ShardRunner
+from phasegan_hpc.reconstruct.source import ShardSource, Task
+from phasegan_hpc.reconstruct.worker import Job, TaskRunner
 
 T = TypeVar("T")
 #: How many lost actors (killed process, lost node, OOM kill) a run replaces before it gives up.
@@ -34,13 +34,13 @@ POLL_S = 0.5
 
 
 class _RayWorker:
-    """A Ray actor wrapping one ShardRunner (threaded: ``frames_done`` answers while ``run`` works)."""
+    """A Ray actor wrapping one TaskRunner (threaded: ``frames_done`` answers while ``run`` works)."""
 
-    def __init__(self, job: Job) -> None:
-        self.runner = ShardRunner(job)
+    def __init__(self, jobs: list[Job]) -> None:
+        self.runner = TaskRunner(jobs)
 
-    def run(self, shard: Shard) -> dict[str, Any]:
-        return self.runner.run(shard)
+    def run(self, task: Task) -> dict[str, Any]:
+        return self.runner.run(task)
 
     def frames_done(self) -> int:
         return self.runner.frames_done
@@ -95,7 +95,7 @@ class RayBackend:
             return check_device(requested)
         return "cuda" if self.gpus_per_worker > 0 else "cpu"
 
-    def run(self, job: Job, source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
+    def run(self, jobs: list[Job], source: ShardSource, progress: Advance) -> list[dict[str, Any]]:
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or (self.workers is not None and self.workers < 1):
             raise ResourceError("need --workers >= 1, CPUs per worker > 0 and GPUs per worker >= 0")
         started = connect_ray()
@@ -108,37 +108,37 @@ class RayBackend:
             if (known := source.pending()) is not None:
                 n = min(n, max(1, known))  # no idle actors holding resources
             check_resources(n, self.cpus_per_worker, self.gpus_per_worker)
-            actors = [remote.remote(job) for _ in range(n)]
+            actors = [remote.remote(jobs) for _ in range(n)]
             idle = list(actors)
-            in_flight: dict[Any, tuple[Any, Shard]] = {}  # call -> (actor, the shard it carries)
+            in_flight: dict[Any, tuple[Any, Task]] = {}  # call -> (actor, the task it carries)
             rows: list[dict[str, Any]] = []
             shown = done_frames = 0
             while in_flight or not source.exhausted():
                 wait_s = 0.0 if in_flight else POLL_S  # nothing running: wait on the source instead
-                while idle and (shard := source.take(wait_s)) is not None:
+                while idle and (task := source.take(wait_s)) is not None:
                     actor = idle.pop()
-                    in_flight[actor.run.remote(shard)] = (actor, shard)
+                    in_flight[actor.run.remote(task)] = (actor, task)
                     wait_s = 0.0
                 if not in_flight:
                     continue
                 ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
                 for ref in ready:
-                    actor, shard = in_flight.pop(ref)
+                    actor, task = in_flight.pop(ref)
                     try:
                         rows.append(ray.get(ref))
                     except ray.exceptions.ActorDiedError as exc:
                         if exc.actor_init_failed or self.replaced >= self.max_replacements:
-                            raise _ray_failure(exc, shard) from None
-                        source.give_back(shard)  # its partial file is rewritten from the start
+                            raise _ray_failure(exc, task.shard) from None
+                        source.give_back(task)  # its partial file is rewritten from the start
                         actors.remove(actor)
-                        replacement = remote.remote(job)
+                        replacement = remote.remote(jobs)
                         actors.append(replacement)
                         idle.append(replacement)
                         self.replaced += 1
                         continue
                     except ray.exceptions.RayError as exc:
-                        raise _ray_failure(exc, shard) from None
-                    done_frames += shard.frames
+                        raise _ray_failure(exc, task.shard) from None
+                    done_frames += task.shard.frames
                     idle.append(actor)
                 now = done_frames + _in_flight_frames(in_flight)
                 if now > shown:
