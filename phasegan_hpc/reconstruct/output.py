@@ -3,7 +3,8 @@
     run42_phasegan.h5            /phase, /attenuation (leading shape of the frames, H, W), /consistency,
                                  /fresnel_residual, /nonfinite_pixels, /negative_pixels (leading shape):
                                  HDF5 virtual datasets over the shards,
-                                 with units, physics, source, model sha256, version and config as attributes
+                                 with units, physics, source, model sha256, version and config as attributes;
+                                 /entry (NeXus) and /exchange (DXchange): links to them (``nexus``)
     run42_phasegan.shards/RUN/   one directory per run (RUN: the plan's sha256, 12 digits, and -N for a
                                  second run of the same plan): plan.json (the plan and what it was made
                                  from), shard-NNNNNN.h5 (finished and verifiable), .shard-NNNNNN.h5.partial
@@ -42,6 +43,7 @@ from phasegan_hpc.data.h5io import atomic_h5
 from phasegan_hpc.errors import DataError
 from phasegan_hpc.files import atomic_write_text, check_writable
 from phasegan_hpc.reconstruct.methods import Layout
+from phasegan_hpc.reconstruct.nexus import write_views
 from phasegan_hpc.reconstruct.plan import Shard
 from phasegan_hpc.reconstruct.worker import COUNT_DATASETS, SCALAR_DATASETS
 
@@ -126,9 +128,21 @@ def check_output(output: Path, archive: Path | list[Path], overwrite: bool) -> N
     if os.path.lexists(output):
         if not overwrite:
             raise DataError(f"output {output} exists; add --overwrite to replace it")
-        if published_run(output) is None:
+        if not is_reconstruction(output):
             raise DataError(f"output {output} is not a phasegan-hpc reconstruction: --overwrite replaces only "
                             "those; choose another --output")
+
+
+def is_reconstruction(output: Path) -> bool:
+    """Whether ``output`` is a readable reconstruction of this software (over its shards, or consolidated);
+    False for a link."""
+    if output.is_symlink() or not output.is_file():
+        return False
+    try:
+        with h5py.File(output, "r") as f:
+            return f.attrs.get("software") == "phasegan-hpc"
+    except (OSError, ValueError):
+        return False
 
 
 def published_run(output: Path) -> Path | None:
@@ -228,15 +242,16 @@ def _record_shards(run_dir: Path, have: dict[str, Any], wanted: dict[str, Any]) 
                                                      indent=1) + "\n")
 
 
-def retire(output: Path, keep: Path) -> list[Path]:
+def retire(output: Path, keep: Path | None) -> list[Path]:
     """After ``output`` was published over ``keep``: remove the files other runs of this shard directory
     wrote (their plan.json, the shards their plan names, partials of those), and each such run directory once
-    it is empty. A file a run did not write stays, with its directory. Returns the directories removed."""
+    it is empty (None: every run's, after ``consolidate``). A file a run did not write stays, with its
+    directory. Returns the directories removed."""
     root = shards_dir_of(output)
     removed = []
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         have = _read_manifest(d) if d.is_dir() and not d.is_symlink() else None
-        if have is None or d.resolve() == keep.resolve():
+        if have is None or (keep is not None and d.resolve() == keep.resolve()):
             continue
         names = [f"shard-{int(sh['index']):06d}.h5" for sh in have.get("shards", []) if isinstance(sh, dict)]
         for name in names:
@@ -383,13 +398,15 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
         if mask is not None:
             m = f.create_dataset("mask", data=mask.astype(np.uint8))
             m.attrs["description"] = "1: a pixel inpainted from its nearest unmasked one before retrieval (--mask)"
-        f.attrs.update({
+        root = {
             "source_file": str(archive.path), "source_dataset": archive.dataset, "source_layout": archive.layout,
             **({"source_files": json.dumps([[str(p), n] for p, n in archive.parts])} if archive.parts else {}),
             "software": "phasegan-hpc", "software_version": __version__, "shards": str(rel),
             "complete": True,  # every shard finished and verified (a partial volume would say False)
             **{k: v for k, v in attrs.items() if v is not None},
-        })
+        }
+        f.attrs.update(root)
+        write_views(f, archive, layout, list(SCALAR_DATASETS), root)
     return output
 
 
