@@ -54,7 +54,7 @@ quick: install system-deps lint
 # run a 4-trial search of the loss weights, and reconstruct a simulated raw-detector movie archive.
 demo: install
 	$(CLI) simulate $(DEMO_DIR)/data --config configs/tiny.toml --overwrite --movie 256
-	$(CLI) preview $(DEMO_DIR)/data --out $(DEMO_DIR)/preview.png
+	$(CLI) preview $(DEMO_DIR)/data --output $(DEMO_DIR)/preview.png
 	rm -rf $(DEMO_DIR)/runs
 	$(CLI) train --config configs/tiny.toml --data $(DEMO_DIR)/data --storage $(DEMO_DIR)/runs --name tiny
 	$(CLI) evaluate --model $(DEMO_DIR)/runs/latest/model.pt --data $(DEMO_DIR)/data/validation.h5 \
@@ -71,8 +71,8 @@ demo: install
 # held-out Shimadzu movie -> evaluate against the truth next to Paganin -> movie figure.
 demo-foam: install
 	$(CLI) simulate-foam $(DEMO_DIR)/foam-raw --config configs/foam-tiny.toml --overwrite
-	$(CLI) tie $(DEMO_DIR)/foam-raw/photron.h5 $(DEMO_DIR)/foam/objects.h5 --resample-pixel-size-m 1.6e-6 --overwrite
-	$(CLI) correct $(DEMO_DIR)/foam-raw/shimadzu.h5 $(DEMO_DIR)/foam/intensities.h5 --overwrite
+	$(CLI) tie $(DEMO_DIR)/foam-raw/photron.h5 --output $(DEMO_DIR)/foam/objects.h5 --resample-pixel-size-m 1.6e-6 --overwrite
+	$(CLI) correct $(DEMO_DIR)/foam-raw/shimadzu.h5 --output $(DEMO_DIR)/foam/intensities.h5 --overwrite
 	rm -rf $(DEMO_DIR)/runs/foam-tiny
 	$(CLI) train --config configs/foam-tiny.toml --data $(DEMO_DIR)/foam --storage $(DEMO_DIR)/runs
 	$(CLI) reconstruct $(DEMO_DIR)/foam-raw/shimadzu_movie.h5 --model $(DEMO_DIR)/runs/foam-tiny/model.pt --overwrite

@@ -17,6 +17,8 @@ import click
 from phasegan_hpc import __version__
 from phasegan_hpc.bench import bench_command
 from phasegan_hpc.cluster import interrupt_on_sigterm
+from phasegan_hpc.deprecation import renamed_args
+from phasegan_hpc.deprecation import warn as deprecated
 from phasegan_hpc.errors import PhaseganError, storage_error
 from phasegan_hpc.files import atomic_write_text, check_writable
 from phasegan_hpc.supervise import run_supervised
@@ -51,7 +53,23 @@ POSITIVE = _FiniteRange(min=0, min_open=True)  # lengths [m], energies, delta/be
 NONNEGATIVE = _FiniteRange(min=0)  # weights, GPUs
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Command(click.Command):
+    """A command whose old option names (``renamed``: {old: new}) keep working until
+    :data:`phasegan_hpc.deprecation.REMOVED_IN`, each use with one warning line."""
+
+    def __init__(self, *args, renamed: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.renamed = renamed or {}
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, renamed_args(args, self.renamed))
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="phasegan-hpc")
 def cli() -> None:
     """PhaseGAN phase retrieval as an HPC batch system (Zhang et al., Opt. Express 2021)."""
@@ -129,9 +147,29 @@ def simulate_foam(out_dir: Path, config_path: Path, photron_frames: int | None, 
     _err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+#: The one default backend of the pipeline commands (reconstruct, tie, correct): Ray, joining RAY_ADDRESS's
+#: cluster or starting a local one.
+BACKEND = click.option("--backend", type=click.Choice(["ray", "mpi", "local"]), default="ray", show_default=True,
+                       help="ray: RAY_ADDRESS's cluster, else a local Ray; mpi: under mpirun; local: this process.")
+#: Where every command that writes a machine-readable summary writes it.
+JSON = click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+                    help="Also write the summary as JSON here.")
+
+
+def _output_of(argument: Path | None, option: Path | None) -> Path | None:
+    """tie's and correct's OUTPUT: ``--output``, or the deprecated positional OUTPUT (with a warning)."""
+    if argument is not None:
+        if option is not None and option != argument:
+            raise PhaseganError(f"two outputs: {argument} and --output {option}; give only --output")
+        deprecated("OUTPUT as an argument", "--output OUTPUT")
+    return option or argument
+
+
 @cli.command()
 @click.argument("archive", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("output_argument", metavar="[OUTPUT]", required=False, type=click.Path(path_type=Path))
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Output HDF5 (default: ARCHIVE's stem + _tie.h5 next to it).")
 @click.option("--dataset", default=None, help="Frames dataset (default: DXchange, NXtomo or the only >= 3-D one).")
 @click.option("--energy-kev", type=POSITIVE, default=None, help="Photon energy [keV] (default: archive attribute).")
 @click.option("--distance-m", type=POSITIVE, default=None, help="Propagation distance [m] (default: attribute).")
@@ -142,22 +180,24 @@ def simulate_foam(out_dir: Path, config_path: Path, photron_frames: int | None, 
 @click.option("--tv-weight", type=NONNEGATIVE, default=0.01, show_default=True,
               help="scikit-image denoise_tv_chambolle weight on transmission images (0: no denoising).")
 @click.option("--tv-iterations", type=COUNT, default=100, show_default=True, help="TV iterations (paper: 100).")
-@click.option("--backend", type=click.Choice(["local", "ray", "mpi"]), default="local", show_default=True,
-              help="ray: spread the frames over the Ray cluster (RAY_ADDRESS or local).")
+@BACKEND
 @click.option("--workers", type=COUNT, default=None, help="Ray actors (default: one per CPU).")
 @click.option("--batch-size", type=COUNT, default=16, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace a finished OUTPUT.")
-def tie(archive: Path, output: Path, dataset: str | None, energy_kev: float | None, distance_m: float | None,
-        pixel_size_m: float | None, delta_beta: float | None, resample_pixel_size_m: float | None, tv_weight: float,
-        tv_iterations: int, backend: str, workers: int | None, batch_size: int, overwrite: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a finished output.")
+@JSON
+def tie(archive: Path, output_argument: Path | None, output: Path | None, dataset: str | None,
+        energy_kev: float | None, distance_m: float | None, pixel_size_m: float | None, delta_beta: float | None,
+        resample_pixel_size_m: float | None, tv_weight: float, tv_iterations: int, backend: str,
+        workers: int | None, batch_size: int, overwrite: bool, json_path: Path | None) -> None:
     """The object domain of paper §4 from a clean camera: TIE (Paganin) phase and attenuation of ARCHIVE.
 
-    Flat/dark correction, resampling, total-variation denoising, Paganin; OUTPUT (e.g. data/foam/objects.h5)
-    holds /phase and /attenuation with the physics in its attributes, ready for `train`.
+    Flat/dark correction, resampling, total-variation denoising, Paganin; the output (e.g. --output
+    data/foam/objects.h5) holds /phase and /attenuation with the physics in its attributes, ready for `train`.
     """
     from phasegan_hpc.reconstruct import Tie
 
-    _pipeline(archive, output=output, dataset=dataset, backend=backend, workers=workers, batch_size=batch_size,
+    _pipeline(archive, json_path, output=_output_of(output_argument, output), dataset=dataset, backend=backend,
+              workers=workers, batch_size=batch_size,
               method=Tie(resample_pixel_size_m, tv_weight, tv_iterations), overwrite=overwrite,
               physics={"energy_kev": energy_kev, "distance_m": distance_m, "pixel_size_m": pixel_size_m,
                        "delta_beta": delta_beta})
@@ -165,32 +205,36 @@ def tie(archive: Path, output: Path, dataset: str | None, energy_kev: float | No
 
 @cli.command()
 @click.argument("archive", type=click.Path(path_type=Path))
-@click.argument("output", type=click.Path(path_type=Path))
+@click.argument("output_argument", metavar="[OUTPUT]", required=False, type=click.Path(path_type=Path))
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Output HDF5 (default: ARCHIVE's stem + _flatfield.h5 next to it).")
 @click.option("--dataset", default=None, help="Frames dataset (default: DXchange, NXtomo or the only >= 3-D one).")
 @click.option("--pixel-size-m", type=POSITIVE, default=None, help="Pixel size [m] (default: archive attribute).")
-@click.option("--backend", type=click.Choice(["local", "ray", "mpi"]), default="local", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace a finished OUTPUT.")
-def correct(archive: Path, output: Path, dataset: str | None, pixel_size_m: float | None, backend: str,
-            overwrite: bool) -> None:
-    """Flat/dark-corrected frames of ARCHIVE as /intensity in OUTPUT (e.g. data/foam/intensities.h5)."""
-    _pipeline(archive, output=output, dataset=dataset, backend=backend, method="flatfield",
-              overwrite=overwrite, physics={"pixel_size_m": pixel_size_m})
+@BACKEND
+@click.option("--overwrite", is_flag=True, help="Replace a finished output.")
+@JSON
+def correct(archive: Path, output_argument: Path | None, output: Path | None, dataset: str | None,
+            pixel_size_m: float | None, backend: str, overwrite: bool, json_path: Path | None) -> None:
+    """Flat/dark-corrected frames of ARCHIVE as /intensity in the output (e.g. --output
+    data/foam/intensities.h5)."""
+    _pipeline(archive, json_path, output=_output_of(output_argument, output), dataset=dataset, backend=backend,
+              method="flatfield", overwrite=overwrite, physics={"pixel_size_m": pixel_size_m})
 
 
-def _pipeline(archive: Path, report: Path | None = None, dry_run: bool = False, **options) -> None:
+def _pipeline(archive: Path, json_path: Path | None = None, dry_run: bool = False, **options) -> None:
     """Run a reconstruction-pipeline command (a ``ReconstructRequest`` of ``options``) with a progress bar and
-    print its summary (and, with ``report``, write it as JSON); ``dry_run``: print the plan only."""
-    _pipelines([(archive, ())], report, dry_run, **options)
+    print its summary (and, with ``json_path``, write it as JSON); ``dry_run``: print the plan only."""
+    _pipelines([(archive, ())], json_path, dry_run, **options)
 
 
-def _pipelines(runs: list, report: Path | None = None, dry_run: bool = False, **options) -> None:
+def _pipelines(runs: list, json_path: Path | None = None, dry_run: bool = False, **options) -> None:
     """:func:`_pipeline` for several archives at once (``reconstruct A.h5 B.h5``: one pool of workers): a plan
-    or summary table each; ``report`` holds one record, or a list of them for several archives."""
+    or summary table each; ``json_path`` holds one record, or a list of them for several archives."""
     from phasegan_hpc.reconstruct import reconstruct_all
     from phasegan_hpc.reconstruct.request import requests_for
 
-    if report is not None:
-        check_writable(report, "--report")
+    if json_path is not None:
+        check_writable(json_path, "--json")
     requests = requests_for(runs, **{"preview": False, **options})
     records = []
     if dry_run:
@@ -207,15 +251,30 @@ def _pipelines(runs: list, report: Path | None = None, dry_run: bool = False, **
             if summary is not None:  # None on MPI ranks other than 0
                 console().print(reconstruction_table(summary))
                 records.append(summary.as_dict())
-    if report is not None and records:
-        atomic_write_text(report, json.dumps(records[0] if len(records) == 1 else records, indent=2) + "\n")
+    if json_path is not None and records:
+        atomic_write_text(json_path, json.dumps(records[0] if len(records) == 1 else records, indent=2) + "\n")
 
 
-@cli.command("movie-figure")
+@cli.command()
+@click.argument("reconstruction", type=click.Path(path_type=Path))
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Write the self-contained file here and leave RECONSTRUCTION as it is (default: in place, "
+              "then its .shards directory is removed).")
+def consolidate(reconstruction: Path, output: Path | None) -> None:
+    """Rewrite the reconstruction RECONSTRUCTION (virtual datasets over its .shards directory) as one
+    self-contained HDF5 file that moves, and opens in any reader, on its own."""
+    from phasegan_hpc.reconstruct.consolidate import consolidate as run
+
+    done = run(reconstruction, output)
+    _err.print(f"wrote {done.output}: {done.datasets} datasets, {done.bytes / 2**20:.1f} MiB, self-contained"
+               + (f"; removed {len(done.removed)} shard run directories" if done.removed else ""))
+
+
+@cli.command("movie-figure", renamed={"--out": "--output"})
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.argument("reconstruction", type=click.Path(path_type=Path))
 @click.option("--truth", type=click.Path(path_type=Path), default=None, help="File with the true /phase.")
-@click.option("--out", "out_gif", type=click.Path(path_type=Path), default=None,
+@click.option("--output", "out_gif", type=click.Path(path_type=Path), default=None,
               help="GIF to write (default: RECONSTRUCTION with .gif); a PNG strip goes next to it.")
 @click.option("--dataset", default=None, help="Frames dataset of ARCHIVE.")
 def movie_figure(archive: Path, reconstruction: Path, truth: Path | None, out_gif: Path | None,
@@ -227,9 +286,9 @@ def movie_figure(archive: Path, reconstruction: Path, truth: Path | None, out_gi
     _err.print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
-@cli.command()
+@cli.command(renamed={"--out": "--output"})
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out_png", type=click.Path(path_type=Path), default=None,
+@click.option("--output", "out_png", type=click.Path(path_type=Path), default=None,
               help="PNG to write (default: DATA_DIR/preview.png).")
 @click.option("-n", "n", type=COUNT, default=4, show_default=True, help="Frames to show.")
 def preview(data_dir: Path, out_png: Path | None, n: int) -> None:
@@ -322,7 +381,7 @@ def tune(trials: int, config_path: Path | None, data_dir: Path | None, name: str
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["paganin"]),
               help="Classical baseline to score too (repeatable).")
 @click.option("--frames", type=NATURAL, default=0, help="Score only the first N frames (default: all).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write JSON here.")
+@JSON
 def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ...], frames: int,
              json_path: Path | None) -> None:
     """Table of L2, DSSIM and FRCM (mean ± std) for phase and attenuation (paper Table 1)."""
@@ -336,7 +395,7 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
         atomic_write_text(json_path, json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
 
 
-@cli.command()
+@cli.command(renamed={"--report": "--json"})
 @click.argument("archives", nargs=-1, required=True)
 @click.option("--sequence", is_flag=True, default=False,
               help="ARCHIVES (files or a quoted pattern like 'RUN-S*.h5', in name order) are one movie: one output.")
@@ -345,8 +404,7 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--output", type=click.Path(path_type=Path), default=None,
               help="Output HDF5 (default: ARCHIVE's stem + _phasegan.h5 next to it).")
 @click.option("--dataset", default=None, help="Frames dataset (default: DXchange, NXtomo or the only >= 3-D one).")
-@click.option("--backend", type=click.Choice(["ray", "mpi", "local"]), default="ray", show_default=True,
-              help="ray: RAY_ADDRESS or a local Ray; mpi: under mpirun; local: this process.")
+@BACKEND
 @click.option("--workers", type=COUNT, default=None, help="Ray actors (default: one per GPU, else per CPU slot).")
 @click.option("--cpus-per-worker", type=POSITIVE, default=1.0, show_default=True, help="CPUs (torch threads) each.")
 @click.option("--gpus-per-worker", type=NONNEGATIVE, default=None,
@@ -364,8 +422,9 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               help="torch.compile G_O and G_D (default: on with CUDA, off on CPUs).")
 @click.option("--no-preview", is_flag=True, help="Do not write the PNG preview.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished output.")
-@click.option("--report", type=click.Path(path_type=Path), default=None,
-              help="Also write the run's summary (frames, seconds, frames/s, flagged frames) as JSON here.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the run's summary (frames, seconds, frames/s, flagged frames) as JSON here "
+              "(formerly --report).")
 @click.option("--flag-by", type=click.Choice(["fresnel_residual", "consistency"]), default="fresnel_residual",
               show_default=True, help="The per-frame score that flags frames (both are written): the Fresnel "
               "residual (H alone, no network) or the intensity cycle through G_D.")
@@ -391,7 +450,7 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--mask", "mask_file", default=None,
               help="Bad pixels / module gaps (non-zero) to inpaint before retrieval: FILE[:DATASET].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (frames, shards, workers, output size, geometry and "
-              "its sources) and write nothing (but --report).")
+              "its sources) and write nothing (but --json).")
 @click.option("--force-geometry", is_flag=True,
               help="PhaseGAN: reconstruct with the model's geometry even where the archive or a flag differs.")
 @click.option("--roi", default=None, help="Reconstruct only pixel rows Y0..Y1-1 and columns X0..X1-1: Y0:Y1,X0:X1.")
@@ -402,7 +461,7 @@ def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | No
                 workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None, batch_size: int,
                 method: str, shard_frames: int | None, device: str | None, delta_beta: float | None,
                 pixel_size_m: float | None, distance_m: float | None, energy_kev: float | None,
-                compile_model: bool | None, no_preview: bool, overwrite: bool, report: Path | None, flag_by: str,
+                compile_model: bool | None, no_preview: bool, overwrite: bool, json_path: Path | None, flag_by: str,
                 reader: str, score: str, correct_on: str, output_dtype: str, flats_file: str | None,
                 darks_file: str | None, flats_reduction: str, eigenflats: int | None,
                 zinger_threshold: float | None, mask_file: str | None, dry_run: bool,
@@ -417,7 +476,7 @@ def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | No
     """
     from phasegan_hpc.reconstruct.request import archives_of
 
-    _pipelines(archives_of(archives, sequence), report, dry_run, model=model_path, output=output, dataset=dataset,
+    _pipelines(archives_of(archives, sequence), json_path, dry_run, model=model_path, output=output, dataset=dataset,
                backend=backend, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                batch_size=batch_size, method=method, overwrite=overwrite, shard_frames=shard_frames, device=device,
                preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
@@ -427,7 +486,7 @@ def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | No
                physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
                         "energy_kev": energy_kev})
 
-class _Benchmark(click.Command):
+class _Benchmark(_Command):
     """A ``bench`` subcommand. An option that only other benchmarks take is a user error (one line, exit 1:
     "bench propagator takes no --frames"); an option no benchmark takes stays click's usage error (exit 2)."""
 
@@ -620,14 +679,14 @@ def bench_inference(**options) -> None:
     bench_command("inference", **options)
 
 
-@bench.command("table1")
+@bench.command("table1", renamed={"--out": "--output"})
 @_size(64)
 @_int_option("--train", 2000, "Training frames per set (unpaired objects and frames, and paired frames).")
 @_int_option("--epochs", 10, "Epochs per training run.")
 @_int_option("--val", 200, "Validation frames.")
 @_batch(8)
 @_filters(4)
-@click.option("--out", "out_dir", type=click.Path(), default="table1", show_default=True, help="Output directory.")
+@click.option("--output", "out_dir", type=click.Path(), default="table1", show_default=True, help="Output directory.")
 @_int_option("--seed", 1, "Seed of the data set.")
 @_int_option("--seeds", 1, "Training runs per method (seeds 0..N-1).")
 @click.option("--config", type=click.Path(), default=None,

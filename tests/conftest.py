@@ -74,8 +74,10 @@ def foam_data(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("foam")
     steps = [("simulate-foam", root / "raw", "--config", REPO / "configs" / "foam-tiny.toml"),
-             ("tie", root / "raw" / "photron.h5", root / "data" / "objects.h5", "--resample-pixel-size-m", "1.6e-6"),
-             ("correct", root / "raw" / "shimadzu.h5", root / "data" / "intensities.h5")]
+             ("tie", root / "raw" / "photron.h5", "--output", root / "data" / "objects.h5", "--resample-pixel-size-m",
+              "1.6e-6", "--backend", "local"),
+             ("correct", root / "raw" / "shimadzu.h5", "--output", root / "data" / "intensities.h5", "--backend",
+              "local")]
     for step in steps:
         proc = subprocess.run([EXE, *map(str, step)], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr

@@ -86,7 +86,7 @@ def test_bench_table1_seeds_resume_and_table(tmp_path):
     tiny = load_config(Path(__file__).parents[1] / "configs" / "tiny.toml")
     base = with_overrides(tiny, {"flatfield.enabled": False})
     (tmp_path / "no-flatfield.toml").write_text(config_to_toml(base))
-    common = ("table1", "--size", 32, "--train", 16, "--epochs", 2, "--val", 8, "--out", tmp_path / "t1",
+    common = ("table1", "--size", 32, "--train", 16, "--epochs", 2, "--val", 8, "--output", tmp_path / "t1",
               "--config", tmp_path / "no-flatfield.toml", "--methods", "paired,phasegan",
               "--set", "phasegan:loss.object_cycle_weight=1.5")
     r1 = bench(tmp_path, *common, "--seeds", 1)
@@ -111,12 +111,12 @@ def test_bench_table1_seeds_resume_and_table(tmp_path):
     assert table[0].startswith("| method | seeds | loss weights | phase l2") and len(table) >= 5
     for name in ("table1_patch.png", "table1_ranked.png", "table1_convergence.png"):
         assert (tmp_path / "t1" / name).stat().st_size > 0
-    proc = subprocess.run([EXE, "bench", "table1", "--set", "nonsense", "--out", str(tmp_path / "t2")],
+    proc = subprocess.run([EXE, "bench", "table1", "--set", "nonsense", "--output", str(tmp_path / "t2")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "expected [METHOD:]section.key=value" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "t2").exists()
     for bad in ("foo.bar=1", "phasegan:loss.nope=1"):  # unknown sections and keys: one line, nothing written
-        proc = subprocess.run([EXE, "bench", "table1", "--set", bad, "--out", str(tmp_path / "t3")],
+        proc = subprocess.run([EXE, "bench", "table1", "--set", bad, "--output", str(tmp_path / "t3")],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and proc.stderr.startswith("error: --set") and "Traceback" not in proc.stderr
         assert not (tmp_path / "t3").exists()
@@ -131,7 +131,7 @@ def test_bench_rejects_options_it_does_not_take(tmp_path):
 def test_bench_table1_runs_sharing_one_out_dir_make_each_cell_once(tmp_path):
     """Two concurrent `bench table1` processes on one --out: the data set and each cell are made once."""
     args = [EXE, "bench", "table1", "--size", "32", "--train", "16", "--epochs", "1", "--val", "8", "--filters", "2",
-            "--methods", "paired", "--seeds", "2", "--out", str(tmp_path / "t")]
+            "--methods", "paired", "--seeds", "2", "--output", str(tmp_path / "t")]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e for _, e in outs]

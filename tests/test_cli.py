@@ -36,9 +36,13 @@ def test_simulate_then_preview(tmp_path):
         assert f["intensity"].shape == (8, 32, 32)
     with h5py.File(out / "validation.h5", "r") as f:
         assert f["phase"].shape == (4, 32, 32) and f.attrs["seed"] == 3
-    proc = run("preview", out, "--out", tmp_path / "p.png", "-n", 2)
+    proc = run("preview", out, "--output", tmp_path / "p.png", "-n", 2)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "warning" not in proc.stderr
+    proc = run("preview", out, "--out=" + str(tmp_path / "old.png"), "-n", 2)  # the old name, until 0.3.0
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[0] == "warning: --out is deprecated and will be removed in 0.3.0: use --output"
+    assert (tmp_path / "old.png").read_bytes() == (tmp_path / "p.png").read_bytes()
 
     # An existing data set is not replaced without --overwrite, and nothing in it changes.
     before = snapshot(out)
@@ -73,6 +77,24 @@ def test_bad_options_and_paths(tmp_path):
     assert_one_line_error(run("simulate", tmp_path / "afile"), "not a directory")
     assert (tmp_path / "afile").read_text() == "x"
     assert_one_line_error(run("preview", tmp_path / "empty"), "holds no data set")
+
+
+def test_old_names_keep_working_with_one_warning_each(tmp_path):
+    """Renamed options (reconstruct --report, preview/movie-figure/bench table1 --out) and tie/correct's
+    positional OUTPUT still work until 0.3.0, each with one warning line before what the command says."""
+    for args, old, new in ((("tie", tmp_path / "none.h5", tmp_path / "o.h5"), "OUTPUT as an argument", "--output"),
+                           (("correct", tmp_path / "none.h5", tmp_path / "o.h5"), "OUTPUT as an argument", "--output"),
+                           (("reconstruct", tmp_path / "none.h5", "--report", tmp_path / "r.json"), "--report",
+                            "--json")):
+        proc = run(*args, "--backend", "local")
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 1 and len(lines) == 2, proc.stderr
+        assert lines[0].startswith(f"warning: {old} is deprecated") and lines[0].endswith(f"use {new}" + (
+            " OUTPUT" if new == "--output" else "")), lines[0]
+        assert "none.h5 not found" in lines[1]
+    assert_one_line_error(run("tie", tmp_path / "a.h5", tmp_path / "b.h5", "--output", tmp_path / "c.h5"),
+                          "two outputs")
+    assert not list(tmp_path.iterdir())
 
 
 def test_help_lists_commands():

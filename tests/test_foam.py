@@ -134,6 +134,6 @@ def test_foam_chain_through_ray_train_reconstruct_and_evaluate(foam_data, ray_cl
     photron = run_cli("evaluate", "--data", raw / "photron_validation.h5", "--baseline", "paganin")
     assert photron.returncode == 0, photron.stderr
     fig = run_cli("movie-figure", raw / "shimadzu_movie.h5", out, "--truth", raw / "shimadzu_validation.h5",
-                  "--out", tmp_path / "fig" / "foam.gif")
+                  "--output", tmp_path / "fig" / "foam.gif")
     assert fig.returncode == 0, fig.stderr
     assert (tmp_path / "fig" / "foam.gif").stat().st_size > 0 and (tmp_path / "fig" / "foam.png").is_file()

@@ -118,7 +118,7 @@ def test_bad_input_is_one_line_and_changes_nothing(movie_model, movie, tmp_path)
     assert_one_line_error(run_cli("reconstruct", good, *m, env=env), "exists; add --overwrite")
     assert sha(out) == first
     again = run_cli("reconstruct", good, *m, "--overwrite", "--batch-size", "2", "--no-preview",
-                    "--report", d / "report.json", env=env)
+                    "--json", d / "report.json", env=env)
     assert again.returncode == 0, again.stderr
     report = json.loads((d / "report.json").read_text())
     assert report["backend"] == "local" and report["computed_frames"] == report["frames"] > 0
@@ -200,7 +200,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(movie_model, movie, tmp_path
     report = tmp_path / "plan.json"
     args = ["reconstruct", archive, "--model", movie_model, "--shard-frames", 6, "--batch-size", 3, "--no-preview",
             "--backend", "local", "--roi", "0:64,0:32"]
-    proc = run_cli(*args, "--dry-run", "--report", report)
+    proc = run_cli(*args, "--dry-run", "--json", report)
     assert proc.returncode == 0, proc.stderr
     assert "plan (dry run, nothing written)" in proc.stdout and "region 0:64,0:32" in proc.stdout
     assert snapshot(d) == before  # not even a shard directory
@@ -320,7 +320,7 @@ def test_a_list_of_archives_gives_one_output_each_from_one_pool(ray_cluster, mov
                 np.testing.assert_array_equal(x["phase"][()], y["phase"][()])
     report = tmp_path / "runs.json"
     proc = run_cli("reconstruct", a, b, "--model", movie_model, "--backend", "local", "--batch-size", 2,
-                   "--shard-frames", 3, "--no-preview", "--report", report)
+                   "--shard-frames", 3, "--no-preview", "--json", report)
     assert proc.returncode == 0, proc.stderr
     records = json.loads(report.read_text())
     assert [r["output"] for r in records] == [str(d / "a_phasegan.h5"), str(d / "b_phasegan.h5")]

@@ -128,7 +128,7 @@ def _mpiexec(archive: Path, model: Path, out: Path, batch: int, device: str, thr
                            str(model), "--output", str(out), "--backend", "mpi", "--batch-size", str(batch),
                            "--cpus-per-worker", str(threads), "--shard-frames", str(shard_frames), "--overwrite",
                            "--no-preview", "--device", device, "--compile" if compile else "--no-compile",
-                           "--score", score, "--report", str(report)],
+                           "--score", score, "--json", str(report)],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"mpiexec reconstruct failed: {proc.stderr[-500:]}")

@@ -57,7 +57,7 @@ def movie_figure(archive: str | Path, reconstruction: str | Path, out_gif: str |
     """
     out_gif = Path(out_gif)
     if out_gif.suffix.lower() != ".gif":
-        raise DataError(f"--out {out_gif} must end in .gif (the PNG strip goes beside it)")
+        raise DataError(f"--output {out_gif} must end in .gif (the PNG strip goes beside it)")
     plt = pyplot()
     from matplotlib.animation import FuncAnimation, PillowWriter  # lazy: matplotlib only to draw, Agg set first
 
