@@ -119,6 +119,21 @@ def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val
     _err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="The growing archive to write.")
+@click.option("--rate", type=POSITIVE, required=True, help="Frames per second.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def acquire(source: Path, output: Path, rate: float, overwrite: bool) -> None:
+    """Replay the frames of the archive SOURCE into a new DXchange file at --rate frames/s in HDF5's SWMR mode,
+    as a detector writes (for `reconstruct --follow`); the end marker is filled when all are written."""
+    from phasegan_hpc.simulate.acquire import acquire as run
+
+    with progress_bar("acquiring", unit="frames") as progress:
+        path = run(source, output, rate, overwrite=overwrite, progress=progress)
+    _err.print(f"wrote {path}")
+
+
 @cli.command("simulate-foam")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("configs/foam.toml"),
@@ -456,6 +471,10 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
 @click.option("--roi", default=None, help="Reconstruct only pixel rows Y0..Y1-1 and columns X0..X1-1: Y0:Y1,X0:X1.")
 @click.option("--frames", "frames", default=None,
               help="Reconstruct only rows START..STOP-1 (every STEP-th) of the first axis: START:STOP[:STEP].")
+@click.option("--follow", is_flag=True, help="ARCHIVE is still being written (HDF5 SWMR): reconstruct its frames as "
+              "they arrive, republish the output after each shard, finish when the acquisition ends.")
+@click.option("--idle-timeout", type=POSITIVE, default=60.0, show_default=True,
+              help="--follow: end after this many seconds without new frames (a writer that died).")
 def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | None, output: Path | None,
                 dataset: str | None, backend: str,
                 workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None, batch_size: int,
@@ -466,7 +485,7 @@ def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | No
                 darks_file: str | None, flats_reduction: str, eigenflats: int | None,
                 zinger_threshold: float | None, mask_file: str | None, dry_run: bool,
                 force_geometry: bool,
-                roi: str | None, frames: str | None) -> None:
+                roi: str | None, frames: str | None, follow: bool, idle_timeout: float) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVES (read-only), sharded over one pool of
     workers: one output per archive, or with --sequence one for all of them read as one movie (files, or a
     quoted glob pattern in name order).
@@ -482,7 +501,8 @@ def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | No
                preview=not no_preview, compile=compile_model, flag_by=flag_by, reader=reader, score=score,
                correct_on=correct_on, output_dtype=output_dtype, roi=roi, frames=frames,
                force_geometry=force_geometry, flats=flats_file, darks=darks_file, flats_reduction=flats_reduction,
-               eigenflats=eigenflats, zinger_threshold=zinger_threshold, mask=mask_file,
+               eigenflats=eigenflats, zinger_threshold=zinger_threshold, mask=mask_file, follow=follow,
+               idle_timeout=idle_timeout,
                physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
                         "energy_kev": energy_kev})
 

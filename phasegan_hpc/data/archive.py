@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,6 +63,9 @@ class Archive:
             NXtomo), or None: all.
         parts: a sequence of files read as one movie (:func:`open_sequence`): (file, rows along the first axis)
             of each, in order (``path`` is the first); None: one file.
+        live: the file is still being written (``reconstruct --follow``): it is opened in SWMR mode (single
+            writer, multiple readers) and its frames dataset refreshed before rows beyond the known ones are
+            read; ``shape`` and ``lead_shape`` are what it held when it was opened.
     """
 
     path: Path
@@ -84,6 +88,7 @@ class Archive:
     eigenflats: int | None = None
     frames: tuple[int, int, int] | None = None
     parts: tuple[tuple[Path, int], ...] | None = None
+    live: bool = field(default=False, compare=False)
 
     @property
     def stored_frame_shape(self) -> tuple[int, int]:
@@ -185,8 +190,9 @@ class Archive:
         return int(np.prod(self.lead_shape[1:]))
 
 
-def _open(path: Path) -> h5py.File:
-    """Open an archive read-only, turning every failure into one clear line."""
+def _open(path: Path, swmr: bool = False) -> h5py.File:
+    """Open an archive read-only (``swmr``: as a reader of a file an SWMR writer is still writing), turning
+    every failure into one clear line."""
     if not path.exists():
         raise DataError(f"archive {path} not found")
     if not path.is_file():
@@ -194,11 +200,54 @@ def _open(path: Path) -> h5py.File:
     try:
         if not h5py.is_hdf5(path):
             raise DataError(f"{path} is not an HDF5 file")
-        return h5py.File(path, "r", locking=False)
+        return h5py.File(path, "r", locking=False, swmr=swmr)
     except OSError as exc:
         text = str(exc)
         reason = "truncated" if "truncated" in text else "unreadable"
         raise DataError(f"{path}: {reason} HDF5 file ({text.splitlines()[0] if text else 'OSError'})") from None
+
+
+class LiveFile:
+    """This process's one SWMR reader handle of a file that is being written, and its one object per dataset.
+
+    HDF5 refreshes a dataset opened twice in one process (two ``h5py.Dataset`` objects of it, or of two
+    handles of one path) no more: its shape follows the writer but its chunk index stays stale, and new chunks
+    read as never written. So the live source that watches an archive and the workers reading it in the same
+    process share this (:func:`open_live`, :meth:`release`).
+    """
+
+    _open_files: dict[Path, LiveFile] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.file, self.refs = path, _open(path, swmr=True), 0
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The dataset ``name``, the same object for every caller (refresh it before reading new rows)."""
+        with LiveFile._lock:
+            if name not in self._datasets:
+                self._datasets[name] = self.file[name]
+            return self._datasets[name]
+
+    def release(self) -> None:
+        """One user less; the file is closed with the last."""
+        with LiveFile._lock:
+            self.refs -= 1
+            if self.refs == 0:
+                LiveFile._open_files.pop(self.path, None)
+                self.file.close()
+
+
+def open_live(path: Path) -> LiveFile:
+    """The process's :class:`LiveFile` of ``path`` (opened at the first call; :meth:`LiveFile.release` each)."""
+    path = Path(path)
+    with LiveFile._lock:
+        live = LiveFile._open_files.get(path)
+        if live is None:
+            live = LiveFile._open_files[path] = LiveFile(path)
+        live.refs += 1
+        return live
 
 
 def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
@@ -237,13 +286,14 @@ def _find_frames(f: h5py.File, path: Path, dataset: str | None) -> tuple[str, st
     raise DataError(f"{path}: several frames datasets, choose one with --dataset: {_describe(stacks)}")
 
 
-def _check_frames_dataset(ds: h5py.Dataset, path: Path) -> None:
+def _check_frames_dataset(ds: h5py.Dataset, path: Path, live: bool = False) -> None:
+    """Refuse what is not a stack of frames (``live``: it may hold none yet, but frames of a size)."""
     if ds.ndim < 3:
         raise DataError(f"{path}:{ds.name} has shape {tuple(ds.shape)}; reconstruct needs a stack of frames "
                         f"(..., H, W) with at least 3 dimensions")
     if ds.dtype.kind not in "uif":
         raise DataError(f"{path}:{ds.name} has dtype {ds.dtype}; frames must be integers or floats")
-    if 0 in ds.shape:
+    if 0 in (ds.shape[1:] if live else ds.shape):
         raise DataError(f"{path}:{ds.name} holds no frames (shape {tuple(ds.shape)})")
 
 
@@ -305,22 +355,23 @@ def parse_roi(text: str | None) -> tuple[int, int, int, int] | None:
     return y0, y1, x0, x1
 
 
-def open_archive(path: str | Path, dataset: str | None = None) -> Archive:
+def open_archive(path: str | Path, dataset: str | None = None, live: bool = False) -> Archive:
     """Inspect an archive (read-only) and describe its frames.
 
     Args:
         path: HDF5 file.
         dataset: HDF5 path of the frames dataset, or None to find it.
+        live: the file is still being written (:attr:`Archive.live`).
 
     Raises:
         DataError: missing, not HDF5, truncated, no or several candidate datasets, a dataset that is not a
             stack of frames, flats or darks of another frame shape, an NXtomo without projections.
     """
     path = Path(path).expanduser().resolve()
-    with _open(path) as f:
+    with _open(path, swmr=live) as f:
         name, layout = _find_frames(f, path, dataset)
         ds = f[name]
-        _check_frames_dataset(ds, path)
+        _check_frames_dataset(ds, path, live)
         frame_shape = (int(ds.shape[-2]), int(ds.shape[-1]))
         chunk_rows = int(ds.chunks[0]) if ds.chunks else 1
         lead = tuple(int(s) for s in ds.shape[:-2])
@@ -347,8 +398,12 @@ def open_archive(path: str | Path, dataset: str | None = None) -> Archive:
             flats = _reference(f, path, f"{base}/data_white", frame_shape, "flats")
             darks = _reference(f, path, f"{base}/data_dark", frame_shape, "darks")
         attrs = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in f.attrs.items()}
+        if live and select is not None:
+            raise DataError(f"--follow: {path} is NXtomo (image_key interleaves flats and projections); follow "
+                            "DXchange or a plain stack of frames")
         return Archive(path, name, layout, tuple(int(s) for s in ds.shape), ds.dtype.name, chunk_rows, lead,
-                       frame_shape, select, flats, darks, attrs, stated=stated_geometry(f, name, str(path)))
+                       frame_shape, select, flats, darks, attrs, stated=stated_geometry(f, name, str(path)),
+                       live=live)
 
 
 def expand_archives(args: list[str] | tuple[str, ...]) -> list[Path]:
@@ -373,7 +428,7 @@ def expand_archives(args: list[str] | tuple[str, ...]) -> list[Path]:
     return paths
 
 
-def open_sequence(paths: list[Path], dataset: str | None = None) -> Archive:
+def open_sequence(paths: list[Path], dataset: str | None = None, live: bool = False) -> Archive:
     """Several archives read as one movie, in the order given (European XFEL's sequence files ``...-S00000.h5``,
     ``...-S00001.h5``, ...): the frames of each, one after the other along the first axis. Every file must
     hold the same frames dataset (the first file's, found as :func:`open_archive` finds it) with the same frame
@@ -384,7 +439,9 @@ def open_sequence(paths: list[Path], dataset: str | None = None) -> Archive:
         DataError: as :func:`open_archive`, for any file; files that differ; a file given twice; NXtomo files
             (their image_key interleaves flats and projections: reconstruct those one by one).
     """
-    first = open_archive(paths[0], dataset)
+    if live and len(paths) > 1:
+        raise DataError("--follow reads one growing file; a growing sequence of files is not supported yet")
+    first = open_archive(paths[0], dataset, live)
     if len(paths) == 1:
         return first
     if first.select is not None:
@@ -544,8 +601,9 @@ class FrameReader:
 
     def __init__(self, archive: Archive, threads: int = 1, reader: str = "chunks") -> None:
         self.archive = archive
-        self.file = _open(archive.path)
-        self.ds = self.file[archive.dataset]
+        self._live = open_live(archive.path) if archive.live else None
+        self.file = self._live.file if self._live else _open(archive.path)
+        self.ds = self._live.dataset(archive.dataset) if self._live else self.file[archive.dataset]
         self.rows = ChunkRows(self.ds, threads=threads, force_h5py=reader == "h5py")
         # a sequence: every file's reader, and where each file's rows begin along the first axis
         self._files = [self.file]
@@ -600,7 +658,10 @@ class FrameReader:
     def close(self) -> None:
         for rows, f in zip(self._part_rows, self._files, strict=True):
             rows.close()
-            f.close()
+            if self._live is not None and f is self._live.file:
+                self._live.release()
+            else:
+                f.close()
 
     def _by_part(self, rows: np.ndarray) -> Iterator[tuple[int, ChunkRows, np.ndarray]]:
         """Sorted dataset rows (of the whole sequence) -> (file index, its reader, its own rows), in order."""
@@ -614,8 +675,12 @@ class FrameReader:
         return self._corrector(raw)
 
     def dataset_rows(self, r0: int, r1: int) -> np.ndarray:
-        """The frames dataset's rows holding rows [r0, r1) of the output's leading axis (int64)."""
+        """The frames dataset's rows holding rows [r0, r1) of the output's leading axis (int64); of a live
+        archive, the dataset is refreshed first (its shape, and where its chunks are: a shape seen before the
+        writer stored a chunk would read that chunk as never written)."""
         a = self.archive
+        if a.live:
+            self.ds.refresh()
         return np.arange(r0, r1, dtype=np.int64) if a.select is None else a.select[r0:r1].astype(np.int64)
 
     def raw_rows(self, r0: int, r1: int, sink: Callable[[bytes], object] | None = None) -> np.ndarray:

@@ -126,11 +126,11 @@ def check_output(output: Path, archive: Path | list[Path], overwrite: bool) -> N
         raise DataError(f"output {output} must end in .h5")
     check_writable(output, "output")  # its directory is made when missing
     if os.path.lexists(output):
-        if not overwrite:
-            raise DataError(f"output {output} exists; add --overwrite to replace it")
         if not is_reconstruction(output):
             raise DataError(f"output {output} is not a phasegan-hpc reconstruction: --overwrite replaces only "
                             "those; choose another --output")
+        if not overwrite and is_complete(output):  # a growing one (--follow, complete = false) is resumed
+            raise DataError(f"output {output} exists; add --overwrite to replace it")
 
 
 def is_reconstruction(output: Path) -> bool:
@@ -141,6 +141,16 @@ def is_reconstruction(output: Path) -> bool:
     try:
         with h5py.File(output, "r") as f:
             return f.attrs.get("software") == "phasegan-hpc"
+    except (OSError, ValueError):
+        return False
+
+
+def is_complete(output: Path) -> bool:
+    """Whether the reconstruction at ``output`` is finished (not the growing output of a ``--follow`` that
+    was interrupted: ``complete = false``)."""
+    try:
+        with h5py.File(output, "r") as f:
+            return bool(f.attrs.get("complete", True))
     except (OSError, ValueError):
         return False
 
@@ -210,7 +220,7 @@ def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) ->
     if foreign:
         raise DataError(f"{root} holds {foreign[0].name}, which no reconstruction wrote: it is not a "
                         "reconstruction's shard directory; remove it or choose another --output")
-    published = published_run(output)
+    published = published_run(output) if is_complete(output) else None  # a growing output's run continues
     unfinished = {e: m for e, m in runs.items() if e.resolve() != published}
     for e, m in unfinished.items():
         if identity(m) == identity(wanted):
@@ -231,6 +241,13 @@ def prepare_shards_dir(output: Path, wanted: dict[str, Any], overwrite: bool) ->
     d.mkdir(parents=True)
     atomic_write_text(d / MANIFEST, json.dumps(wanted, indent=1) + "\n")
     return d, False
+
+
+def record_plan(run_dir: Path, plan: list[Shard]) -> None:
+    """Rewrite the run's plan.json for ``plan`` (the shards of an archive that grew, ``--follow``)."""
+    have = _read_manifest(run_dir)
+    if have is not None:
+        _record_shards(run_dir, have, {**have, "shards": [s.as_dict() for s in plan]})
 
 
 def _record_shards(run_dir: Path, have: dict[str, Any], wanted: dict[str, Any]) -> None:
@@ -370,7 +387,8 @@ def verified(shards_dir: Path, plan: list[Shard], plan_sha256: str,
 
 
 def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard], layout: Layout,
-             attrs: dict[str, Any], frames_dtype: str = "float32", mask: np.ndarray | None = None) -> Path:
+             attrs: dict[str, Any], frames_dtype: str = "float32", mask: np.ndarray | None = None,
+             complete: bool = True) -> Path:
     """Write the output file: virtual datasets over all shards plus attributes (atomic).
 
     Args:
@@ -381,6 +399,8 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
         attrs: extra root attributes (model sha256, method, config TOML, physics...).
         frames_dtype: of the method's frame datasets in the shards (``--output-dtype``).
         mask: (H, W) bool of the pixels inpainted before retrieval (``--mask``), written as ``/mask``.
+        complete: ``plan`` is every shard of the archive, all verified; False: the finished shards so far of a
+            growing archive (``--follow``), the other frames reading as fill values (NaN, -1 for counts).
     """
     lead, tail = archive.lead_shape, archive.lead_shape[1:]
     rel = os.path.relpath(shards_dir, output.parent)
@@ -402,7 +422,7 @@ def assemble(output: Path, shards_dir: Path, archive: Archive, plan: list[Shard]
             "source_file": str(archive.path), "source_dataset": archive.dataset, "source_layout": archive.layout,
             **({"source_files": json.dumps([[str(p), n] for p, n in archive.parts])} if archive.parts else {}),
             "software": "phasegan-hpc", "software_version": __version__, "shards": str(rel),
-            "complete": True,  # every shard finished and verified (a partial volume would say False)
+            "complete": complete,  # every shard finished and verified (False: a --follow's output as it grows)
             **{k: v for k, v in attrs.items() if v is not None},
         }
         f.attrs.update(root)

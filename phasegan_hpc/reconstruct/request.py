@@ -118,6 +118,9 @@ class ReconstructRequest:
             nearest unmasked pixel and written to the output as ``/mask``; None: none.
         force_geometry: PhaseGAN: reconstruct with the model's geometry even where the archive or ``physics``
             states another (refused otherwise).
+        follow: the archive is still being written (``--follow``, ``reconstruct.live``): shards are taken as
+            their frames are written, the output republished as they finish, until the acquisition ends.
+        idle_timeout: ``follow``: seconds without new frames after which the writer is taken for dead.
 
     Raises (on construction):
         DataError: an unknown method, backend, score or geometry key, or options no run can use.
@@ -155,6 +158,8 @@ class ReconstructRequest:
     eigenflats: int | None = None
     zinger_threshold: float | None = None
     mask: str | None = None
+    follow: bool = False
+    idle_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -188,6 +193,11 @@ class ReconstructRequest:
         unknown = sorted(set(self.physics) - set(GEOMETRY_OVERRIDES))
         if unknown:
             raise DataError(f"unknown geometry {', '.join(unknown)}; choose from {', '.join(GEOMETRY_OVERRIDES)}")
+        if self.follow and (self.sequence or self.frames):
+            raise DataError("--follow reads one growing file from its first frame: it takes no --sequence or "
+                            "--frames")
+        if not (self.idle_timeout > 0 and math.isfinite(self.idle_timeout)):
+            raise DataError(f"--idle-timeout must be a positive number of seconds, not {self.idle_timeout}")
         self.method.check()
 
     def output_path(self) -> Path:
@@ -239,6 +249,7 @@ class Summary:
     replaced_workers: int = 0  # workers lost (killed, node gone) and replaced during the run
     rejected_shards: list[int] = field(default_factory=list)  # shard files that did not verify, redone
     geometry_sources: dict[str, str] = field(default_factory=dict)  # where each geometry value came from
+    live: dict[str, Any] = field(default_factory=dict)  # --follow: latency, backlog, how the acquisition ended
 
     @property
     def frames_per_s(self) -> float:
@@ -252,7 +263,7 @@ class Summary:
         return self.computed_frames / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        """The summary as JSON-ready values (``reconstruct --report``)."""
+        """The summary as JSON-ready values (``reconstruct --json``)."""
         return {"output": str(self.output), "frames": self.frames, "computed_frames": self.computed_frames,
                 "reused_shards": self.reused_shards, "shards": self.shards, "backend": self.backend,
                 "workers": self.workers, "seconds": self.seconds, "setup_seconds": self.setup_seconds,
@@ -261,7 +272,7 @@ class Summary:
                 "flagged": self.flagged, "flag_by": self.flag_by, "nonfinite": self.nonfinite,
                 "negative": self.negative, "scored_frames": self.scored_frames,
                 "replaced_workers": self.replaced_workers, "rejected_shards": self.rejected_shards,
-                "geometry_sources": self.geometry_sources,
+                "geometry_sources": self.geometry_sources, **({"live": self.live} if self.live else {}),
                 "preview": str(self.preview) if self.preview else None}
 
 
@@ -291,6 +302,6 @@ class DryRun:
     geometry_sources: dict[str, str]
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready values (``--report``)."""
+        """JSON-ready values (``--json``)."""
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for k, v in self.__dict__.items()}

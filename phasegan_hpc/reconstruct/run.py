@@ -8,6 +8,7 @@ ones are redone from their start, and the result is identical to an uninterrupte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ from phasegan_hpc.physics.optics import resolve_wavelength_m
 from phasegan_hpc.progress import ProgressFn, Tally
 from phasegan_hpc.reconstruct.backends import Backend, backend_named
 from phasegan_hpc.reconstruct.figures import reconstruction_preview
+from phasegan_hpc.reconstruct.live import LIVE_SHARD_FRAMES, LiveShards, Publisher
 from phasegan_hpc.reconstruct.methods import Layout, Method
 from phasegan_hpc.reconstruct.output import (
     ARCHIVE_CHANGED,
@@ -46,13 +48,14 @@ from phasegan_hpc.reconstruct.output import (
     plan_id,
     prepare_shards_dir,
     read_scores,
+    record_plan,
     retire,
     retire_empty,
     verified,
 )
 from phasegan_hpc.reconstruct.plan import Shard, make_plan, rows_per_shard
 from phasegan_hpc.reconstruct.request import DryRun, ReconstructRequest, Summary, score_every
-from phasegan_hpc.reconstruct.source import FixedShards, tasks
+from phasegan_hpc.reconstruct.source import FixedShards, ShardSource, tasks
 from phasegan_hpc.reconstruct.worker import Job, frame_bytes
 
 #: A frame is flagged when its score (``flag_by``) exceeds median + FLAG_MADS x (1.4826 MAD) of all frames,
@@ -114,6 +117,10 @@ def reconstruct_all(requests: list[ReconstructRequest], *, progress: ProgressFn 
         DataError, ResourceError: as :func:`reconstruct`; also two requests writing one output.
     """
     first = requests[0]
+    if first.follow:
+        if len(requests) > 1:
+            raise DataError("--follow takes one archive (the file being written)")
+        return [follow(first, progress=progress, backend=backend)]
     outputs = [r.output_path() for r in requests]
     if len(set(outputs)) < len(outputs):
         twice = next(o for o in outputs if outputs.count(o) > 1)
@@ -136,6 +143,83 @@ def reconstruct_all(requests: list[ReconstructRequest], *, progress: ProgressFn 
                 if backend.is_driver() and p.created and not any(run_dir.glob("shard-*.h5")):
                     retire_empty(run_dir)  # failed before any shard: leave nothing behind, not even plan.json
             raise
+
+
+def follow(request: ReconstructRequest, *, progress: ProgressFn | None = None,
+           backend: Backend | None = None) -> Summary | None:
+    """Reconstruct an archive while it is being written (``reconstruct --follow``, :mod:`.live`): the batch
+    plan's shards run as their frames are written, the output is republished (``complete = false``) after
+    each finished shard, and when the acquisition ends (its end marker, or ``request.idle_timeout`` s
+    without new frames) the run finishes like a batch run of the archive as it then is: the same shards, the
+    same result. A follow that is killed resumes where it was (its finished shards verify).
+
+    Returns:
+        A :class:`Summary` with ``live`` (latency p50/p99 from a frame first seen to its phase visible, the
+        largest backlog, how the acquisition ended); None on MPI ranks other than 0.
+
+    Raises:
+        DataError, ResourceError: as :func:`reconstruct`.
+    """
+    r = dataclasses.replace(request, shard_frames=request.shard_frames or LIVE_SHARD_FRAMES)
+    if backend is None:
+        backend = backend_named(r.backend, workers=r.workers, cpus_per_worker=r.cpus_per_worker,
+                                gpus_per_worker=r.gpus_per_worker)
+    driver = backend.is_driver()
+    out = r.output_path()
+    with contextlib.ExitStack() as stack:
+        if driver:
+            stack.enter_context(OutputLock(out))
+        prepared = backend.prepare(lambda: prepare(r, backend))
+        job, shards_dir = prepared.job, Path(prepared.job.shards_dir)
+        reused = {s.index for s in prepared.plan} - {s.index for s in prepared.pending}
+        tally = Tally(progress if driver else None, job.archive.n_frames,
+                      sum(s.frames for s in prepared.plan if s.index in reused))
+        source: ShardSource = FixedShards([])  # MPI ranks other than 0 are given their shards by rank 0
+        live = None
+        if driver:
+            def planned(plan: list[Shard]) -> None:  # the archive grew: plan.json, and the progress bar's total
+                record_plan(shards_dir, plan)
+                tally.total = sum(s.frames for s in plan)
+
+            def publish(done: list[Shard], rows: int) -> None:
+                assemble(out, shards_dir, _grown(job.archive, rows), done, prepared.layout, prepared.attrs,
+                         job.output_dtype, job.mask, complete=False)
+
+            live = stack.enter_context(contextlib.closing(LiveShards(
+                job.archive, 0, r.batch_size, r.shard_frames, reused, r.idle_timeout, on_plan=planned)))
+            source = live
+            stack.enter_context(Publisher(live, shards_dir, publish, reused))
+        t0 = time.perf_counter()
+        rows = backend.run([job], source, tally.add)
+        seconds = time.perf_counter() - t0
+        if not driver:
+            return None
+        stack.close()  # the publisher stops before the finished output replaces its last one
+        assert live is not None
+        final = _grown(job.archive, live.rows)
+        plan = make_plan(final, r.batch_size, r.shard_frames) if live.rows else []
+        if not plan:
+            raise DataError(f"--follow: {final.path}:{final.dataset} held no frame when the acquisition ended "
+                            f"({live.live.ended_by}); nothing was reconstructed")
+        record_plan(shards_dir, plan)
+        done = dataclasses.replace(prepared, job=dataclasses.replace(job, archive=final), plan=plan,
+                                   pending=[s for s in plan if s.index not in reused])
+        summary = _finish(r, backend, done, [{**row, "job": 0} for row in rows], seconds)
+        latency = live.live.latencies(plan)
+        summary.live = {
+            "ended_by": live.live.ended_by, "frames_seen": final.n_frames, "republished": live.live.republished,
+            "latency_p50_s": float(np.percentile(latency, 50)) if len(latency) else None,
+            "latency_p99_s": float(np.percentile(latency, 99)) if len(latency) else None,
+            "max_backlog_frames": live.live.backlog, "shard_frames": r.shard_frames,
+            # a writer that died mid-chunk: frames its shape declared in a chunk row never written whole
+            "left_out_frames": (live.declared - live.rows) * final.frames_per_row,
+        }
+        return summary
+
+
+def _grown(archive: Archive, rows: int) -> Archive:
+    """``archive`` as it is once it holds ``rows`` rows of its first axis (a live archive grows)."""
+    return dataclasses.replace(archive, shape=(rows, *archive.shape[1:]), lead_shape=(rows, *archive.lead_shape[1:]))
 
 
 def _run_prepared(requests: list[ReconstructRequest], backend: Backend, progress: ProgressFn | None,
@@ -303,7 +387,7 @@ def output_bytes(plan: list[Shard], layout: Layout, output_dtype: str) -> int:
 def _archive_of(r: ReconstructRequest) -> Archive:
     """The request's archive (one file, or a sequence of files read as one movie): its region of interest, its
     rows (``--frames``), and flats and darks (from it or other files) reduced as asked."""
-    archive = open_sequence([r.archive, *r.sequence], r.dataset)
+    archive = open_sequence([r.archive, *r.sequence], r.dataset, live=r.follow)
     archive = archive.with_roi(parse_roi(r.roi)).with_frames(parse_frames(r.frames))
     return archive.with_references(parse_reference(r.flats, "flats"), parse_reference(r.darks, "darks"),
                                    r.flats_reduction, r.eigenflats)
@@ -328,7 +412,7 @@ def dry_run(request: ReconstructRequest) -> DryRun:
                   files=len(archive.parts) if archive.parts else 1,
                   method=request.method.name,
                   model=c.model_path, output=c.output, output_exists=c.output.exists(), shards=len(c.plan),
-                  shard_frames=max(s.frames for s in c.plan), batch_size=request.batch_size,
+                  shard_frames=max((s.frames for s in c.plan), default=0), batch_size=request.batch_size,
                   backend=request.backend, workers=request.workers,
                   output_shape=(*archive.lead_shape, *c.layout.shape),
                   output_bytes=output_bytes(c.plan, c.layout, request.output_dtype),
@@ -345,7 +429,8 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
     device = backend.device(r.device)
     layout = c.layout
     compiled = device.startswith("cuda") if r.compile is None else r.compile
-    _check_batch_memory(r.batch_size if compiled else min(r.batch_size, max(s.frames for s in plan)),
+    _check_batch_memory(r.batch_size if compiled else min(r.batch_size, max((s.frames for s in plan),
+                                                                             default=r.batch_size)),
                         archive.frame_shape, layout)
     mask = c.mask
     identity = {"method": method.name, "model_sha256": loaded.sha256 if loaded else None,
