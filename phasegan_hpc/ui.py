@@ -171,6 +171,17 @@ def reconstruction_table(summary) -> Table:
         table.add_row("workers replaced", f"{summary.replaced_workers} (lost mid-run; their shards redone)")
     for key, source in summary.geometry_sources.items():
         table.add_row(key.removesuffix("_m").replace("_", " ") + " from", source)
+    live = summary.live
+    if live:
+        how = ("the end marker" if live["ended_by"] == "end marker" else
+               "no new frame for --idle-timeout: the writer stopped without marking the end; everything it wrote "
+               "whole is reconstructed" + (f", {live['left_out_frames']} frames of an unfinished chunk row are not"
+                                           if live["left_out_frames"] else ""))
+        table.add_row("acquisition", f"ended by {how}")
+        if live["latency_p50_s"] is not None:
+            table.add_row("latency", f"p50 {live['latency_p50_s']:.2f} s, p99 {live['latency_p99_s']:.2f} s (frame "
+                                     f"written -> phase visible); backlog <= {live['max_backlog_frames']} frames, "
+                                     f"{live['republished']} republications")
     table.add_row("flag threshold", f"{summary.flag_by} > {summary.threshold:.3g}")
     shown = ", ".join(f"{i} ({s:.3g})" for i, s in summary.flagged[:10])
     more = f" and {len(summary.flagged) - 10} more" if len(summary.flagged) > 10 else ""

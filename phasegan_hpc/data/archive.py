@@ -200,7 +200,14 @@ def _open(path: Path, swmr: bool = False) -> h5py.File:
     try:
         if not h5py.is_hdf5(path):
             raise DataError(f"{path} is not an HDF5 file")
-        return h5py.File(path, "r", locking=False, swmr=swmr)
+        try:
+            return h5py.File(path, "r", locking=False, swmr=swmr)
+        except OSError as exc:
+            if swmr or "already open for write" not in str(exc):
+                raise
+            # An SWMR writer has it open, or died without closing it (its consistency flags stay set): an
+            # SWMR reader may still read what it wrote.
+            return h5py.File(path, "r", locking=False, swmr=True)
     except OSError as exc:
         text = str(exc)
         reason = "truncated" if "truncated" in text else "unreadable"

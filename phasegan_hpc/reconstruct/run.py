@@ -44,7 +44,10 @@ from phasegan_hpc.reconstruct.output import (
     assemble,
     check_output,
     check_space,
+    is_complete,
+    is_reconstruction,
     manifest,
+    open_reconstruction,
     plan_id,
     prepare_shards_dir,
     read_scores,
@@ -169,7 +172,7 @@ def follow(request: ReconstructRequest, *, progress: ProgressFn | None = None,
     with contextlib.ExitStack() as stack:
         if driver:
             stack.enter_context(OutputLock(out))
-        prepared = backend.prepare(lambda: prepare(r, backend))
+        prepared = backend.prepare(lambda: (_refuse_grown_since(r, out), prepare(r, backend))[1])
         job, shards_dir = prepared.job, Path(prepared.job.shards_dir)
         reused = {s.index for s in prepared.plan} - {s.index for s in prepared.pending}
         tally = Tally(progress if driver else None, job.archive.n_frames,
@@ -215,6 +218,23 @@ def follow(request: ReconstructRequest, *, progress: ProgressFn | None = None,
             "left_out_frames": (live.declared - live.rows) * final.frames_per_row,
         }
         return summary
+
+
+def _refuse_grown_since(r: ReconstructRequest, out: Path) -> None:
+    """Refuse, without ``overwrite``, to follow an archive whose finished reconstruction ``out`` holds fewer
+    frames than it does now: frames appended after its acquisition ended.
+
+    Raises:
+        DataError: naming both counts.
+    """
+    if r.overwrite or not is_reconstruction(out) or not is_complete(out):
+        return
+    with open_reconstruction(out) as f:
+        done = int(f["consistency"].shape[0])
+    now = open_sequence([r.archive], r.dataset, live=True).lead_shape[0]
+    if now > done:
+        raise DataError(f"{out} is the finished reconstruction of {done} frames, but {r.archive} now holds {now}: "
+                        "frames were appended after its acquisition ended; add --overwrite to reconstruct it anew")
 
 
 def _grown(archive: Archive, rows: int) -> Archive:
