@@ -123,14 +123,16 @@ def simulate(out_dir: Path, config_path: Path | None, n_train: int | None, n_val
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="The growing archive to write.")
 @click.option("--rate", type=POSITIVE, required=True, help="Frames per second.")
+@click.option("--delay", type=NONNEGATIVE, default=0.0, show_default=True,
+              help="Seconds between the file being ready and the first frame (the trigger).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def acquire(source: Path, output: Path, rate: float, overwrite: bool) -> None:
+def acquire(source: Path, output: Path, rate: float, delay: float, overwrite: bool) -> None:
     """Replay the frames of the archive SOURCE into a new DXchange file at --rate frames/s in HDF5's SWMR mode,
     as a detector writes (for `reconstruct --follow`); the end marker is filled when all are written."""
     from phasegan_hpc.simulate.acquire import acquire as run
 
     with progress_bar("acquiring", unit="frames") as progress:
-        path = run(source, output, rate, overwrite=overwrite, progress=progress)
+        path = run(source, output, rate, overwrite=overwrite, delay=delay, progress=progress)
     _err.print(f"wrote {path}")
 
 
@@ -686,6 +688,20 @@ def bench_train(**options) -> None:
 def bench_reconstruct(**options) -> None:
     """End-to-end frames/s of each backend vs the model alone, and peak RSS for two archive sizes 4x apart."""
     bench_command("reconstruct", **options)
+
+
+@bench.command("live")
+@_size(64)
+@_frames(2048, "Frames the writer writes.")
+@_batch(16)
+@_int_option("--shard-frames", 64, "Frames per shard (the live default).")
+@_filters(4)
+@_repeats(1)
+@_bench_options
+def bench_live(**options) -> None:
+    """reconstruct --follow beside a writer at 0.5-1.25x the batch rate: latency p50/p99 and the highest rate
+    it keeps up with (p99 <= 2 shard durations), against the batch reconstruct rate of the same archive."""
+    bench_command("live", **options)
 
 
 @bench.command("inference")

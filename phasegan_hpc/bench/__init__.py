@@ -69,6 +69,7 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     from phasegan_hpc.bench.flatfield import bench_flatfield
     from phasegan_hpc.bench.frc import bench_frc
     from phasegan_hpc.bench.inference import bench_inference
+    from phasegan_hpc.bench.live import bench_live
     from phasegan_hpc.bench.pipeline import bench_pipeline
     from phasegan_hpc.bench.propagator import bench_propagator
     from phasegan_hpc.bench.read import bench_read
@@ -79,7 +80,7 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
 
     return {"frc": bench_frc, "propagator": bench_propagator, "read": bench_read, "pipeline": bench_pipeline,
             "flatfield": bench_flatfield, "step": bench_step, "train": bench_train, "reconstruct": bench_reconstruct,
-            "inference": bench_inference, "table1": bench_table1, "check": bench_check}
+            "live": bench_live, "inference": bench_inference, "table1": bench_table1, "check": bench_check}
 
 
 def run_benchmark(name: str, **options: Any) -> dict[str, Any]:

@@ -26,10 +26,11 @@ from phasegan_hpc.progress import ProgressFn, Tally
 END_MARKER = "/process/acquisition/end_date"
 
 
-def acquire(source: str | Path, output: str | Path, rate: float, *, overwrite: bool = False,
+def acquire(source: str | Path, output: str | Path, rate: float, *, overwrite: bool = False, delay: float = 0.0,
             progress: ProgressFn | None = None) -> Path:
     """Write the frames of the archive ``source`` (DXchange or a plain stack) into ``output`` at ``rate``
-    frames/s, a chunk row at a time, in SWMR mode.
+    frames/s, a chunk row at a time, in SWMR mode, the first ``delay`` s after the file is ready (the
+    detector's trigger: a follower can be started and warm before the first frame).
 
     Raises:
         DataError: an unreadable source, a non-positive rate, ``output`` existing (without ``overwrite``) or
@@ -38,6 +39,8 @@ def acquire(source: str | Path, output: str | Path, rate: float, *, overwrite: b
     source, output = Path(source), Path(output)
     if not (rate > 0 and np.isfinite(rate)):
         raise DataError(f"--rate must be a positive number of frames per second, not {rate}")
+    if not (delay >= 0 and np.isfinite(delay)):
+        raise DataError(f"--delay must be a number of seconds >= 0, not {delay}")
     archive = open_archive(source)
     if archive.select is not None or len(archive.lead_shape) != 1:
         raise DataError(f"acquire replays a stack of frames (N, H, W); {source}:{archive.dataset} is "
@@ -64,7 +67,7 @@ def acquire(source: str | Path, output: str | Path, rate: float, *, overwrite: b
                                     chunks=(rows, *shape), dtype=frames.dtype, **comp)
             marker = f.create_dataset(END_MARKER, shape=(), dtype="S32", data=b"")
             f.swmr_mode = True
-            t0 = time.monotonic()
+            t0 = time.monotonic() + delay
             for start in range(0, n, rows):
                 stop = min(n, start + rows)
                 block = frames[start:stop]
