@@ -477,6 +477,8 @@ def evaluate(model_path: Path | None, validation: Path, baselines: tuple[str, ..
               "they arrive, republish the output after each shard, finish when the acquisition ends.")
 @click.option("--idle-timeout", type=POSITIVE, default=60.0, show_default=True,
               help="--follow: end after this many seconds without new frames (a writer that died).")
+@click.option("--recorrect", is_flag=True, help="--follow: if flats or darks are written after the projections, "
+              "reconstruct the finished archive again with them (otherwise they are not used).")
 def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | None, output: Path | None,
                 dataset: str | None, backend: str,
                 workers: int | None, cpus_per_worker: float, gpus_per_worker: float | None, batch_size: int,
@@ -487,7 +489,7 @@ def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | No
                 darks_file: str | None, flats_reduction: str, eigenflats: int | None,
                 zinger_threshold: float | None, mask_file: str | None, dry_run: bool,
                 force_geometry: bool,
-                roi: str | None, frames: str | None, follow: bool, idle_timeout: float) -> None:
+                roi: str | None, frames: str | None, follow: bool, idle_timeout: float, recorrect: bool) -> None:
     """Phase and attenuation of every frame of the HDF5 movie ARCHIVES (read-only), sharded over one pool of
     workers: one output per archive, or with --sequence one for all of them read as one movie (files, or a
     quoted glob pattern in name order).
@@ -504,7 +506,7 @@ def reconstruct(archives: tuple[str, ...], sequence: bool, model_path: Path | No
                correct_on=correct_on, output_dtype=output_dtype, roi=roi, frames=frames,
                force_geometry=force_geometry, flats=flats_file, darks=darks_file, flats_reduction=flats_reduction,
                eigenflats=eigenflats, zinger_threshold=zinger_threshold, mask=mask_file, follow=follow,
-               idle_timeout=idle_timeout,
+               idle_timeout=idle_timeout, recorrect=recorrect,
                physics={"delta_beta": delta_beta, "pixel_size_m": pixel_size_m, "distance_m": distance_m,
                         "energy_kev": energy_kev})
 

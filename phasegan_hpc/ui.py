@@ -178,6 +178,12 @@ def reconstruction_table(summary) -> Table:
                "whole is reconstructed" + (f", {live['left_out_frames']} frames of an unfinished chunk row are not"
                                            if live["left_out_frames"] else ""))
         table.add_row("acquisition", f"ended by {how}")
+        if live.get("recorrected"):
+            table.add_row("re-corrected", "flats/darks written after the projections: the finished archive "
+                                          "reconstructed again with them (--recorrect)")
+        elif live.get("unused_references"):
+            table.add_row("not used", f"{' and '.join(live['unused_references'])} written after the projections; "
+                                      "rerun with --recorrect (or reconstruct --overwrite) to use them")
         if live["latency_p50_s"] is not None:
             table.add_row("latency", f"p50 {live['latency_p50_s']:.2f} s, p99 {live['latency_p99_s']:.2f} s (frame "
                                      f"written -> phase visible); backlog <= {live['max_backlog_frames']} frames, "

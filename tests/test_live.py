@@ -149,3 +149,50 @@ def test_a_writer_that_dies_ends_the_follow_at_the_idle_timeout(source, movie_mo
                                            shard_frames=SHARD, preview=False, output=tmp_path / "batch.h5",
                                            frames=f"0:{summary['frames']}"))
     assert_identical(read(batch.output), read(tmp_path / "live_phasegan.h5"))
+
+
+#: A detector writer whose flats come after the projections (their dataset created empty before SWMR mode).
+FLATS_LAST = """
+import sys, time, h5py, hdf5plugin, numpy as np
+src, dst = sys.argv[1], sys.argv[2]
+with h5py.File(src, "r") as s:
+    frames, flats, darks = (s[k][()] for k in ("exchange/data", "exchange/data_white", "exchange/data_dark"))
+with h5py.File(dst, "x", libver="latest") as f:
+    f.create_dataset("exchange/data_dark", data=darks)
+    white = f.create_dataset("exchange/data_white", shape=(0, 64, 64), maxshape=(None, 64, 64), dtype=flats.dtype)
+    data = f.create_dataset("exchange/data", shape=(0, 64, 64), maxshape=(None, 64, 64), chunks=(3, 64, 64),
+                            dtype=frames.dtype)
+    end = f.create_dataset("process/acquisition/end_date", shape=(), dtype="S32", data=b"")
+    f.swmr_mode = True
+    time.sleep(3)
+    for i in range(0, len(frames), 3):
+        data.resize(i + 3, axis=0); data[i:i + 3] = frames[i:i + 3]; data.flush(); time.sleep(0.5)
+    white.resize(len(flats), axis=0); white[:] = flats; white.flush()
+    end[()] = b"done"; end.flush()
+"""
+
+
+def test_flats_written_last_are_used_only_with_recorrect(source, reference, movie_model, tmp_path):
+    import sys
+
+    live = tmp_path / "live.h5"
+    writer = subprocess.Popen([sys.executable, "-c", FLATS_LAST, str(source), str(live)], stderr=subprocess.PIPE,
+                              text=True)
+    def started():
+        assert writer.poll() is None, writer.stderr.read()
+        return live.exists()
+    faults.wait_for(started, 60, "the writer's file", interval=0.05)
+    time.sleep(0.5)  # in SWMR mode (it sleeps 3 s before the first frame)
+    followers = {name: subprocess.Popen(
+        [EXE, "reconstruct", str(live), "--follow", "--model", movie_model, "--backend", "local", *map(str, COMMON),
+         "--output", str(tmp_path / f"{name}.h5"), "--json", str(tmp_path / f"{name}.json"), *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for name, extra in (("plain", []), ("recorrected", ["--recorrect"]))}
+    for name, p in followers.items():
+        assert p.wait(timeout=300) == 0, (name, p.stderr.read()[-2000:])
+    assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    plain, again = (json.loads((tmp_path / f"{n}.json").read_text())["live"] for n in ("plain", "recorrected"))
+    assert plain["unused_references"] == ["flats"] and not plain["recorrected"]
+    assert again["recorrected"] and again["ended_by"] == "end marker"
+    assert_identical(reference, read(tmp_path / "recorrected.h5"))  # = a batch run with the flats
+    assert not np.array_equal(read(tmp_path / "plain.h5")["phase"], reference["phase"])

@@ -305,10 +305,18 @@ def _check_frames_dataset(ds: h5py.Dataset, path: Path, live: bool = False) -> N
 
 
 def _reference(f: h5py.File, path: Path, name: str, frame_shape: tuple[int, int], what: str,
-               rows: list[int] | None = None) -> tuple[str, list[int] | None] | None:
+               rows: list[int] | None = None, live: bool = False) -> tuple[str, list[int] | None] | None:
+    """(``name``, ``rows``) of a stack of flats or darks, None where there is none (``live``: also one created
+    empty, to be written at the end of the acquisition).
+
+    Raises:
+        DataError: not a stack of frames of ``frame_shape``.
+    """
     if name not in f:
         return None
     ds = f[name]
+    if live and isinstance(ds, h5py.Dataset) and ds.ndim >= 2 and ds.shape[0] == 0:
+        return None
     if not isinstance(ds, h5py.Dataset) or ds.ndim < 2 or (rows is None and ds.size == 0):
         raise DataError(f"{path}:{name} ({what}) is not a stack of frames: shape {getattr(ds, 'shape', None)}")
     if tuple(ds.shape[-2:]) != frame_shape:
@@ -402,8 +410,8 @@ def open_archive(path: str | Path, dataset: str | None = None, live: bool = Fals
             darks = (name, dark_rows) if dark_rows else None
         else:
             base = parent.name.rstrip("/")
-            flats = _reference(f, path, f"{base}/data_white", frame_shape, "flats")
-            darks = _reference(f, path, f"{base}/data_dark", frame_shape, "darks")
+            flats = _reference(f, path, f"{base}/data_white", frame_shape, "flats", live=live)
+            darks = _reference(f, path, f"{base}/data_dark", frame_shape, "darks", live=live)
         attrs = {k: (v.item() if hasattr(v, "item") and np.ndim(v) == 0 else v) for k, v in f.attrs.items()}
         if live and select is not None:
             raise DataError(f"--follow: {path} is NXtomo (image_key interleaves flats and projections); follow "

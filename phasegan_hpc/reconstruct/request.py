@@ -121,6 +121,8 @@ class ReconstructRequest:
         follow: the archive is still being written (``--follow``, ``reconstruct.live``): shards are taken as
             their frames are written, the output republished as they finish, until the acquisition ends.
         idle_timeout: ``follow``: seconds without new frames after which the writer is taken for dead.
+        recorrect: ``follow``: if flats or darks were written after the projections, reconstruct the finished
+            archive again with them (a batch run over the follow's output); without it they are not used.
 
     Raises (on construction):
         DataError: an unknown method, backend, score or geometry key, or options no run can use.
@@ -160,6 +162,7 @@ class ReconstructRequest:
     mask: str | None = None
     follow: bool = False
     idle_timeout: float = 60.0
+    recorrect: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -196,6 +199,10 @@ class ReconstructRequest:
         if self.follow and (self.sequence or self.frames):
             raise DataError("--follow reads one growing file from its first frame: it takes no --sequence or "
                             "--frames")
+        if self.recorrect and not self.follow:
+            raise DataError("--recorrect re-corrects a --follow; give both")
+        if self.recorrect and self.backend == "mpi":
+            raise DataError("--recorrect is not supported with --backend mpi yet; rerun with --overwrite instead")
         if not (self.idle_timeout > 0 and math.isfinite(self.idle_timeout)):
             raise DataError(f"--idle-timeout must be a positive number of seconds, not {self.idle_timeout}")
         self.method.check()

@@ -169,16 +169,38 @@ def follow(request: ReconstructRequest, *, progress: ProgressFn | None = None,
                                 gpus_per_worker=r.gpus_per_worker)
     driver = backend.is_driver()
     out = r.output_path()
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as locked:
         if driver:
-            stack.enter_context(OutputLock(out))
+            locked.enter_context(OutputLock(out))
         prepared = backend.prepare(lambda: (_refuse_grown_since(r, out), prepare(r, backend))[1])
-        job, shards_dir = prepared.job, Path(prepared.job.shards_dir)
-        reused = {s.index for s in prepared.plan} - {s.index for s in prepared.pending}
-        tally = Tally(progress if driver else None, job.archive.n_frames,
-                      sum(s.frames for s in prepared.plan if s.index in reused))
-        source: ShardSource = FixedShards([])  # MPI ranks other than 0 are given their shards by rank 0
-        live = None
+        try:
+            summary = _follow_prepared(r, backend, prepared, out, progress)
+        except BaseException:
+            run_dir = Path(prepared.job.shards_dir)
+            if driver and prepared.created and not any(run_dir.glob("shard-*.h5")):
+                retire_empty(run_dir)  # failed before any shard: leave nothing behind
+            raise
+    if summary is None or not r.recorrect or not summary.live["unused_references"]:
+        return summary
+    # Flats or darks written after the projections: the finished archive again, with them (a batch run).
+    again = reconstruct(dataclasses.replace(r, follow=False, recorrect=False, overwrite=True), progress=progress,
+                        backend=backend)
+    assert again is not None
+    again.live = {**summary.live, "recorrected": True, "unused_references": []}
+    return again
+
+
+def _follow_prepared(r: ReconstructRequest, backend: Backend, prepared: Prepared, out: Path,
+                     progress: ProgressFn | None) -> Summary | None:
+    """:func:`follow` once its output is locked and its run prepared: the live run, then its finish."""
+    driver = backend.is_driver()
+    job, shards_dir = prepared.job, Path(prepared.job.shards_dir)
+    reused = {s.index for s in prepared.plan} - {s.index for s in prepared.pending}
+    tally = Tally(progress if driver else None, job.archive.n_frames,
+                  sum(s.frames for s in prepared.plan if s.index in reused))
+    source: ShardSource = FixedShards([])  # MPI ranks other than 0 are given their shards by rank 0
+    live = None
+    with contextlib.ExitStack() as running:
         if driver:
             def planned(plan: list[Shard]) -> None:  # the archive grew: plan.json, and the progress bar's total
                 record_plan(shards_dir, plan)
@@ -188,36 +210,45 @@ def follow(request: ReconstructRequest, *, progress: ProgressFn | None = None,
                 assemble(out, shards_dir, _grown(job.archive, rows), done, prepared.layout, prepared.attrs,
                          job.output_dtype, job.mask, complete=False)
 
-            live = stack.enter_context(contextlib.closing(LiveShards(
+            live = running.enter_context(contextlib.closing(LiveShards(
                 job.archive, 0, r.batch_size, r.shard_frames, reused, r.idle_timeout, on_plan=planned)))
             source = live
-            stack.enter_context(Publisher(live, shards_dir, publish, reused))
+            running.enter_context(Publisher(live, shards_dir, publish, reused))
         t0 = time.perf_counter()
         rows = backend.run([job], source, tally.add)
         seconds = time.perf_counter() - t0
-        if not driver:
-            return None
-        stack.close()  # the publisher stops before the finished output replaces its last one
-        assert live is not None
-        final = _grown(job.archive, live.rows)
-        plan = make_plan(final, r.batch_size, r.shard_frames) if live.rows else []
-        if not plan:
-            raise DataError(f"--follow: {final.path}:{final.dataset} held no frame when the acquisition ended "
-                            f"({live.live.ended_by}); nothing was reconstructed")
-        record_plan(shards_dir, plan)
-        done = dataclasses.replace(prepared, job=dataclasses.replace(job, archive=final), plan=plan,
-                                   pending=[s for s in plan if s.index not in reused])
-        summary = _finish(r, backend, done, [{**row, "job": 0} for row in rows], seconds)
-        latency = live.live.latencies(plan)
-        summary.live = {
-            "ended_by": live.live.ended_by, "frames_seen": final.n_frames, "republished": live.live.republished,
-            "latency_p50_s": float(np.percentile(latency, 50)) if len(latency) else None,
-            "latency_p99_s": float(np.percentile(latency, 99)) if len(latency) else None,
-            "max_backlog_frames": live.live.backlog, "shard_frames": r.shard_frames,
-            # a writer that died mid-chunk: frames its shape declared in a chunk row never written whole
-            "left_out_frames": (live.declared - live.rows) * final.frames_per_row,
-        }
-        return summary
+    # here the publisher has stopped: the finished output replaces its last one
+    if not driver:
+        return None
+    assert live is not None
+    final = _grown(job.archive, live.rows)
+    plan = make_plan(final, r.batch_size, r.shard_frames) if live.rows else []
+    if not plan:
+        raise DataError(f"--follow: {final.path}:{final.dataset} held no frame when the acquisition ended "
+                        f"({live.live.ended_by}); nothing was reconstructed")
+    record_plan(shards_dir, plan)
+    done = dataclasses.replace(prepared, job=dataclasses.replace(job, archive=final), plan=plan,
+                               pending=[s for s in plan if s.index not in reused])
+    summary = _finish(r, backend, done, [{**row, "job": 0} for row in rows], seconds)
+    latency = live.live.latencies(plan)
+    summary.live = {
+        "ended_by": live.live.ended_by, "frames_seen": final.n_frames, "republished": live.live.republished,
+        "latency_p50_s": float(np.percentile(latency, 50)) if len(latency) else None,
+        "latency_p99_s": float(np.percentile(latency, 99)) if len(latency) else None,
+        "max_backlog_frames": live.live.backlog, "shard_frames": r.shard_frames,
+        # a writer that died mid-chunk: frames its shape declared in a chunk row never written whole
+        "left_out_frames": (live.declared - live.rows) * final.frames_per_row,
+        "recorrected": False, "unused_references": _references_came_later(r, job.archive),
+    }
+    return summary
+
+
+def _references_came_later(r: ReconstructRequest, started: Archive) -> list[str]:
+    """"flats" and/or "darks": those the archive holds now that it did not hold when the follow started
+    (written after the projections; not used unless ``--recorrect``)."""
+    now = _archive_of(r)
+    return [what for what, a, b in (("flats", started.flats, now.flats), ("darks", started.darks, now.darks))
+            if a is None and b is not None]
 
 
 def _refuse_grown_since(r: ReconstructRequest, out: Path) -> None:
