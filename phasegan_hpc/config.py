@@ -257,6 +257,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
+    # TensorBoard event files of rank 0 under RUN/tensorboard (the numbers of metrics.jsonl; a resumed run
+    # continues its curves). On by default: they are small (a few hundred bytes per record), cost nothing per
+    # step, and live curves are what ML users look for first. MLflow: set MLFLOW_TRACKING_URI (train/logs.py).
+    tensorboard: bool = True
     max_steps: int = 0
     seed: int = 0
     # Fine-tuning: start G_O and G_D (same architecture, checked) and the normalisation from this model.pt,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import faults
 import pytest
+from runlogs import assert_same_curves, event_scalars, jsonl_scalars
 from tools import EXE
 
 from phasegan_hpc.config import with_overrides
@@ -19,6 +20,7 @@ from phasegan_hpc.errors import DataError, ResourceError
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.train.fit import fit
 from phasegan_hpc.train.loop import run_dir_of, weights_digest
+from phasegan_hpc.train.session import run_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +29,13 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_workers_end_with_identical_weights(ray_cluster, tiny_train_config):
+def test_two_workers_end_with_identical_weights(ray_cluster, tiny_train_config, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    # Set after the cluster started, so its workers do not inherit them: the driver must hand them over.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     cfg = with_overrides(tiny_train_config, {"train.name": "ddp"})
     result = fit(cfg, workers=2)
     run = run_dir_of(cfg)
@@ -40,7 +48,13 @@ def test_two_workers_end_with_identical_weights(ray_cluster, tiny_train_config):
     assert len(digests) == 2 and digests[0] == digests[1]
     model = load_model(result["model_path"])
     assert weights_digest(model.generator) == digests[0]
-    assert sorted(p.name for p in run.glob("checkpoint_*"))  # Ray Train's checkpoints in storage/NAME
+    # Ray Train's checkpoints in storage/NAME, named as in-process runs name theirs; the newest 2 kept
+    assert [p.name for p in run_checkpoints(run)] == ["checkpoint_step_00000003", "checkpoint_step_00000004"]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes
+    assert_same_curves(event_scalars(run / "tensorboard"), jsonl_scalars(run))
+    run_id = json.loads((run / "mlflow_run.json").read_text())["run_id"]
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run_id, "loss_g")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
 
 
 def test_killed_worker_is_replaced_and_run_completes(ray_cluster, tiny_train_config):
@@ -68,6 +82,8 @@ def test_killed_worker_is_replaced_and_run_completes(ray_cluster, tiny_train_con
     assert starts == [0, 2]  # restarted from the checkpoint, not from scratch
     assert [r["step"] for r in recs if "loss_g" in r] == [1, 2, 3, 4]
     assert result["step"] == 4 and Path(result["model_path"]).is_file()
+    # The restarted rank 0 continued the curves: what the killed one logged after step 2 is hidden.
+    assert_same_curves(event_scalars(run / "tensorboard"), jsonl_scalars(run))
 
 
 def test_interrupted_driver_resumes_from_last_checkpoint(tiny_train_config, tmp_path):
@@ -110,6 +126,7 @@ def test_interrupted_driver_resumes_from_last_checkpoint(tiny_train_config, tmp_
     assert starts[0] == 0 and starts[-1] > 0  # continued from its checkpoint
     steps = [r["step"] for r in records(run) if "loss_g" in r]
     assert steps == list(range(1, len(steps) + 1))  # no step lost or repeated
+    assert_same_curves(event_scalars(run / "tensorboard"), jsonl_scalars(run))  # in TensorBoard neither
     assert (run / "model.pt").is_file()
 
 

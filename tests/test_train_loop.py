@@ -18,6 +18,7 @@ from phasegan_hpc.errors import DataError
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.train.local import train_local
 from phasegan_hpc.train.loop import run_dir_of
+from phasegan_hpc.train.session import run_checkpoints
 
 
 def step_records(run_dir: Path) -> list[dict]:
@@ -37,7 +38,8 @@ def test_run_writes_outputs_and_model_loads_safely(tiny_train_config):
     assert len(val) == 2 and all(np.isfinite(r["val_attenuation_frcm"]) for r in val)
     assert (run / "figures" / "cycles_epoch001.png").is_file() and (run / "figures" / "cycles_epoch002.png").is_file()
     assert (run / "figures" / "losses.png").is_file()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000006", "step_00000008"]
+    assert [p.name for p in run_checkpoints(run)] == ["checkpoint_step_00000006", "checkpoint_step_00000008"]
+    assert not (run / "checkpoints").exists() and not list(run.glob(".tmp-*"))  # the older name is not written
     latest = run.parent / "latest"
     assert latest.is_symlink() and (latest / "model.pt").resolve() == (run / "model.pt").resolve()
 
@@ -90,7 +92,7 @@ def test_learning_rate_schedule_and_checkpoints_from_before_the_schedulers(tiny_
     assert [scales[s] for s in (1, 4, 5, 8)] == [1.0, 1.0, 0.5, 0.5]
     part = with_overrides(base, {"train.name": "part", "train.max_steps": 4})
     train_local(part)
-    ckpt = run_dir_of(part) / "checkpoints" / "step_00000004" / "checkpoint.pt"
+    ckpt = run_dir_of(part) / "checkpoint_step_00000004" / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False)
     del state["schedulers"]  # as written before: the optimisers hold epoch 0's rates, no initial_lr
     for key, lr in (("opt_g", base.train.lr_g), ("opt_d", base.train.lr_d)):

@@ -5,7 +5,9 @@ storage, resources), connects to ``RAY_ADDRESS`` or starts a quiet local Ray (:m
 and runs :func:`phasegan_hpc.train.loop.train_loop` on every worker of a ``TorchTrainer``, through a
 :class:`phasegan_hpc.train.session.RaySession`. DDP (gloo on CPU, NCCL on GPU) wraps the generator pair
 and the discriminator pair separately; ``ray.train.report`` is called by every rank at the same steps;
-rank 0 alone writes metrics, figures and ``model.pt``.
+rank 0 alone writes metrics (``metrics.jsonl``, TensorBoard, MLflow: ``logs.py``), figures and ``model.pt``.
+Ray Train names the checkpoints as in-process runs do, ``STORAGE/NAME/checkpoint_step_NNNNNNNN``
+(``session.checkpoint_name``).
 
 Rerunning with the same name and storage resumes from the latest checkpoint (``ray.train.get_checkpoint``),
 which is what ``sbatch --requeue`` needs; a worker that dies is restarted up to ``max_failures`` times.
@@ -28,14 +30,8 @@ from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.errors import PhaseganError, ResourceError, TrainingError
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.progress import ProgressFn
-from phasegan_hpc.train.loop import (
-    check_init_from,
-    latest_losses,
-    network_shapes,
-    run_dir_of,
-    steps_per_epoch,
-    train_loop,
-)
+from phasegan_hpc.train.logs import check_mlflow, latest_losses, mlflow_environment
+from phasegan_hpc.train.loop import check_init_from, network_shapes, run_dir_of, steps_per_epoch, train_loop
 from phasegan_hpc.train.session import RaySession
 from phasegan_hpc.train.step import PAIRED_METHODS
 
@@ -43,6 +39,7 @@ from phasegan_hpc.train.step import PAIRED_METHODS
 def _worker(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: rebuild the config, run the loop through a RaySession."""
     cfg = config_from_dict(tomllib.loads(loop_config["config"]))
+    os.environ.update(loop_config.get("mlflow_env", {}))  # the driver's MLflow settings (logs.open_run_log)
     torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
     train_loop(cfg, RaySession.train_worker())
 
@@ -75,6 +72,7 @@ def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per
     if cfg.train.init_from:  # a missing, foreign or mismatched model: one line, before Ray starts
         check_init_from(cfg, load_model(cfg.train.init_from), cfg.train.init_from)
     total = steps_per_epoch(data, cfg.train.batch_size, workers) * cfg.train.epochs
+    check_mlflow()  # MLFLOW_TRACKING_URI set without mlflow, or a store it refuses: one line, before Ray starts
     storage = check_storage(Path(cfg.train.runs_dir))
     cfg = _with_storage(cfg, storage)
 
@@ -103,7 +101,7 @@ def make_trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: fl
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    loop_config = {"config": config_to_toml(cfg), "threads": max(1, int(cpus))}
+    loop_config = {"config": config_to_toml(cfg), "threads": max(1, int(cpus)), "mlflow_env": mlflow_environment()}
     return TorchTrainer(
         _worker,
         train_loop_config=loop_config,

@@ -3,7 +3,8 @@
 Epochs over the two unpaired sets (or the paired set), lr / 10 every ``lr_decay_epochs`` (paper §3),
 normalisation statistics from the training data, checkpoints (all networks, both optimisers, step, RNG
 state) every ``checkpoint_every`` steps and at each epoch end, exact resume, validation metrics each epoch,
-``metrics.jsonl``, figures, and finally ``model.pt`` (also reachable as ``runs/latest/model.pt``).
+``metrics.jsonl`` and its TensorBoard / MLflow views (``logs.py``), figures, and finally ``model.pt`` (also
+reachable as ``runs/latest/model.pt``).
 
 Determinism: the data order of an epoch depends only on (seed, epoch), the augmentation of a step only
 on (seed, step, rank), so a resumed run replays exactly what an uninterrupted run would have done.
@@ -12,7 +13,6 @@ on (seed, step, rank), so a resumed run replays exactly what an uninterrupted ru
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import tempfile
@@ -39,6 +39,7 @@ from phasegan_hpc.physics import FresnelPropagator, object_wavefield
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.progress import ProgressFn
 from phasegan_hpc.train.figures import CycleImages, cycle_figure, loss_curves
+from phasegan_hpc.train.logs import FAILED, FINISHED, KILLED, RunLog, open_run_log
 from phasegan_hpc.train.session import CHECKPOINT_FILE, Session
 from phasegan_hpc.train.step import PAIRED_METHODS, STEPS, Batch, Trainables, build_trainables, unwrap
 
@@ -93,30 +94,6 @@ def _checkpoint_state(tr: Trainables, step: int, norm: Normalisation, history: d
         "history": history,
         "identity": identity,
     }
-
-
-class MetricsLog:
-    """``metrics.jsonl`` of rank 0: one JSON object per line. On resume, lines past the resumed step go."""
-
-    def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
-        self.path, self.enabled = path, enabled
-        self.records: list[dict[str, Any]] = []
-        if not enabled:
-            return
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                rec = json.loads(line)
-                if rec.get("step", 0) <= resume_step:
-                    self.records.append(rec)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def validate(gens: torch.nn.Module, stack: FrameStack, norm: Normalisation, geometry: Geometry, n_frames: int,
@@ -187,12 +164,23 @@ def train_loop(cfg: Config, session: Session, progress: ProgressFn | None = None
     run = TrainingRun(cfg, session)
     run.restore(session.restore())
     run.start()
-    while run.step < run.total:
-        if run.stopped():
-            return run.metrics  # already there (a rerun with the same --max-steps does nothing)
-        if not run.epoch(progress):
-            return run.metrics  # --max-steps reached inside the epoch
-    return run.finish()
+    status = FAILED
+    try:
+        while run.step < run.total:
+            if run.stopped():
+                status = FINISHED
+                return run.metrics  # already there (a rerun with the same --max-steps does nothing)
+            if not run.epoch(progress):
+                status = FINISHED
+                return run.metrics  # --max-steps reached inside the epoch
+        metrics = run.finish()
+        status = FINISHED
+        return metrics
+    except KeyboardInterrupt:
+        status = KILLED
+        raise
+    finally:
+        run.log.close(status)
 
 
 class TrainingRun:
@@ -275,9 +263,10 @@ class TrainingRun:
     # ---- start ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """``metrics.jsonl`` (cut back to the resumed step), ``config.toml``, the figures' fixed batch."""
+        """The logs (``metrics.jsonl`` cut back to the resumed step; TensorBoard, MLflow), ``config.toml``, the
+        figures' fixed batch."""
         t = self.t
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.rank0, self.step)
+        self.log: RunLog = open_run_log(self.cfg, self.run_dir, self.step, self.rank0)
         self.log.write({"event": "start", "step": self.step, "world_size": self.session.world_size,
                         "total_steps": self.total})
         if self.rank0:
@@ -386,6 +375,7 @@ class TrainingRun:
         state = _checkpoint_state(self.tr, self.step, self.norm, self.history, self.identity)
         state["schedulers"] = [sched.state_dict() for sched in self.schedulers]
         torch.save(state, tmp / CHECKPOINT_FILE)
+        self.log.flush()  # a resumed run's views continue from this checkpoint: what it covers must be on disk
         self.session.report(self.metrics, tmp)
 
     # ---- finish --------------------------------------------------------------------------------------------
@@ -454,23 +444,6 @@ def steps_per_epoch(data: TrainingData, batch_size: int, world_size: int) -> int
     if spe == 0:
         raise DataError(f"too few frames ({min(sizes)}) for batch size {batch_size} on {world_size} worker(s)")
     return spe
-
-
-def latest_losses(run_dir: Path) -> dict[str, float] | None:
-    """The last training-loss record of ``run_dir/metrics.jsonl`` (for progress shown by a driver)."""
-    path = run_dir / "metrics.jsonl"
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written
-        if "loss_g" in rec:
-            return rec
-    return None
 
 
 def _crops(t) -> bool:

@@ -5,12 +5,18 @@ The loop (``loop.py``) talks only to a :class:`Session`, so the same loop runs i
 :class:`RaySession`, parameterised by the Ray API it reports through). Ray is imported inside
 :class:`RaySession`'s methods only (lazy: ray takes seconds to import, and :class:`LocalSession`, which
 ``train_local`` and ``bench table1`` use, needs none); connecting to Ray is :mod:`phasegan_hpc.cluster`'s.
+
+Checkpoints of a run have one name, in-process and under Ray Train alike: ``RUN/checkpoint_step_NNNNNNNN/``
+(:func:`checkpoint_name`; Ray Train gets it as ``checkpoint_dir_name``) holding :data:`CHECKPOINT_FILE`, and
+one lookup, :func:`run_checkpoints` / :func:`latest_checkpoint`, which also knows the older names (Ray's
+``checkpoint_<timestamp>``, in-process ``checkpoints/step_NNNNNNNN``) so that older runs still resume.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +30,39 @@ from torch.nn.parallel import DistributedDataParallel
 from phasegan_hpc.errors import DataError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_PREFIX = "checkpoint_step_"
+_STEP_NAMES = (re.compile(rf"{CHECKPOINT_PREFIX}(\d+)"), re.compile(r"checkpoints/step_(\d+)"))  # new, old
+
+
+def checkpoint_name(step: int) -> str:
+    """The directory name of the checkpoint at ``step`` in a run directory (Ray and in-process runs)."""
+    return f"{CHECKPOINT_PREFIX}{int(step):08d}"
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoint directories of a run that hold :data:`CHECKPOINT_FILE`, oldest first.
+
+    ``checkpoint_step_N`` and the in-process runs' older ``checkpoints/step_N`` are ordered by step (at one
+    step the new name last); Ray's older ``checkpoint_<timestamp>`` (by name) come before any of them.
+    """
+    run_dir = Path(run_dir)
+
+    def key(path: Path) -> tuple[int, int, int, str]:
+        rel = path.relative_to(run_dir).as_posix()
+        for newness, pattern in zip((1, 0), _STEP_NAMES, strict=True):
+            match = pattern.fullmatch(rel)
+            if match:
+                return 1, int(match.group(1)), newness, rel
+        return 0, 0, 0, rel
+
+    found = [*run_dir.glob("checkpoint_*"), *run_dir.glob("checkpoints/step_*")]
+    return sorted((p for p in found if (p / CHECKPOINT_FILE).is_file()), key=key)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint directory of a run (see :func:`run_checkpoints`), or None."""
+    found = run_checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any]:
@@ -60,7 +99,8 @@ class Session(Protocol):
 
 
 class LocalSession:
-    """One process, CPU or one GPU; checkpoints kept under ``run_dir/checkpoints/step_NNNNNNNN``."""
+    """One process, CPU or one GPU; checkpoints kept as ``run_dir/checkpoint_step_NNNNNNNN``, the newest
+    ``keep`` of them (older-named ones included)."""
 
     rank = 0
     world_size = 1
@@ -71,31 +111,29 @@ class LocalSession:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.last_metrics: dict[str, Any] = {}
 
-    @property
-    def checkpoint_root(self) -> Path:
-        return self.run_dir / "checkpoints"
-
     def wrap(self, module: nn.Module) -> nn.Module:
         return module.to(self.device)
 
     def staging_dir(self) -> Path:
-        return self.checkpoint_root  # same file system: the final rename is atomic
+        return self.run_dir  # same file system: the final rename is atomic
 
     def restore(self) -> dict[str, Any] | None:
-        done = sorted(p for p in self.checkpoint_root.glob("step_*") if (p / CHECKPOINT_FILE).is_file())
-        return load_checkpoint(done[-1]) if done else None
+        latest = latest_checkpoint(self.run_dir)
+        return load_checkpoint(latest) if latest is not None else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.last_metrics = dict(metrics)
         if checkpoint_dir is None:
             return
-        self.checkpoint_root.mkdir(parents=True, exist_ok=True)
-        final = self.checkpoint_root / f"step_{int(metrics['step']):08d}"
+        final = self.run_dir / checkpoint_name(metrics["step"])
         if final.exists():
             shutil.rmtree(final)
         os.replace(checkpoint_dir, final)  # a checkpoint appears whole or not at all
-        for old in sorted(self.checkpoint_root.glob("step_*"))[: -self.keep]:
+        for old in run_checkpoints(self.run_dir)[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+        legacy = self.run_dir / "checkpoints"  # older runs' folder, once its checkpoints have gone
+        if legacy.is_dir() and not any(legacy.iterdir()):
+            legacy.rmdir()
 
 
 class RaySession:
@@ -104,7 +142,8 @@ class RaySession:
 
     Both APIs offer the same ``report(metrics, checkpoint=...)``, ``get_checkpoint()`` and
     ``Checkpoint.from_directory``; checkpoints are staged in the node-local temp dir and Ray copies them to
-    storage. With several workers, :meth:`wrap` prepares DDP through Ray Train.
+    storage (Ray Train: as ``STORAGE/NAME/checkpoint_step_NNNNNNNN``, :func:`checkpoint_name`). With several
+    workers, :meth:`wrap` prepares DDP through Ray Train.
     """
 
     def __init__(self, api: ModuleType, rank: int = 0, world_size: int = 1,
@@ -113,6 +152,9 @@ class RaySession:
         self.rank = rank
         self.world_size = world_size
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # Ray Train V2 names a checkpoint's directory as asked (every rank asks the same); Tune's report keeps
+        # its trials' checkpoints in its own directories and takes no name
+        self.names_checkpoints = "checkpoint_dir_name" in inspect.signature(api.report).parameters
 
     @classmethod
     def train_worker(cls) -> RaySession:
@@ -149,7 +191,8 @@ class RaySession:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         checkpoint = self.api.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        self.api.report(dict(metrics), checkpoint=checkpoint)
+        name = {"checkpoint_dir_name": checkpoint_name(metrics["step"])} if self.names_checkpoints else {}
+        self.api.report(dict(metrics), checkpoint=checkpoint, **name)
         if checkpoint_dir is not None:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # Ray has copied it to storage
 
