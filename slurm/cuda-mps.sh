@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # CUDA MPS (Multi-Process Service) over the current Slurm allocation, for jobs whose worker processes share
-# GPUs (slurm/reconstruct.sh: PHASEGAN_WORKERS_PER_GPU > 1). Without MPS, processes on one GPU take turns
+# GPUs (slurm/reconstruct.sh: PHASEGAN_HPC_WORKERS_PER_GPU > 1). Without MPS, processes on one GPU take turns
 # (time slicing, one context each); with it their kernels run concurrently in one shared context. Sourced;
 # it defines functions and sets nothing until mps_start is called.
 #
@@ -10,7 +10,7 @@
 #               CUDA processes (Ray: ray_cluster_start) for them to inherit it
 #   mps_stop    sends `quit` to each node's daemon, ends its step, removes the directories
 #
-# Environment (all optional): PHASEGAN_MPS (auto [default]: start if MPS_BIN is found, else say so and go on
+# Environment (all optional): PHASEGAN_HPC_MPS (auto [default]: start if MPS_BIN is found, else say so and go on
 # without; on: fail without it; off: never), MPS_BIN (default nvidia-cuda-mps-control), MPS_DIR (default
 # /tmp/mps-$SLURM_JOB_ID: node-local, one per job, so jobs sharing a node never share a daemon), MPS_WAIT_S
 # (seconds to wait for each daemon's pipe; default 30).
@@ -21,19 +21,19 @@ mps_start() {
   : "${SLURM_JOB_ID:?mps_start must run inside a Slurm job}"
   MPS_STARTED=0
   MPS_SRUN_PIDS=()
-  local mode=${PHASEGAN_MPS:-auto}
+  local mode=${PHASEGAN_HPC_MPS:-auto}
   MPS_BIN=${MPS_BIN:-nvidia-cuda-mps-control}
   case $mode in
-    off) _mps_log "off (PHASEGAN_MPS=off): processes sharing a GPU take turns"; return 0 ;;
+    off) _mps_log "off (PHASEGAN_HPC_MPS=off): processes sharing a GPU take turns"; return 0 ;;
     auto|on) ;;
-    *) _mps_log "PHASEGAN_MPS must be auto, on or off, not '$mode'"; return 2 ;;
+    *) _mps_log "PHASEGAN_HPC_MPS must be auto, on or off, not '$mode'"; return 2 ;;
   esac
   if ! command -v "$MPS_BIN" >/dev/null 2>&1; then
     if [[ $mode == on ]]; then
-      _mps_log "PHASEGAN_MPS=on, but $MPS_BIN is not on PATH"
+      _mps_log "PHASEGAN_HPC_MPS=on, but $MPS_BIN is not on PATH"
       return 1
     fi
-    _mps_log "$MPS_BIN not found: processes sharing a GPU take turns (set PHASEGAN_MPS=off to silence this)"
+    _mps_log "$MPS_BIN not found: processes sharing a GPU take turns (set PHASEGAN_HPC_MPS=off to silence this)"
     return 0
   fi
   MPS_DIR=${MPS_DIR:-/tmp/mps-$SLURM_JOB_ID}

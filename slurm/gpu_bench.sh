@@ -10,38 +10,39 @@
 # The GPU figures of docs/benchmarks.md in one job on one GPU: the fast path checked against CPU references
 # first (`bench check`, the device-side correction included), then the propagator, G_O inference by batch and
 # variant, reconstruction end to end against the model alone (with and without G_D; all frames scored and
-# --score none) from one process and from 1, PHASEGAN_BENCH_RANKS and 4 MPI ranks sharing the GPU (needs
+# --score none) from one process and from 1, PHASEGAN_HPC_BENCH_RANKS and 4 MPI ranks sharing the GPU (needs
 # mpiexec; the fewest ranks keeping >= 0.8 of the model's rate is reconstruct's default workers per GPU), and
 # last the training step at the paper's sizes by variant (fp32, bf16 + channels_last, torch.compile). One
 # JSON per step lands in OUT_DIR; a failed step does not stop the next ones, and the job fails if any did.
 #
 #   sbatch slurm/gpu_bench.sh [OUT_DIR]        # default: bench-JOBID/
 #
-# Environment: PHASEGAN_HOME (checkout; default: the submit directory), PHASEGAN_BIN, PHASEGAN_BENCH_DEVICE
-# (default cuda), PHASEGAN_BENCH_RANKS (default 2, reconstruct's default workers per GPU), PHASEGAN_BENCH_BACKENDS (reconstruct; default local,mpi),
-# PHASEGAN_BENCH_STEPS (names of the steps to run; default all), PHASEGAN_BENCH_STEP_TIMEOUT (seconds per
-# step; default 1200).
+# Environment: PHASEGAN_HPC_HOME (checkout; default: the submit directory), PHASEGAN_HPC_BIN,
+# PHASEGAN_HPC_BENCH_DEVICE (default cuda), PHASEGAN_HPC_BENCH_RANKS (default 2, reconstruct's default workers
+# per GPU), PHASEGAN_HPC_BENCH_BACKENDS (reconstruct; default local,mpi), PHASEGAN_HPC_BENCH_STEPS (names of
+# the steps to run; default all), PHASEGAN_HPC_BENCH_STEP_TIMEOUT (seconds per step; default 1200). The names
+# without HPC_ still work, with a warning, until 0.3.0.
 set -uo pipefail
 
-PHASEGAN_HOME=${PHASEGAN_HOME:-${SLURM_SUBMIT_DIR:-$(pwd)}}
+PHASEGAN_HPC_HOME=${PHASEGAN_HPC_HOME:-${PHASEGAN_HOME:-${SLURM_SUBMIT_DIR:-$(pwd)}}}
 # shellcheck source=slurm/phasegan-env.sh
-source "$PHASEGAN_HOME/slurm/phasegan-env.sh"
+source "$PHASEGAN_HPC_HOME/slurm/phasegan-env.sh"
 out=${1:-bench-${SLURM_JOB_ID:-$(date +%Y%m%d-%H%M%S)}}
-device=${PHASEGAN_BENCH_DEVICE:-cuda}
+device=${PHASEGAN_HPC_BENCH_DEVICE:-cuda}
 mkdir -p "$out"
 failed=()
 
-steps=" ${PHASEGAN_BENCH_STEPS:-check propagator inference inference-256 reconstruct-no-gd reconstruct
+steps=" ${PHASEGAN_HPC_BENCH_STEPS:-check propagator inference inference-256 reconstruct-no-gd reconstruct
   reconstruct-score-none reconstruct-1 reconstruct-4 train-step train-step-foam} "
-ranks=${PHASEGAN_BENCH_RANKS:-2}
-backends=${PHASEGAN_BENCH_BACKENDS:-local,mpi}
+ranks=${PHASEGAN_HPC_BENCH_RANKS:-2}
+backends=${PHASEGAN_HPC_BENCH_BACKENDS:-local,mpi}
 
 step() {  # step NAME BENCH [options...]: one benchmark, its JSON in $out/NAME.json
   local name=$1
   shift
   [[ $steps == *" $name "* ]] || return 0
   echo "== $name ($(date +%T))"
-  if ! timeout "${PHASEGAN_BENCH_STEP_TIMEOUT:-1200}" "$PHASEGAN_BIN" bench "$@" --device "$device" \
+  if ! timeout "${PHASEGAN_HPC_BENCH_STEP_TIMEOUT:-1200}" "$PHASEGAN_HPC_BIN" bench "$@" --device "$device" \
       --json "$out/$name.json"; then
     failed+=("$name")
   fi

@@ -1,5 +1,11 @@
 """A real one-node Slurm cluster for tests: munged, slurmctld and slurmd from Debian, all under one
 directory, on free ports, stopped by the PIDs this module started (nothing else on the machine is touched).
+
+Three settings are there for the speed of the requeue tests (tests/test_slurm_requeue.py): a requeued job
+may start again ``cred_expire`` + 1 s after its requeue (Slurm's default: 121 s), the scheduler looks at
+pending jobs every ``sched_interval`` seconds (default 60), and ``OverTimeLimit=1`` ends a job one minute after
+its time limit rather than at it, so that a test may ask for its warning signal only seconds before the limit
+(slurmctld sends it up to 30 s early, as it checks limits every 30 s) without racing the kill.
 """
 
 from __future__ import annotations
@@ -29,6 +35,22 @@ class SlurmCluster:
 
     def run(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(list(args), env=self.env, capture_output=True, text=True, **kw)
+
+    def job(self, job_id: str) -> dict[str, str]:
+        """``scontrol show job -o``'s fields (JobState, Restarts, ExitCode, ...); {} for an unknown job."""
+        out = self.run("scontrol", "show", "job", "-o", job_id).stdout
+        return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+    def wait_for_job(self, job_id: str, cond, timeout: float, what: str) -> dict[str, str]:
+        """Poll the job until ``cond(fields)``; its fields, or AssertionError after ``timeout`` seconds."""
+        deadline = time.time() + timeout
+        while True:
+            info = self.job(job_id)
+            if cond(info):
+                return info
+            if time.time() > deadline:
+                raise AssertionError(f"job {job_id}: {what} not within {timeout:.0f}s: {info}")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -70,7 +92,7 @@ SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={sock}
+AuthInfo=socket={sock},cred_expire=10
 CredType=cred/munge
 StateSaveLocation={root / 'state'}
 SlurmdSpoolDir={root / 'spool'}
@@ -84,10 +106,12 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
 KillWait=5
+OverTimeLimit=1
 InactiveLimit=0
 MinJobAge=300
 NodeName={host} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN

@@ -28,8 +28,8 @@ def slurm(tmp_path_factory):
 def _job_env(cluster, tmp_path, data, name, **extra):
     cfg = with_overrides(load_config(REPO / "configs" / "tiny.toml"), {"train.epochs": 1, "train.val_frames": 8})
     (tmp_path / "tiny-slurm.toml").write_text(config_to_toml(cfg))
-    env = dict(cluster.env, PHASEGAN_HOME=str(REPO), PHASEGAN_CONFIG=str(tmp_path / "tiny-slurm.toml"),
-               PHASEGAN_DATA=str(data), PHASEGAN_NAME=name, PHASEGAN_STORAGE=str(tmp_path / "runs"),
+    env = dict(cluster.env, PHASEGAN_HPC_HOME=str(REPO), PHASEGAN_HPC_CONFIG=str(tmp_path / "tiny-slurm.toml"),
+               PHASEGAN_HPC_DATA=str(data), PHASEGAN_HPC_NAME=name, PHASEGAN_HPC_STORAGE=str(tmp_path / "runs"),
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     env.update(extra)
     env.pop("RAY_ADDRESS", None)
@@ -124,7 +124,7 @@ echo "$cmd" > "$fifo"
 def test_sbatch_reconstruct_shares_gpus_through_mps(slurm, movie_model, tiny_data, tmp_path):
     """slurm/reconstruct.sh on a node that reports a GPU (CUDA_VISIBLE_DEVICES=0; the workers told --device
     cpu, since there is none): two actors per GPU by default, so one MPS daemon (a stand-in) is started before
-    Ray, with this job's own pipe directory, and stopped after Ray; and PHASEGAN_MPS=on without MPS fails in
+    Ray, with this job's own pipe directory, and stopped after Ray; and PHASEGAN_HPC_MPS=on without MPS fails in
     one line before Ray starts."""
     import h5py
     import numpy as np
@@ -156,10 +156,10 @@ def test_sbatch_reconstruct_shares_gpus_through_mps(slurm, movie_model, tiny_dat
     assert "reconstruct: 2 worker(s) of 0.5 GPU and 1 CPU each" in log, log
 
     env["PATH"] = env["PATH"].split(":", 1)[1]  # no MPS on this node
-    proc, job_id, log, info = _sbatch(slurm, dict(env, PHASEGAN_MPS="on"), tmp_path, archive,
+    proc, job_id, log, info = _sbatch(slurm, dict(env, PHASEGAN_HPC_MPS="on"), tmp_path, archive,
                                       script="reconstruct.sh")
     assert proc.returncode != 0 and "JobState=FAILED" in info
-    assert "PHASEGAN_MPS=on, but nvidia-cuda-mps-control is not on PATH" in log and "head " not in log, log
+    assert "PHASEGAN_HPC_MPS=on, but nvidia-cuda-mps-control is not on PATH" in log and "head " not in log, log
 
 
 @pytest.mark.slow
@@ -167,7 +167,7 @@ def test_sbatch_train_foam_on_the_foam_chain(slurm, foam_data, tmp_path):
     """paper §4's training as `sbatch slurm/train_foam.sh` runs it: the foam config, scaled down."""
     cfg = with_overrides(load_config(REPO / "configs" / "foam-tiny.toml"), {"train.epochs": 1})
     (tmp_path / "foam.toml").write_text(config_to_toml(cfg))
-    env = _job_env(slurm, tmp_path, foam_data / "data", "foam", PHASEGAN_CONFIG=str(tmp_path / "foam.toml"))
+    env = _job_env(slurm, tmp_path, foam_data / "data", "foam", PHASEGAN_HPC_CONFIG=str(tmp_path / "foam.toml"))
     proc, job_id, log, info = _sbatch(slurm, env, tmp_path)
     assert proc.returncode == 0, f"{proc.stderr}\n{log}\n{info}"
     assert "JobState=COMPLETED" in info
@@ -189,10 +189,10 @@ def test_sbatch_table1_smoke_and_resume(slurm, tmp_path):
     (reuses the scored cell)."""
     import json
 
-    env = _job_env(slurm, tmp_path, tmp_path, "unused", PHASEGAN_TABLE1_DEVICE="cpu", PHASEGAN_TABLE1_SEEDS="1",
-                   PHASEGAN_TABLE1_CONFIG=str(REPO / "configs" / "tiny.toml"),
-                   PHASEGAN_TABLE1_ARGS="--size 32 --train 16 --epochs 1 --val 8 --batch 8 --filters 2 "
-                                        "--methods paired")
+    env = _job_env(slurm, tmp_path, tmp_path, "unused", PHASEGAN_HPC_TABLE1_DEVICE="cpu",
+                   PHASEGAN_HPC_TABLE1_SEEDS="1", PHASEGAN_HPC_TABLE1_CONFIG=str(REPO / "configs" / "tiny.toml"),
+                   PHASEGAN_HPC_TABLE1_ARGS="--size 32 --train 16 --epochs 1 --val 8 --batch 8 --filters 2 "
+                                            "--methods paired")
     out = tmp_path / "t1"
     for _ in range(2):
         proc, job_id, log, info = _sbatch(slurm, env, tmp_path, out, script="table1.sh")
@@ -211,10 +211,11 @@ def test_the_default_workers_per_gpu_has_one_value():
     from phasegan_hpc.reconstruct.backends.ray_actors import DEFAULT_WORKERS_PER_GPU
 
     script = (REPO / "slurm" / "reconstruct.sh").read_text()
-    assert f"per_gpu=${{PHASEGAN_WORKERS_PER_GPU:-{DEFAULT_WORKERS_PER_GPU}}}" in script
+    assert f"per_gpu=${{PHASEGAN_HPC_WORKERS_PER_GPU:-{DEFAULT_WORKERS_PER_GPU}}}" in script
     helptext = " ".join(CliRunner().invoke(cli, ["reconstruct", "--help"]).output.split())
     assert f"(default: {1 / DEFAULT_WORKERS_PER_GPU:g}, two actors per GPU," in helptext
     assert DEFAULT_WORKERS_PER_GPU == 2
+
 
 def test_ray_actors_take_no_gpu_by_default_where_there_is_none(monkeypatch):
     from phasegan_hpc.reconstruct.backends.ray_actors import RayBackend
@@ -222,3 +223,26 @@ def test_ray_actors_take_no_gpu_by_default_where_there_is_none(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the local Ray a run would start: this machine, no GPU
     assert RayBackend().gpus_per_worker == 0.0 and RayBackend().device(None) == "cpu"
     assert RayBackend(gpus_per_worker=0.25).device(None) == "cuda"
+
+
+def test_old_variable_names_work_with_one_warning_each():
+    """slurm/phasegan-env.sh, which every script sources first: PHASEGAN_X becomes PHASEGAN_HPC_X (where both
+    are set the new name wins), one warning line each; no script reads an old name itself."""
+    env = {"PATH": os.environ["PATH"], "PHASEGAN_CONFIG": "old.toml", "PHASEGAN_NAME": "old",
+           "PHASEGAN_HPC_NAME": "new", "PHASEGAN_BIN": "/x/phasegan-hpc"}
+    script = ('set -euo pipefail; PHASEGAN_HPC_HOME=.; source slurm/phasegan-env.sh; '
+              'echo "$PHASEGAN_HPC_CONFIG $PHASEGAN_HPC_NAME $PHASEGAN_HPC_BIN ${PHASEGAN_CONFIG-unset}"')
+    proc = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.split() == ["old.toml", "new", "/x/phasegan-hpc", "unset"], proc
+    assert proc.stderr.splitlines() == [
+        f"warning: PHASEGAN_{x} is deprecated and will be removed in 0.3.0: use PHASEGAN_HPC_{x}"
+        for x in ("BIN", "CONFIG", "NAME")]
+    old_names = re.search(r"_phasegan_old_names=\(([^)]*)\)", (REPO / "slurm" / "phasegan-env.sh").read_text())
+    renamed = set(old_names.group(1).split())
+    new_only = {"MODEL", "STOP_WAIT_S", "MIN_RUN_S"}  # read by no script before the rename
+    for path in SCRIPTS:
+        text = path.read_text()
+        assert set(re.findall(r"PHASEGAN_HPC_([A-Z0-9_]+)", text)) <= renamed | new_only, path.name
+        # the only old name read outside phasegan-env.sh: PHASEGAN_HOME, to find phasegan-env.sh
+        old = set(re.findall(r"\$\{?PHASEGAN_(?!HPC_)([A-Z0-9_]+)", text))
+        assert old <= ({"HOME"} if path.name != "phasegan-env.sh" else set()), (path.name, old)
