@@ -12,7 +12,7 @@
 #                     returned), waits for it and returns its exit status. On SIGTERM it forwards the signal
 #                     to CMD, waits for it to end (at most PHASEGAN_HPC_STOP_WAIT_S, default 200 s, then
 #                     SIGKILL), and tells from the job's state who sent it:
-#                       RUNNING: --signal (or a user, by hand: `scancel --signal=TERM --batch JOB`): requeue;
+#                       RUNNING or SIGNALING: --signal (or a user: `scancel --signal=TERM --batch JOB`): requeue;
 #                       COMPLETING (as slurmctld shows a job being ended): a user's `scancel JOB`, which
 #                         signals every process of the job and stops it for good, or `scontrol requeue JOB`
 #                         and preemption, where Slurm requeues the job itself: no requeue from here.
@@ -52,7 +52,7 @@ _requeue_on_term() {
   REQUEUE_STOP=1
   local state
   state=$(_requeue_job_state)
-  if [[ $state == RUNNING ]]; then
+  if [[ $state == RUNNING || $state == SIGNALING ]]; then  # SIGNALING: slurmctld delivering --signal
     REQUEUE_DUE=1
     _requeue_log "SIGTERM while RUNNING (the time limit is near): stopping, then requeueing job $SLURM_JOB_ID"
   else
