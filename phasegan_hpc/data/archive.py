@@ -126,7 +126,7 @@ class Archive:
                             f"(frames 0-{n - 1}{' of the projections' if self.layout == 'nxtomo' else ''})")
         picked = range(n)[slice(*frames)]
         start, step = picked.start, picked.step
-        rows = np.arange(n, dtype=np.int64)[slice(*frames)]
+        rows = np.arange(picked.start, picked.stop, picked.step, dtype=np.int64)  # the selected rows only
         if len(rows) == 0:
             raise DataError(f"--frames {_slice_text(frames)} selects no frame of the {n} rows of "
                             f"{self.path}:{self.dataset}")
