@@ -472,6 +472,35 @@ def dry_run(request: ReconstructRequest) -> DryRun:
                   geometry_sources=c.sources)
 
 
+def _identity(r: ReconstructRequest, archive: Archive, reader: FrameReader, c: _Checked) -> dict[str, Any]:
+    """What a plan is made from besides the archive (``output.manifest``): a rerun must share it to resume."""
+    return {"method": r.method.name, "model_sha256": c.loaded.sha256 if c.loaded else None,
+            "batch_size": r.batch_size, "shard_rows": rows_per_shard(archive, r.batch_size, r.shard_frames),
+            "references_sha256": reader.references_sha256,
+            "physics": _identity_physics(c.geometry, c.delta_beta), "tie": r.method.options(), "score": r.score,
+            "output_dtype": r.output_dtype, **({"roi": list(archive.roi)} if archive.roi else {}),
+            **({"frames": list(archive.frames)} if archive.frames else {}),
+            **({"zinger_threshold": r.zinger_threshold} if r.zinger_threshold else {}),
+            **({"mask_sha256": hashlib.sha256(np.packbits(c.mask).tobytes()).hexdigest()} if c.mask is not None
+               else {})}
+
+
+def planned_manifest(request: ReconstructRequest) -> dict[str, Any]:
+    """The manifest a run of ``request`` would write as its ``plan.json`` (``output.manifest_text``), after every
+    check a dry run makes; nothing is written (``bench plan`` measures it for archives too large to run).
+
+    Raises:
+        DataError, ResourceError: what the run itself would refuse before starting.
+    """
+    archive = _archive_of(request)
+    reader = FrameReader(archive)
+    try:
+        c = _checked(request, archive, reader)
+        return manifest(archive, _identity(request, archive, reader, c), c.plan)
+    finally:
+        reader.close()
+
+
 def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, reader: FrameReader) -> Prepared:
     r, method = request, request.method
     c = _checked(r, archive, reader)
@@ -484,16 +513,7 @@ def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, re
                                                                              default=r.batch_size)),
                         archive.frame_shape, layout)
     mask = c.mask
-    identity = {"method": method.name, "model_sha256": loaded.sha256 if loaded else None,
-                "batch_size": r.batch_size, "shard_rows": rows_per_shard(archive, r.batch_size, r.shard_frames),
-                "references_sha256": reader.references_sha256,
-                "physics": _identity_physics(geometry, delta_beta), "tie": method.options(), "score": r.score,
-                "output_dtype": r.output_dtype, **({"roi": list(archive.roi)} if archive.roi else {}),
-                **({"frames": list(archive.frames)} if archive.frames else {}),
-                **({"zinger_threshold": r.zinger_threshold} if r.zinger_threshold else {}),
-                **({"mask_sha256": hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()} if mask is not None
-                   else {})}
-    wanted = manifest(archive, identity, plan)
+    wanted = manifest(archive, _identity(r, archive, reader, c), plan)
     shards_dir, resumed = prepare_shards_dir(out, wanted, r.overwrite)
     # A resumed run reuses only shards that verify and read what the archive holds now.
     done, rejected = verified(shards_dir, plan, plan_id(wanted),
