@@ -755,6 +755,19 @@ def bench_check(**options) -> None:
     bench_command("check", **options)
 
 
+@bench.command("plan")
+@_size(256)
+@_int_option("--chunk-frames", 16, "Frames per HDF5 chunk of the archives.")
+@_int_option("--slice-frames", 64, "Frames of the slice reconstructed (--frames, Paganin).")
+@_repeats(3)
+@_list_option("--sizes", "declared sizes in GB", "1,10,100,1000")
+@_bench_options
+def bench_plan(**options) -> None:
+    """Planning time, dry run (wall, peak RSS), plan.json bytes and shards of archives declaring 1 GB to 1 TB
+    (only a slice written), and the partial reconstruction of that slice: all O(shards) or flat."""
+    bench_command("plan", **options)
+
+
 def main() -> None:
     """Console-script entry point: the command under a supervisor (``phasegan_hpc.supervise``), so that even
     a crash in C code is one line and exit status 1."""

@@ -182,3 +182,21 @@ def test_bench_step_times_the_training_variants_against_the_paper(tmp_path):
     for args, why in ((["--variants", "fp8"], "unknown variant(s) fp8"), (["--size", "48"], "multiple of 32")):
         proc = subprocess.run([EXE, "bench", "step", *args], capture_output=True, text=True)
         assert proc.returncode == 1 and why in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_plan_grows_with_shards_only(tmp_path):
+    """Two declared sizes 100x apart at 32 px: shards as computed here (256 MiB of float32 input per shard: 65,536
+    frames), the whole archive's plan.json grows with its shards, the slice's run does not grow at all."""
+    r = bench(tmp_path, "plan", "--size", 32, "--chunk-frames", 8, "--slice-frames", 8, "--repeats", 1,
+              "--sizes", "0.01,1")
+    small, large = r["sizes"]["0.01 GB"], r["sizes"]["1 GB"]
+    for row, gb in ((small, 0.01), (large, 1)):
+        assert row["frames"] == int(gb * 1e9) // (2 * 32 * 32) and row["shards"] == -(-row["frames"] // 65536)
+        assert row["file_bytes"] < 1 << 20 and row["plan_s"] > 0 and row["dry_run_rss_mib"] > 50
+    assert (small["shards"], large["shards"]) == (1, 8)
+    assert large["plan_json_bytes"] > small["plan_json_bytes"] + 7 * 50  # one entry per shard
+    # the same slice's plan, but for the digits of where it starts and the archive's name
+    assert abs(large["partial_plan_json_bytes"] - small["partial_plan_json_bytes"]) < 16
+    assert set(r["per_shard"]) >= {"plan_s", "dry_run_rss_mib", "partial_rss_mib"} and r["superlinear"] == []
+    proc = subprocess.run([EXE, "bench", "plan", "--sizes", "10,1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--sizes must be increasing" in proc.stderr and "Traceback" not in proc.stderr
