@@ -52,6 +52,73 @@ def check_storage(storage: Path) -> Path:
     return storage
 
 
+def _sees(tokens: dict[str, str], files: list[str]) -> tuple[str, dict[str, str], list[str]]:
+    """On a node: (its host name and address, what it reads at each token path ("" for a missing file), the
+    ``files`` it cannot read)."""
+    import socket
+
+    import ray
+
+    seen = {}
+    for path in tokens:
+        try:
+            seen[path] = Path(path).read_text()
+        except OSError:
+            seen[path] = ""
+    unreadable = []
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                f.read(8)
+        except OSError:
+            unreadable.append(path)
+    return f"{socket.gethostname()} ({ray.util.get_node_ip_address()})", seen, unreadable
+
+
+def check_shared(directories: list[Path], files: list[Path] = (), what: str = "directory") -> None:
+    """Prove that every alive node of the connected Ray cluster sees each of ``directories`` as this process
+    does (a token file written here must be read back, byte for byte, by a task pinned to each node) and can
+    read each of ``files`` (input that must not be written to, such as raw data). A cluster of one node on this
+    machine is not asked: it sees what this process sees.
+
+    Raises:
+        DataError: a node does not see one of them (not on a shared file system there, or another file system
+            mounted at that path); the message names the node and the path.
+    """
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1 and all(n.get("NodeManagerAddress") == ray.util.get_node_ip_address() for n in nodes):
+        return
+    tokens: dict[str, str] = {}
+    try:
+        for d in dict.fromkeys(Path(d).resolve() for d in directories):
+            token = uuid.uuid4().hex
+            path = d / f".visible-{token}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(token)
+            tokens[str(path)] = token
+        probe = ray.remote(num_cpus=0)(_sees)
+        names = [str(Path(f).resolve()) for f in files]
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(tokens, names) for n in nodes]
+        for where, seen, unreadable in ray.get(refs, timeout=120):
+            for path, token in tokens.items():
+                if seen.get(path) != token:
+                    raise DataError(f"{what} {Path(path).parent} is not the same on node {where} as here: put it on "
+                                    "a file system every node of the Ray cluster shares")
+            if unreadable:
+                raise DataError(f"{unreadable[0]} cannot be read on node {where}: put it on a file system every "
+                                "node of the Ray cluster shares")
+    finally:
+        for path in tokens:
+            Path(path).unlink(missing_ok=True)
+
+
 def connect_ray(num_cpus: int | None = None) -> bool:
     """Connect to ``RAY_ADDRESS`` if set, else start a local Ray quietly. Returns True if we started it."""
     for key, value in QUIET_ENV.items():

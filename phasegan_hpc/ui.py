@@ -5,6 +5,7 @@ Everything is printed literally (:func:`console`): a path like ``a/scan[raw].h5`
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +30,12 @@ def console(stderr: bool = False) -> Console:
     """A rich console that prints text literally (no markup, no highlighting), wrapping only where the text
     does."""
     return Console(stderr=stderr, markup=False, highlight=False, soft_wrap=True)
+
+
+def notice(message: str) -> None:
+    """One line on stderr, at once (above a progress bar on a terminal): something the user should know that
+    does not stop the command (a lost worker, say)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def error_line(message: str) -> Text:
@@ -169,6 +176,8 @@ def reconstruction_table(summary) -> Table:
         table.add_row("shards redone", f"{len(summary.rejected_shards)} did not verify: {shown}")
     if summary.replaced_workers:
         table.add_row("workers replaced", f"{summary.replaced_workers} (lost mid-run; their shards redone)")
+    if len(summary.hosts) > 1:
+        table.add_row("hosts", ", ".join(f"{h}: {n} shard(s)" for h, n in summary.hosts.items()))
     for key, source in summary.geometry_sources.items():
         table.add_row(key.removesuffix("_m").replace("_", " ") + " from", source)
     live = summary.live

@@ -8,8 +8,9 @@
 #   ray_node_resources  exports RAY_CPUS_PER_NODE, RAY_GPUS_PER_NODE (Slurm's per-task counts) without Ray
 #
 # Environment (all optional): RAY_BIN (default: .venv/bin/ray next to this checkout, else ray on PATH),
-# RAY_HEAD_IP (default: first address of the head node), RAY_TMPDIR (default: /tmp/ray-$SLURM_JOB_ID,
-# node-local and short, as Ray's socket paths must be), RAY_WAIT_S (default 300).
+# RAY_HEAD_IP (default: first address of the head node), RAY_TMPDIR (default: /tmp/ray-$SLURM_JOB_ID; each
+# node uses RAY_TMPDIR/<node name>, so nodes that share /tmp never share a temp dir; short, as Ray's socket
+# paths must be), RAY_WAIT_S (default 300).
 
 _ray_log() { echo "[ray-cluster $(date +%H:%M:%S)] $*" >&2; }
 
@@ -58,17 +59,18 @@ ray_cluster_start() {
   export RAY_ADDRESS="$RAY_HEAD_IP:$RAY_PORT"
   export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
   export RAY_NODES RAY_CPUS_PER_NODE RAY_GPUS_PER_NODE
-  local common=(--num-cpus="$RAY_CPUS_PER_NODE" --num-gpus="$RAY_GPUS_PER_NODE" --temp-dir="$RAY_TMPDIR"
+  local common=(--num-cpus="$RAY_CPUS_PER_NODE" --num-gpus="$RAY_GPUS_PER_NODE"
                 "${RAY_PORT_ARGS[@]}" --block --disable-usage-stats)
   _ray_log "head $RAY_HEAD_NODE ($RAY_ADDRESS), $RAY_NODES node(s) x $RAY_CPUS_PER_NODE CPUs x $RAY_GPUS_PER_NODE GPUs"
   srun --overlap --nodes=1 --ntasks=1 -w "$RAY_HEAD_NODE" \
     "$RAY_BIN" start --head --node-ip-address="$RAY_HEAD_IP" --port="$RAY_PORT" --include-dashboard=false \
-    "${common[@]}" &
+    --temp-dir="$RAY_TMPDIR/$RAY_HEAD_NODE" "${common[@]}" &
   RAY_SRUN_PIDS=($!)
   local node
   for node in "${nodes[@]:1}"; do
     sleep 2
-    srun --overlap --nodes=1 --ntasks=1 -w "$node" "$RAY_BIN" start --address="$RAY_ADDRESS" "${common[@]}" &
+    srun --overlap --nodes=1 --ntasks=1 -w "$node" "$RAY_BIN" start --address="$RAY_ADDRESS" \
+      --temp-dir="$RAY_TMPDIR/$node" "${common[@]}" &
     RAY_SRUN_PIDS+=($!)
   done
   _ray_wait_for_nodes "$RAY_NODES" "${RAY_WAIT_S:-300}"

@@ -1,5 +1,7 @@
-"""A real one-node Slurm cluster for tests: munged, slurmctld and slurmd from Debian, all under one
-directory, on free ports, stopped by the PIDs this module started (nothing else on the machine is touched).
+"""A real Slurm cluster for tests: munged, slurmctld and slurmd from Debian, all under one directory, stopped
+by the PIDs this module started (nothing else on the machine is touched). One node (this machine, on free
+ports), or one node per host of the two-host namespace cluster (``hosts``, tests/netns_cluster.py: slurmctld
+on the first host, one slurmd per host, the standard ports inside each namespace, munged shared).
 
 Three settings are there for the speed of the requeue tests (tests/test_slurm_requeue.py): a requeued job
 may start again ``cred_expire`` + 1 s after its requeue (Slurm's default: 121 s), the scheduler looks at
@@ -32,9 +34,21 @@ class SlurmCluster:
     root: Path
     env: dict[str, str]
     procs: list[subprocess.Popen] = field(default_factory=list)
+    hosts: tuple = ()  # netns_cluster.Host of each node; () for the one-node cluster on this machine
+
+    def command(self, *args: str) -> list[str]:
+        """``args`` as a client command: on the first host of a namespace cluster (where slurmctld listens)."""
+        return self.hosts[0].cmd(*args) if self.hosts else list(args)
 
     def run(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(list(args), env=self.env, capture_output=True, text=True, **kw)
+        return subprocess.run(self.command(*args), env=self.env, capture_output=True, text=True, **kw)
+
+    def start_slurmd(self, host=None) -> None:
+        """Start (or start again, after a lost node) the slurmd of ``host`` (None: this machine's)."""
+        conf = str(self.root / "slurm.conf")
+        argv = ["slurmd", "-D", "-f", conf]
+        log = open(self.root / "log" / "daemons.out", "ab")  # noqa: SIM115 - lives as long as the daemon
+        self.procs.append(subprocess.Popen(host.cmd(*argv) if host else argv, env=self.env, stdout=log, stderr=log))
 
     def job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job -o``'s fields (JobState, Restarts, ExitCode, ...); {} for an unknown job."""
@@ -64,8 +78,9 @@ class SlurmCluster:
                 p.wait()
 
 
-def start(root: Path, cpus: int = 2, memory_mb: int = 8000) -> SlurmCluster:
-    """Start munged, slurmctld and slurmd (foreground processes) with state under ``root``.
+def start(root: Path, cpus: int = 2, memory_mb: int = 8000, hosts: tuple = ()) -> SlurmCluster:
+    """Start munged, slurmctld and slurmd (foreground processes) with state under ``root``; with ``hosts``
+    (tests/netns_cluster.py), slurmctld on the first and one slurmd of 1 CPU on each.
 
     Raises:
         RuntimeError: a command is missing (``make test`` installs slurm-wlm and munge) or a daemon
@@ -77,29 +92,37 @@ def start(root: Path, cpus: int = 2, memory_mb: int = 8000) -> SlurmCluster:
     root.mkdir(parents=True, exist_ok=True)
     for d in ("munge", "state", "spool", "log"):
         (root / d).mkdir(exist_ok=True)
+    for h in hosts:
+        (root / "spool" / h.name).mkdir(exist_ok=True)
     (root / "munge").chmod(0o700)
     key = root / "munge" / "munge.key"
     key.write_bytes(os.urandom(1024))
     key.chmod(0o600)
     sock = root / "munge" / "munge.socket"
     host = socket.gethostname().split(".")[0]
+    if hosts:  # each namespace has its own ports: Slurm's standard ones
+        ctld, ports = f"{hosts[0].name}({hosts[0].ip})", "SlurmctldPort=6817\nSlurmdPort=6818"
+        nodes = "\n".join(f"NodeName={h.name} NodeAddr={h.ip} CPUs=1 RealMemory={memory_mb // 2} State=UNKNOWN"
+                          for h in hosts)
+    else:
+        ctld, ports = host, f"SlurmctldPort={_free_port()}\nSlurmdPort={_free_port()}"
+        nodes = f"NodeName={host} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN"
     conf = root / "slurm.conf"
     conf.write_text(f"""
 ClusterName=phasegantest
-SlurmctldHost={host}
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldHost={ctld}
+{ports}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket={sock},cred_expire=10
 CredType=cred/munge
 StateSaveLocation={root / 'state'}
-SlurmdSpoolDir={root / 'spool'}
+SlurmdSpoolDir={root / 'spool' / '%n'}
 SlurmctldPidFile={root / 'slurmctld.pid'}
-SlurmdPidFile={root / 'slurmd.pid'}
+SlurmdPidFile={root / 'slurmd-%n.pid'}
 SlurmctldLogFile={root / 'log' / 'slurmctld.log'}
-SlurmdLogFile={root / 'log' / 'slurmd.log'}
+SlurmdLogFile={root / 'log' / 'slurmd-%n.log'}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -114,11 +137,11 @@ KillWait=5
 OverTimeLimit=1
 InactiveLimit=0
 MinJobAge=300
-NodeName={host} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+{nodes}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
     env = dict(os.environ, SLURM_CONF=str(conf))
-    cluster = SlurmCluster(root, env)
+    cluster = SlurmCluster(root, env, hosts=tuple(hosts))
     log = open(root / "log" / "daemons.out", "ab")  # noqa: SIM115 - lives as long as the daemons
     try:
         cluster.procs.append(subprocess.Popen(
@@ -126,16 +149,29 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
              f"--pid-file={root / 'munge' / 'munged.pid'}", f"--log-file={root / 'log' / 'munged.log'}",
              f"--seed-file={root / 'munge' / 'munged.seed'}"], stdout=log, stderr=log))
         _wait(lambda: sock.exists(), 20, "munged socket", root)
-        cluster.procs.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(conf)], env=env,
+        cluster.procs.append(subprocess.Popen(cluster.command("slurmctld", "-D", "-i", "-f", str(conf)), env=env,
                                               stdout=log, stderr=log))
         _wait(lambda: cluster.run("scontrol", "ping").returncode == 0 and "UP" in
               cluster.run("scontrol", "ping").stdout, 60, "slurmctld", root)
-        cluster.procs.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env, stdout=log, stderr=log))
-        _wait(lambda: "idle" in cluster.run("sinfo", "-h", "-o", "%T").stdout, 60, "slurmd (node idle)", root)
+        for h in hosts or (None,):
+            cluster.start_slurmd(h)
+        want = max(1, len(hosts))
+        _wait(lambda: cluster.run("sinfo", "-h", "-N", "-o", "%T").stdout.split().count("idle") == want, 60,
+              "slurmd (every node idle)", root)
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+def stop_under(root: Path) -> None:
+    """Stop the munged a cluster under ``root`` started, by its pid file (for a cluster started by another
+    process; the namespaces' daemons go with their namespace)."""
+    pid_file = root / "munge" / "munged.pid"
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 15)
+    except (OSError, ValueError):
+        pass
 
 
 def _wait(cond, timeout: float, what: str, root: Path) -> None:

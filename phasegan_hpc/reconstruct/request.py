@@ -254,6 +254,8 @@ class Summary:
     setup_seconds: float = 0.0  # the slowest worker's start-up (model load, compilation)
     pipeline_seconds: float = 0.0  # the busiest worker's time inside shards (read, compute, write)
     replaced_workers: int = 0  # workers lost (killed, node gone) and replaced during the run
+    lost_workers: list[str] = field(default_factory=list)  # one line per lost worker: where, which shard redone
+    hosts: dict[str, int] = field(default_factory=dict)  # shards written in this run, per host
     rejected_shards: list[int] = field(default_factory=list)  # shard files that did not verify, redone
     geometry_sources: dict[str, str] = field(default_factory=dict)  # where each geometry value came from
     live: dict[str, Any] = field(default_factory=dict)  # --follow: latency, backlog, how the acquisition ended
@@ -278,7 +280,8 @@ class Summary:
                 "pipeline_frames_per_s": self.pipeline_frames_per_s, "threshold": self.threshold,
                 "flagged": self.flagged, "flag_by": self.flag_by, "nonfinite": self.nonfinite,
                 "negative": self.negative, "scored_frames": self.scored_frames,
-                "replaced_workers": self.replaced_workers, "rejected_shards": self.rejected_shards,
+                "replaced_workers": self.replaced_workers, "lost_workers": self.lost_workers, "hosts": self.hosts,
+                "rejected_shards": self.rejected_shards,
                 "geometry_sources": self.geometry_sources, **({"live": self.live} if self.live else {}),
                 "preview": str(self.preview) if self.preview else None}
 

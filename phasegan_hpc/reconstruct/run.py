@@ -306,6 +306,7 @@ def _finish(request: ReconstructRequest, backend: Backend, prepared: Prepared, r
     retire(out, Path(job.shards_dir))  # only now: the files of the run it replaced
     summary = _summarise(out, job, plan, pending, rows, seconds, request)
     summary.replaced_workers = backend.replaced
+    summary.lost_workers = list(backend.lost)
     summary.geometry_sources = dict(prepared.geometry_sources)
     summary.rejected_shards = sorted(prepared.rejected)
     if summary.frames > 1 and len(summary.flagged) == summary.frames:
@@ -600,16 +601,20 @@ def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], row
                              | (negative > MAX_BAD_PIXEL_FRACTION * pixels))
     flagged = [(int(i), float(scores[i])) for i in bad]
     busy: dict[str, float] = {}
+    hosts: dict[str, int] = {}
     for r in rows:
         if "seconds" in r:
             busy[r["worker"]] = busy.get(r["worker"], 0.0) + r["seconds"]
+        if "worker" in r:
+            host = str(r["worker"]).rsplit(":", 1)[0]
+            hosts[host] = hosts.get(host, 0) + 1
     summary = Summary(out, job.archive.n_frames, sum(s.frames for s in pending), len(plan) - len(pending), len(plan),
                       seconds, request.backend, request.workers, threshold, flagged, request.flag_by,
                       [(int(i), int(nonfinite[i])) for i in np.flatnonzero(nonfinite > 0)],
                       [(int(i), int(negative[i])) for i in np.flatnonzero(negative > 0)],
                       scored_frames=int(scored.sum()),
                       setup_seconds=max((r.get("setup_seconds", 0.0) for r in rows), default=0.0),
-                      pipeline_seconds=max(busy.values(), default=0.0))
+                      pipeline_seconds=max(busy.values(), default=0.0), hosts=dict(sorted(hosts.items())))
     if request.preview:
         summary.preview = reconstruction_preview(out, job.archive, out.with_suffix(".png"))
     return summary

@@ -24,16 +24,17 @@ from typing import Any
 import tomllib
 import torch
 
-from phasegan_hpc.cluster import check_resources, check_storage, connect_ray, disconnect_ray
+from phasegan_hpc.cluster import check_resources, check_shared, check_storage, connect_ray, disconnect_ray
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.errors import PhaseganError, ResourceError, TrainingError
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.progress import ProgressFn
-from phasegan_hpc.train.logs import check_mlflow, latest_losses, mlflow_environment
+from phasegan_hpc.train.logs import check_mlflow, latest_losses, mlflow_environment, start_steps
 from phasegan_hpc.train.loop import check_init_from, network_shapes, run_dir_of, steps_per_epoch, train_loop
 from phasegan_hpc.train.session import RaySession
 from phasegan_hpc.train.step import PAIRED_METHODS
+from phasegan_hpc.ui import notice
 
 
 def _worker(loop_config: dict[str, Any]) -> None:
@@ -79,8 +80,10 @@ def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per
     started = connect_ray()
     try:
         check_resources(workers, cpus_per_worker, gpus_per_worker)
+        # rank 0 writes the run under storage, every rank reads the data: every node must see both
+        check_shared([storage], sorted(Path(cfg.train.data_dir).glob("*.h5")), "storage")
         trainer = make_trainer(cfg, storage, workers, cpus_per_worker, gpus_per_worker, max_failures)
-        result = _fit_with_progress(trainer, run_dir_of(cfg), total, progress)
+        result = _fit_with_progress(trainer, run_dir_of(cfg), total, progress, max_failures)
         return _summary(cfg, result)
     finally:
         disconnect_ray(started)
@@ -118,8 +121,9 @@ def make_trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: fl
     )
 
 
-def _fit_with_progress(trainer, run_dir: Path, total: int, progress: ProgressFn | None):
-    """``trainer.fit()`` in a thread while this one reports progress; worker errors become one line."""
+def _fit_with_progress(trainer, run_dir: Path, total: int, progress: ProgressFn | None, max_failures: int = 0):
+    """``trainer.fit()`` in a thread while this one reports progress and says when Ray Train restarted the
+    workers from a checkpoint (one line each); worker errors become one line."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -128,15 +132,23 @@ def _fit_with_progress(trainer, run_dir: Path, total: int, progress: ProgressFn 
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             box["error"] = exc
 
+    before = len(start_steps(run_dir))  # this run's earlier starts (a rerun resumes): not restarts
     thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
     thread.start()
-    last_step = -1
+    last_step, seen = -1, before + 1
     while thread.is_alive():
         thread.join(1.0)
-        rec = latest_losses(run_dir) if progress is not None else None
+        rec = latest_losses(run_dir)
+        starts = start_steps(run_dir)
+        for step in starts[seen:]:  # Ray Train started the workers again: a worker or its node was lost
+            redo = f"; steps {step + 1}-{last_step} are done again" if last_step > step else ""
+            notice(f"training restarted after a lost worker (failure {len(starts) - before - 1} of at most "
+                   f"{max_failures}): resumed from its checkpoint at step {step}{redo}")
+        seen = max(seen, len(starts))
         if rec is not None and rec["step"] != last_step:
             last_step = rec["step"]
-            progress(int(rec["step"]), total, {k: v for k, v in rec.items() if isinstance(v, float)})
+            if progress is not None:
+                progress(int(rec["step"]), total, {k: v for k, v in rec.items() if isinstance(v, float)})
     if "error" in box:
         cause = _root_cause(box["error"])
         if isinstance(cause, PhaseganError):

@@ -112,6 +112,24 @@ def latest_losses(run_dir: Path) -> dict[str, float] | None:
     return None
 
 
+def start_steps(run_dir: Path) -> list[int]:
+    """The step of every start of the run still in ``run_dir/metrics.jsonl`` (its ``"event": "start"`` records:
+    the first start, then one per resume, by a rerun or by Ray Train after a lost worker)."""
+    try:
+        lines = (Path(run_dir) / METRICS_FILE).read_text().splitlines()
+    except OSError:
+        return []
+    steps = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line being written
+        if rec.get("event") == "start":
+            steps.append(int(rec.get("step", 0)))
+    return steps
+
+
 class TensorBoardSink:
     """TensorBoard event files in ``log_dir`` (torch's ``SummaryWriter``), one scalar curve per metric.
 

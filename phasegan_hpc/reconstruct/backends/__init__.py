@@ -32,6 +32,7 @@ class Backend(Protocol):
 
     name: str
     replaced: int  # workers lost and replaced during the last run (0 where a backend cannot replace them)
+    lost: list[str]  # one line per worker lost in the last run: where, and which shard is redone
 
     def is_driver(self) -> bool:
         """Whether this process assembles the output and reports (False on MPI ranks other than 0)."""

@@ -19,6 +19,7 @@ class LocalBackend:
 
     name = "local"
     replaced = 0
+    lost: list[str] = []  # never replaces a worker: always empty
 
     def is_driver(self) -> bool:
         return True

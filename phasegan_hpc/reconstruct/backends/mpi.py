@@ -35,6 +35,7 @@ class MpiBackend:
 
     name = "mpi"
     replaced = 0
+    lost: list[str] = []  # never replaces a worker: always empty
 
     def __init__(self, comm=None) -> None:
         self.comm = comm if comm is not None else MPI.COMM_WORLD
