@@ -66,6 +66,19 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """One real one-node Slurm cluster (tests/slurm_cluster.py) for the whole session: test_slurm.py's and
+    test_slurm_requeue.py's jobs share it, so its daemons start once."""
+    import slurm_cluster
+
+    cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def foam_data(tmp_path_factory) -> Path:
     """The tiny foam experiment (configs/foam-tiny.toml) through the real console script: simulate-foam ->
     tie (Photron, 2 -> 1.6 um, TV) -> correct (Shimadzu). ``raw/`` holds the archives and truth, ``data/``

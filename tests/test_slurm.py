@@ -7,22 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import slurm_cluster
 from tools import REPO
 
 from phasegan_hpc.config import config_to_toml, load_config, with_overrides
 from phasegan_hpc.models.artifact import load_model
 
 SCRIPTS = sorted((REPO / "slurm").glob("*.sh")) + sorted((REPO / "jobs").glob("*.sh"))
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def _job_env(cluster, tmp_path, data, name, **extra):

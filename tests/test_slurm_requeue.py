@@ -1,7 +1,7 @@
 """Slurm time limits on a real one-node Slurm (tests/slurm_cluster.py): slurm/requeue.sh's signal and requeue
-paths driven by the test (`scancel --signal`, `scontrol requeue`, `scancel`), tune.sh resuming when requeued,
-and one `sbatch --time=2 slurm/train_foam.sh` whose training outlasts its limit and ends, after requeues, with
-the losses of an uninterrupted run."""
+paths driven by the test (`scancel --signal`, `scontrol requeue`, `scancel`; the signal path through
+slurm/tune.sh, which resumes its search when requeued), and one `sbatch --time=2 slurm/train_foam.sh` whose
+training outlasts its limit and ends, after requeues, with the losses of an uninterrupted run."""
 
 import json
 import os
@@ -11,21 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import slurm_cluster
 from tools import REPO
 
 from phasegan_hpc.config import config_to_toml, load_config, with_overrides
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def _sbatch(cluster, env, tmp_path, script, *args, cpus=1, time="15", extra=()) -> str:
@@ -87,26 +77,67 @@ def _probe(slurm, tmp_path, name, **env):
     return job_id, log, d
 
 
+TUNE_STANDIN = """#!/bin/bash
+echo "start ${SLURM_RESTART_COUNT:-0}: $*" >> "$STANDIN_LOG"
+if (( ${SLURM_RESTART_COUNT:-0} > 0 )); then exit 0; fi
+mkdir -p "$STANDIN_STORAGE/tune-search"  # where phasegan-hpc tune keeps its search
+trap 'echo "got TERM" >> "$STANDIN_LOG"; exit 130' TERM
+while true; do sleep 0.2; done
+"""
+
+
+def _tune_sh(slurm, tmp_path):
+    """Submit slurm/tune.sh (one CPU: Ray over the allocation) with a stand-in for phasegan-hpc, under the old
+    variable names: (job id, stand-in log, job directory) once the stand-in has started."""
+    d = tmp_path / "tune"
+    d.mkdir()
+    standin = d / "phasegan-hpc"
+    standin.write_text(TUNE_STANDIN)
+    standin.chmod(0o755)
+    log, storage = d / "standin.log", d / "runs"
+    env = dict(slurm.env, PHASEGAN_HOME=str(REPO), PHASEGAN_BIN=str(standin), PHASEGAN_HPC_STORAGE=str(storage),
+               PHASEGAN_HPC_NAME="search", PHASEGAN_TRIALS="3", PHASEGAN_HPC_MIN_RUN_S="0",
+               STANDIN_LOG=str(log), STANDIN_STORAGE=str(storage),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop("RAY_ADDRESS", None)
+    job = _sbatch(slurm, env, d, REPO / "slurm" / "tune.sh", "--max-epochs", 1, cpus=1)
+    slurm.wait_for_job(job, lambda info: log.exists() and "start 0" in log.read_text(), 120, "the first start")
+    return job, log, d
+
+
 def test_signal_requeue_and_cancel_paths(slurm, tmp_path):
     """The paths of slurm/requeue.sh, each as its own job (two at a time on the node's two CPUs):
-    - `scancel --signal=TERM --batch` (the time-limit signal, sent by hand): the command is stopped, the job
-      requeues itself and, started again, finishes;
-    - the same with a command that ignores SIGTERM: it is killed after PHASEGAN_HPC_STOP_WAIT_S, and requeued;
+    - `scancel --signal=TERM --batch` (the time-limit signal, sent by hand) to slurm/tune.sh (Ray over the
+      allocation, a stand-in for phasegan-hpc): the search is stopped, Ray too, the job requeues itself and
+      its next start passes --resume and finishes; the old variable names still work, with one warning line
+      each;
+    - the same with a command that ignores SIGTERM (the probe): it is killed after PHASEGAN_HPC_STOP_WAIT_S,
+      and requeued;
     - `scontrol requeue`: Slurm requeues the job, once (the script adds no requeue of its own);
     - `scancel`: the job stops for good;
     - a run shorter than PHASEGAN_HPC_MIN_RUN_S is not requeued (it could not have progressed)."""
-    signalled, signalled_log, signalled_dir = _probe(slurm, tmp_path, "signal")
+    tuned, tuned_log, tuned_dir = _tune_sh(slurm, tmp_path)
     stubborn, stubborn_log, stubborn_dir = _probe(slurm, tmp_path, "stubborn", STANDIN_IGNORE_TERM="1",
                                                   PHASEGAN_HPC_STOP_WAIT_S="2")
-    for job in (signalled, stubborn):
+    for job in (tuned, stubborn):
         assert slurm.run("scancel", "--batch", "--signal=TERM", job).returncode == 0
-    for job, d in ((signalled, signalled_dir), (stubborn, stubborn_dir)):
-        info = slurm.wait_for_job(job, _done, 90, "the end")
+    for job, d in ((tuned, tuned_dir), (stubborn, stubborn_dir)):
+        info = slurm.wait_for_job(job, _done, 180, "the end")
         log = _log(d, job)
         assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", f"{info}\n{log}"
         assert "SIGTERM while RUNNING" in log and f"requeueing job {job}" in log, log
-        assert f"job {job} started again (requeued 1 time(s)): resuming" in log and "command exit 0" in log, log
-    assert signalled_log.read_text().splitlines() == ["start 0", "got TERM", "start 1"]
+        assert f"job {job} started again (requeued 1 time(s)): resuming" in log, log
+    assert "command exit 0" in _log(stubborn_dir, stubborn)
+    lines = tuned_log.read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["start 0", "got TERM", "start 1"], lines
+    starts = [lines[0], lines[2]]
+    assert "--resume" not in starts[0] and "--resume" in starts[1], starts
+    assert all("--trials 3 " in s and s.endswith("--max-epochs 1") for s in starts), starts
+    out = _log(tuned_dir, tuned)
+    assert out.count("stopping Ray") == 2  # each start stopped its Ray before the job requeued or ended
+    for old in ("PHASEGAN_HOME", "PHASEGAN_BIN", "PHASEGAN_TRIALS"):  # once per start
+        warning = f"warning: {old} is deprecated and will be removed in 0.3.0: use {old.replace('_', '_HPC_', 1)}"
+        assert out.count(warning) == 2, out
     assert stubborn_log.read_text().splitlines()[:2] == ["start 0", "got TERM, ignored"]
     assert stubborn_log.read_text().splitlines()[-1] == "start 1"
     assert "the command did not stop within 2s: killing it" in _log(stubborn_dir, stubborn)
@@ -134,41 +165,6 @@ def test_signal_requeue_and_cancel_paths(slurm, tmp_path):
     # The cancelled job stayed cancelled (a requeued job would have started again by now).
     assert slurm.job(cancelled)["JobState"] == "CANCELLED"
     assert cancelled_log.read_text().splitlines() == ["start 0", "got TERM"]
-
-
-def test_tune_sh_requeues_itself_and_resumes_the_search(slurm, tmp_path):
-    """slurm/tune.sh (Ray over the allocation, a stand-in for phasegan-hpc): the time-limit signal stops the
-    search and requeues the job, whose next start passes --resume; the old variable names still work, with
-    one warning line each."""
-    standin = tmp_path / "phasegan-hpc"
-    standin.write_text("""#!/bin/bash
-echo "start ${SLURM_RESTART_COUNT:-0}: $*" >> "$STANDIN_LOG"
-if (( ${SLURM_RESTART_COUNT:-0} > 0 )); then exit 0; fi
-mkdir -p "$STANDIN_STORAGE/tune-search"  # where phasegan-hpc tune keeps its search
-trap 'echo "got TERM" >> "$STANDIN_LOG"; exit 130' TERM
-while true; do sleep 0.2; done
-""")
-    standin.chmod(0o755)
-    log = tmp_path / "standin.log"
-    storage = tmp_path / "runs"
-    env = dict(slurm.env, PHASEGAN_HOME=str(REPO), PHASEGAN_BIN=str(standin), PHASEGAN_HPC_STORAGE=str(storage),
-               PHASEGAN_HPC_NAME="search", PHASEGAN_TRIALS="3", PHASEGAN_HPC_MIN_RUN_S="0",
-               STANDIN_LOG=str(log), STANDIN_STORAGE=str(storage),
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    env.pop("RAY_ADDRESS", None)
-    job = _sbatch(slurm, env, tmp_path, REPO / "slurm" / "tune.sh", "--max-epochs", 1, cpus=2)
-    slurm.wait_for_job(job, lambda info: log.exists() and "start 0" in log.read_text(), 120, "the first start")
-    assert slurm.run("scancel", "--batch", "--signal=TERM", job).returncode == 0
-    info = slurm.wait_for_job(job, _done, 180, "the end")
-    out = _log(tmp_path, job)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", f"{info}\n{out}"
-    starts = [line for line in log.read_text().splitlines() if line.startswith("start")]
-    assert len(starts) == 2 and "--resume" not in starts[0] and "--resume" in starts[1], starts
-    assert all("--trials 3 " in s and s.endswith("--max-epochs 1") for s in starts), starts
-    assert out.count("stopping Ray") == 2  # each start stopped its Ray before the job requeued or ended
-    for old in ("PHASEGAN_HOME", "PHASEGAN_BIN", "PHASEGAN_TRIALS"):  # once per start
-        warning = f"warning: {old} is deprecated and will be removed in 0.3.0: use {old.replace('_', '_HPC_', 1)}"
-        assert out.count(warning) == 2, out
 
 
 def _losses(run_dir: Path) -> dict[int, dict[str, float]]:
