@@ -22,6 +22,9 @@
 #                     have progressed: a --time hardly longer than the signal's lead would requeue forever).
 #                     Call it last, once Ray has stopped (from the EXIT trap): Slurm ends a running job that
 #                     is requeued at once.
+#   requeue_ray_start the start of train_foam.sh and tune.sh: requeue_arm, an EXIT trap that stops Ray
+#                     (ray_cluster_stop) and then calls requeue_finish, and ray_cluster_start (source
+#                     slurm/ray-cluster.sh too). The script then runs its command through requeue_run.
 
 _requeue_log() { echo "[requeue $(date +%H:%M:%S)] $*" >&2; }
 
@@ -108,4 +111,10 @@ requeue_finish() {
     scontrol requeue "$SLURM_JOB_ID" \
       || _requeue_log "job $SLURM_JOB_ID could not be requeued (submitted with --no-requeue?): resubmit it to resume"
   fi
+}
+
+requeue_ray_start() {
+  requeue_arm
+  trap 'ray_cluster_stop; requeue_finish' EXIT  # requeued last: Slurm ends a running job it requeues
+  ray_cluster_start
 }

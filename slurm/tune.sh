@@ -39,9 +39,7 @@ NAME=${PHASEGAN_HPC_NAME:-search}
 STORAGE=${PHASEGAN_HPC_STORAGE:-$PHASEGAN_HPC_HOME/runs}
 TRIALS=${PHASEGAN_HPC_TRIALS:-64}
 
-requeue_arm
-trap 'ray_cluster_stop; requeue_finish' EXIT  # requeued last: Slurm ends a running job it requeues
-ray_cluster_start
+requeue_ray_start  # slurm/requeue.sh: SIGTERM trapped, Ray started; at exit Ray stops, then a requeue if due
 
 if (( RAY_GPUS_PER_NODE > 0 )); then
   gpus=1
