@@ -257,7 +257,7 @@ class ShardRunner:
         row["setup_seconds"], self.setup_seconds = self.setup_seconds or 0.0, None
         t0 = time.perf_counter()
         self.frames_done = 0
-        nonfinite: list[int] = []
+        nonfinite: list[int] = []  # per batch, its frames with non-finite pixels (the row carries their sum)
         layout = self.retriever.layout
         rows = shard.row_stop - shard.row_start
         tail = self.job.lead_tail
@@ -296,7 +296,8 @@ class ShardRunner:
             # (output.verify_shard).
             f.attrs.update({"plan_sha256": self.job.plan_id, "frames": offset, "input_checksum": inputs.hexdigest(),
                             "checksum": writer.hash.hexdigest()})
-        row.update(seconds=time.perf_counter() - t0, nonfinite_frames=nonfinite, checksum=writer.hash.hexdigest())
+        row.update(seconds=time.perf_counter() - t0, nonfinite_frames=sum(nonfinite),
+                   checksum=writer.hash.hexdigest())
         return row
 
     def _scored(self, first: int, n: int) -> np.ndarray:
@@ -376,7 +377,7 @@ class ShardRunner:
                 arrays[k] = arrays[k].copy()
                 arrays[k][empty] = np.nan
         writer.write(offset, arrays | {"scored": scored.astype(np.int64)})
-        nonfinite.extend((shard.start + offset + np.flatnonzero(counts)).tolist())
+        nonfinite.append(int(np.count_nonzero(counts)))  # a count, not the frames: rows go to the driver
         offset += len(counts)
         self.frames_done = offset
         if progress is not None:
