@@ -199,14 +199,14 @@ def reconstruction_table(summary) -> Table:
                                      f"{live['republished']} republications")
     table.add_row("flag threshold", f"{summary.flag_by} > {summary.threshold:.3g}")
     shown = ", ".join(f"{i} ({s:.3g})" for i, s in summary.flagged[:10])
-    more = f" and {len(summary.flagged) - 10} more" if len(summary.flagged) > 10 else ""
+    more = f" and {summary.flagged_frames - 10:,} more" if summary.flagged_frames > 10 else ""
     if summary.scored_frames != summary.frames:
         table.add_row("scored frames", f"{summary.scored_frames} of {summary.frames} (--score)")
-    table.add_row("flagged frames", f"{len(summary.flagged)}" + (f": {shown}{more}" if shown else ""))
+    table.add_row("flagged frames", f"{summary.flagged_frames:,}" + (f": {shown}{more}" if shown else ""))
     bad = ", ".join(f"{i} ({n} px)" for i, n in summary.nonfinite[:10])
-    table.add_row("non-finite input", f"{len(summary.nonfinite)} frames" + (f": {bad}" if bad else ""))
+    table.add_row("non-finite input", f"{summary.nonfinite_frames:,} frames" + (f": {bad}" if bad else ""))
     below = ", ".join(f"{i} ({n} px)" for i, n in summary.negative[:10])
-    table.add_row("negative input", f"{len(summary.negative)} frames" + (f": {below}" if below else ""))
+    table.add_row("negative input", f"{summary.negative_frames:,} frames" + (f": {below}" if below else ""))
     if summary.preview is not None:
         table.add_row("preview", str(summary.preview))
     return table

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -66,24 +65,23 @@ def write_archive(path: Path, frames: int, at: int, data: tuple[np.ndarray, np.n
     return path
 
 
+#: Runs a command and writes its peak RSS (RUSAGE_CHILDREN: the largest of it and the children it waited for, i.e.
+#: the supervisor's child that runs the command) to argv[1]. A process forked from this test's would start with
+#: this test's RSS (it counts until exec), so the command is started by this small process instead.
+RSS_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+               "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+               "sys.exit(rc)")
+
+
 def measured(*args: object) -> tuple[subprocess.CompletedProcess, int, float]:
-    """Run the console script; (its result, its peak RSS [bytes]: its own or that of a child it waited for, the
-    supervisor's child that runs the command, from ``wait4``; its wall time [s])."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    """Run the console script; (its result, its peak RSS [bytes], its wall time [s])."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rss = Path(tmp) / "rss"
         t0 = time.perf_counter()
-        proc = subprocess.Popen([EXE, *map(str, args)], stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        proc = subprocess.run([sys.executable, "-c", RSS_WRAPPER, rss, EXE, *map(str, args)], capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=600)
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-    return result, usage.ru_maxrss * 1024, wall
+        return proc, int(rss.read_text()) * 1024, wall
 
 
 def reference_paganin(intensity: np.ndarray, dx: float, z: float, lam: float, db: float) -> np.ndarray:
@@ -204,3 +202,29 @@ def test_a_slice_of_the_terabyte_archive_is_reconstructed_as_a_small_archive_of_
     np.testing.assert_allclose(got["phase"][::64], phase, rtol=0, atol=2e-4 * np.abs(phase).max())
     assert rss - rss_ref < EXTRA_RSS_MAX, (rss, rss_ref)
     print(f"partial: peak RSS {rss / 2**20:.0f} MiB (small archive: {rss_ref / 2**20:.0f} MiB)", file=sys.stderr)
+
+
+def test_a_runs_summary_lists_a_bounded_number_of_frames(tmp_path):
+    """A detector pixel whose flat is not above its dark is non-finite in every frame: the summary counts every
+    such frame but lists only the first LISTED_FRAMES (a terabyte run would otherwise list millions, in the
+    driver's memory and in --json), and so does the table."""
+    from phasegan_hpc.reconstruct.request import LISTED_FRAMES
+
+    n, side = LISTED_FRAMES + 500, 16
+    rng = np.random.default_rng(5)
+    flats = np.full((2, side, side), 1000, np.uint16)
+    darks = np.full((2, side, side), 100, np.uint16)
+    flats[:, 3, 5] = 100  # dead: flat = dark
+    with h5py.File(tmp_path / "dead.h5", "w") as f:
+        f["exchange/data"] = np.round(rng.uniform(500, 900, (n, side, side))).astype(np.uint16)
+        f["exchange/data_white"], f["exchange/data_dark"] = flats, darks
+        f.attrs.update(GEOMETRY)
+    proc, _, _ = measured("reconstruct", tmp_path / "dead.h5", "--method", "paganin", "--backend", "local",
+                          "--batch-size", 500, "--no-preview", "--json", tmp_path / "s.json")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["frames"] == s["nonfinite_frames"] == n
+    assert s["nonfinite"] == [[i, 1] for i in range(LISTED_FRAMES)]  # the first ones, each with its one pixel
+    assert s["negative_frames"] == 0 and s["negative"] == []
+    assert s["flagged_frames"] < n and len(s["flagged"]) == min(s["flagged_frames"], LISTED_FRAMES)
+    assert f"{n:,} frames: 0 (1 px)" in proc.stdout  # the table's count is every frame

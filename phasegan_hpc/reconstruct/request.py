@@ -20,6 +20,9 @@ DEFAULT_MODEL = Path("runs/latest/model.pt")
 #: The score that flags frames by default: the one whose per-frame values follow the true phase error more
 #: closely on paired validation data (Spearman, ``evaluate``; docs/benchmarks.md).
 DEFAULT_FLAG_BY = "fresnel_residual"
+#: The summary's lists of flagged, non-finite and negative frames name the first this many frames each (their
+#: counts are whole: ``Summary.flagged_frames``...), so that a summary is small whatever the archive's length.
+LISTED_FRAMES = 1000
 #: Geometry a request may override (``physics``); energy_kev is turned into wavelength_m.
 GEOMETRY_OVERRIDES = ("pixel_size_m", "distance_m", "wavelength_m", "energy_kev", "delta_beta")
 #: ``--output-dtype`` values: of phase and attenuation (and /intensity); float16 keeps a relative precision of
@@ -245,11 +248,15 @@ class Summary:
     backend: str
     workers: int | None
     threshold: float
-    flagged: list[tuple[int, float]] = field(default_factory=list)
+    flagged: list[tuple[int, float]] = field(default_factory=list)  # (frame, score): the first LISTED_FRAMES
     flag_by: str = DEFAULT_FLAG_BY
-    nonfinite: list[tuple[int, int]] = field(default_factory=list)  # (frame, non-finite or unreadable pixels)
-    negative: list[tuple[int, int]] = field(default_factory=list)  # (frame, pixels below zero)
+    nonfinite: list[tuple[int, int]] = field(default_factory=list)  # (frame, non-finite or unreadable pixels): ditto
+    negative: list[tuple[int, int]] = field(default_factory=list)  # (frame, pixels below zero): ditto
     scored_frames: int = 0  # frames whose scores were computed (--score)
+    # how many frames each of the three lists would name in full (None: as many as it does)
+    flagged_frames: int | None = None
+    nonfinite_frames: int | None = None
+    negative_frames: int | None = None
     preview: Path | None = None
     setup_seconds: float = 0.0  # the slowest worker's start-up (model load, compilation)
     pipeline_seconds: float = 0.0  # the busiest worker's time inside shards (read, compute, write)
@@ -259,6 +266,11 @@ class Summary:
     rejected_shards: list[int] = field(default_factory=list)  # shard files that did not verify, redone
     geometry_sources: dict[str, str] = field(default_factory=dict)  # where each geometry value came from
     live: dict[str, Any] = field(default_factory=dict)  # --follow: latency, backlog, how the acquisition ended
+
+    def __post_init__(self) -> None:
+        for name in ("flagged", "nonfinite", "negative"):
+            if getattr(self, f"{name}_frames") is None:
+                setattr(self, f"{name}_frames", len(getattr(self, name)))
 
     @property
     def frames_per_s(self) -> float:
@@ -280,6 +292,8 @@ class Summary:
                 "pipeline_frames_per_s": self.pipeline_frames_per_s, "threshold": self.threshold,
                 "flagged": self.flagged, "flag_by": self.flag_by, "nonfinite": self.nonfinite,
                 "negative": self.negative, "scored_frames": self.scored_frames,
+                "flagged_frames": self.flagged_frames, "nonfinite_frames": self.nonfinite_frames,
+                "negative_frames": self.negative_frames,
                 "replaced_workers": self.replaced_workers, "lost_workers": self.lost_workers, "hosts": self.hosts,
                 "rejected_shards": self.rejected_shards,
                 "geometry_sources": self.geometry_sources, **({"live": self.live} if self.live else {}),

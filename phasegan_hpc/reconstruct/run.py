@@ -48,16 +48,16 @@ from phasegan_hpc.reconstruct.output import (
     is_reconstruction,
     manifest,
     open_reconstruction,
+    per_frame_blocks,
     plan_id,
     prepare_shards_dir,
-    read_scores,
     record_plan,
     retire,
     retire_empty,
     verified,
 )
 from phasegan_hpc.reconstruct.plan import Shard, make_plan, rows_per_shard
-from phasegan_hpc.reconstruct.request import DryRun, ReconstructRequest, Summary, score_every
+from phasegan_hpc.reconstruct.request import LISTED_FRAMES, DryRun, ReconstructRequest, Summary, score_every
 from phasegan_hpc.reconstruct.source import FixedShards, ShardSource, tasks
 from phasegan_hpc.reconstruct.worker import Job, frame_bytes
 
@@ -309,7 +309,7 @@ def _finish(request: ReconstructRequest, backend: Backend, prepared: Prepared, r
     summary.lost_workers = list(backend.lost)
     summary.geometry_sources = dict(prepared.geometry_sources)
     summary.rejected_shards = sorted(prepared.rejected)
-    if summary.frames > 1 and len(summary.flagged) == summary.frames:
+    if summary.frames > 1 and summary.flagged_frames == summary.frames:
         raise DataError(f"every one of the {summary.frames} frames was flagged (non-finite input or output, or "
                         f"{summary.flag_by} far from the rest): check the archive's flats and darks, the model and "
                         f"the geometry; {out} is kept for inspection")
@@ -585,21 +585,38 @@ def memory_available() -> int | None:
     return None
 
 
+def _flag_threshold(out: Path, flag_by: str) -> float:
+    """median + FLAG_MADS x (1.4826 MAD) of the finite ``flag_by`` scores of the scored frames, NaN without any
+    (every frame is then flagged by the absolute rules). The one per-frame value held whole (4 bytes a frame, the
+    median needs them all)."""
+    finite = np.concatenate([s[scored & np.isfinite(s)] for _, s, _, _, scored in per_frame_blocks(out, flag_by)])
+    if not len(finite):
+        return float("nan")
+    med = float(np.median(finite))
+    mad = 1.4826 * float(np.median(np.abs(finite - med)))
+    return med + FLAG_MADS * max(mad, 1e-3 * abs(med), 1e-12)
+
+
 def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], rows: list[dict[str, Any]],
                seconds: float, request: ReconstructRequest) -> Summary:
-    scores, nonfinite, negative, scored = read_scores(out, request.flag_by)
-    finite = scores[scored & np.isfinite(scores)]
-    threshold = float("nan")  # no finite score: every frame is flagged by the absolute rules below
-    if len(finite):
-        med = float(np.median(finite))
-        mad = 1.4826 * float(np.median(np.abs(finite - med)))
-        threshold = med + FLAG_MADS * max(mad, 1e-3 * abs(med), 1e-12)
-    pixels = int(np.prod(job.archive.frame_shape))
-    with np.errstate(invalid="ignore"):
-        bad = np.flatnonzero((scored & ~np.isfinite(scores)) | (scores > threshold)
-                             | (nonfinite > MAX_BAD_PIXEL_FRACTION * pixels)
-                             | (negative > MAX_BAD_PIXEL_FRACTION * pixels))
-    flagged = [(int(i), float(scores[i])) for i in bad]
+    threshold = _flag_threshold(out, request.flag_by)
+    limit = MAX_BAD_PIXEL_FRACTION * int(np.prod(job.archive.frame_shape))
+    # Read in blocks, listing the first LISTED_FRAMES of each kind: the summary's size does not follow the frames.
+    flagged: list[tuple[int, float]] = []
+    nonfinite: list[tuple[int, int]] = []
+    negative: list[tuple[int, int]] = []
+    counts = {"flagged": 0, "nonfinite": 0, "negative": 0, "scored": 0}
+    for first, scores, bad_pixels, below, scored in per_frame_blocks(out, request.flag_by):
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero((scored & ~np.isfinite(scores)) | (scores > threshold) | (bad_pixels > limit)
+                                 | (below > limit))
+        for name, listed, frames, values, kind in (
+                ("flagged", flagged, bad, scores, float),
+                ("nonfinite", nonfinite, np.flatnonzero(bad_pixels > 0), bad_pixels, int),
+                ("negative", negative, np.flatnonzero(below > 0), below, int)):
+            counts[name] += len(frames)
+            listed.extend((first + int(i), kind(values[i])) for i in frames[:LISTED_FRAMES - len(listed)])
+        counts["scored"] += int(scored.sum())
     busy: dict[str, float] = {}
     hosts: dict[str, int] = {}
     for r in rows:
@@ -610,9 +627,8 @@ def _summarise(out: Path, job: Job, plan: list[Shard], pending: list[Shard], row
             hosts[host] = hosts.get(host, 0) + 1
     summary = Summary(out, job.archive.n_frames, sum(s.frames for s in pending), len(plan) - len(pending), len(plan),
                       seconds, request.backend, request.workers, threshold, flagged, request.flag_by,
-                      [(int(i), int(nonfinite[i])) for i in np.flatnonzero(nonfinite > 0)],
-                      [(int(i), int(negative[i])) for i in np.flatnonzero(negative > 0)],
-                      scored_frames=int(scored.sum()),
+                      nonfinite, negative, scored_frames=counts["scored"], flagged_frames=counts["flagged"],
+                      nonfinite_frames=counts["nonfinite"], negative_frames=counts["negative"],
                       setup_seconds=max((r.get("setup_seconds", 0.0) for r in rows), default=0.0),
                       pipeline_seconds=max(busy.values(), default=0.0), hosts=dict(sorted(hosts.items())))
     if request.preview:
