@@ -114,14 +114,13 @@ class LiveShards:
         batch_size, shard_frames: of the plan (``plan.make_plan``).
         done: shard indices finished already (a resumed follow): never given.
         idle_timeout: seconds without new frames after which a writer is taken for dead.
-        clock: ``time.monotonic`` (tests may pass another).
+        on_plan: called with the plan each time it changes (the archive grew).
     """
 
     def __init__(self, archive: Archive, job: int, batch_size: int, shard_frames: int | None, done: set[int],
-                 idle_timeout: float, clock: Callable[[], float] = time.monotonic,
-                 on_plan: Callable[[list[Shard]], None] | None = None) -> None:
+                 idle_timeout: float, on_plan: Callable[[list[Shard]], None] | None = None) -> None:
         self.archive, self.job, self.batch_size, self.shard_frames = archive, job, batch_size, shard_frames
-        self.idle_timeout, self.clock, self.on_plan = idle_timeout, clock, on_plan
+        self.idle_timeout, self.on_plan = idle_timeout, on_plan
         self.issued = set(done)
         self.live = Live()
         self._todo: list[Task] = []
@@ -132,7 +131,7 @@ class LiveShards:
         self._marker = end_marker(self._file.file)
         self.rows = 0  # rows of the first axis written whole
         self.declared = 0  # rows the frames dataset's shape holds
-        self._last_growth = clock()
+        self._last_growth = time.monotonic()
         self._last_poll = -1e9
         self.plan: list[Shard] = []
         self._rows_per_shard = rows_per_shard(archive, batch_size, shard_frames)
@@ -152,7 +151,7 @@ class LiveShards:
     def _poll(self) -> None:
         """Look at the archive (at most every :data:`POLL_S`) and queue the shards now complete (holding the
         lock)."""
-        now = self.clock()
+        now = time.monotonic()
         if self.finished or now - self._last_poll < POLL_S:
             return
         self._last_poll = now
@@ -184,7 +183,7 @@ class LiveShards:
             self._lock.notify_all()
 
     def take(self, timeout: float = 0.0) -> Task | None:
-        deadline = self.clock() + timeout
+        deadline = time.monotonic() + timeout
         with self._lock:
             while True:
                 if self._back:
@@ -192,7 +191,7 @@ class LiveShards:
                 self._poll()
                 if self._todo:
                     return self._todo.pop(0)
-                left = deadline - self.clock()
+                left = deadline - time.monotonic()
                 if left <= 0 or self.finished:
                     return None
                 self._lock.wait(min(left, POLL_S))
