@@ -22,7 +22,6 @@ expected).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -70,24 +69,29 @@ def _console_script() -> str:
     return shutil.which("phasegan-hpc", path=str(Path(sys.executable).parent)) or "phasegan-hpc"
 
 
+#: Runs a command, then writes its peak RSS [KiB] to argv[1] (RUSAGE_CHILDREN: the largest of it and the children
+#: it waited for, i.e. the supervisor's child that runs the command). A process forked from the benchmark's own
+#: would start with the benchmark's RSS (it counts until exec), so this small process starts the command.
+_RSS_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+                "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+                "sys.exit(rc)")
+
+
 def _measured(args: list[str]) -> tuple[float, float]:
-    """(wall [s], peak RSS [MiB]) of the console script run with ``args`` (the RSS from ``wait4``: its own or
-    that of a child it waited for, i.e. the supervisor's child that runs the command).
+    """(wall [s], peak RSS [MiB]) of the console script run with ``args``.
 
     Raises:
         RuntimeError: it failed (its last lines of stderr).
     """
-    with tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryDirectory(prefix="bench-plan-rss-") as tmp:
+        rss = Path(tmp) / "rss"
         t0 = time.perf_counter()
-        proc = subprocess.Popen([_console_script(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, str(rss), _console_script(), *args],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"phasegan-hpc {' '.join(args[:2])} failed: {err.read()[-500:]}")
-    return wall, usage.ru_maxrss / 1024.0
+            raise RuntimeError(f"phasegan-hpc {' '.join(args[:2])} failed: {proc.stderr[-500:]}")
+        return wall, int(rss.read_text()) / 1024.0
 
 
 def probe_planning(archive: str, repeats: int) -> dict[str, Any]:
