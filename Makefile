@@ -16,9 +16,10 @@ DEMO_DIR ?= demo-out
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-# Debian packages the tests use for real: a one-node Slurm (slurmctld, slurmd, munge) and shellcheck.
-SYSTEM_PACKAGES := slurm-wlm munge shellcheck
-SYSTEM_COMMANDS := slurmctld slurmd sbatch munged shellcheck
+# Debian packages the tests use for real: Slurm (slurmctld, slurmd, munge), shellcheck, and iproute2 for the
+# two-host namespace cluster (util-linux's unshare/nsenter are on every Debian).
+SYSTEM_PACKAGES := slurm-wlm munge shellcheck iproute2
+SYSTEM_COMMANDS := slurmctld slurmd sbatch munged shellcheck ip
 
 .PHONY: install system-deps test quick lint demo demo-foam clean
 

@@ -768,6 +768,44 @@ def bench_plan(**options) -> None:
     bench_command("plan", **options)
 
 
+@bench.command("nodes")
+@_frames(4096, "Frames of the archive.")
+@_size(128)
+@_batch(32)
+@_int_option("--shard-frames", 256, "Frames per shard.")
+@_repeats(3)
+@_bench_options
+def bench_nodes(**options) -> None:
+    """reconstruct --backend ray on 1 node (2 CPUs) vs 2 nodes (1 + 1 CPUs) of the two-host namespace cluster
+    (root): frames/s and the per-node overhead."""
+    bench_command("nodes", **options)
+
+
+@cli.group()
+def testbed() -> None:
+    """A real two-host cluster on this machine, to try multi-node runs by hand (root): network + UTS
+    namespaces node1 and node2 on a veth pair, with Slurm and Ray on them (phasegan_hpc.testbed)."""
+
+
+@testbed.command("up")
+@click.option("--slurm/--no-slurm", default=True, show_default=True, help="munged, slurmctld and a slurmd per host.")
+@click.option("--ray/--no-ray", default=True, show_default=True, help="A Ray head on node1, a worker on node2.")
+def testbed_up(slurm: bool, ray: bool) -> None:
+    """Bring the cluster up and print how to use it."""
+    from phasegan_hpc.testbed import netns
+
+    console().print("\n".join(netns.bring_up(slurm=slurm, ray=ray)))
+
+
+@testbed.command("down")
+def testbed_down() -> None:
+    """Stop everything the cluster runs and remove its namespaces and files."""
+    from phasegan_hpc.testbed import netns
+
+    netns.down()
+    console().print("two-host cluster removed")
+
+
 def main() -> None:
     """Console-script entry point: the command under a supervisor (``phasegan_hpc.supervise``), so that even
     a crash in C code is one line and exit status 1."""

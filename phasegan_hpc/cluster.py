@@ -149,6 +149,57 @@ def disconnect_ray(started: bool) -> None:
         ray.shutdown()
 
 
+class HeadWatch:
+    """Watches the head node of the connected Ray cluster from a daemon thread: a plain TCP connect to its GCS
+    every ``period_s`` seconds. Ray itself waits 60 s for a GCS that went away, then ends the process with a
+    message of its own; a driver that calls :meth:`check` in its loop ends instead with one clear line
+    (:class:`HeadLost`) a few seconds after the head stops answering, and what it saved stays for a rerun.
+
+    Use as a context manager after :func:`connect_ray`.
+    """
+
+    def __init__(self, period_s: float = 1.0, misses: int = 3) -> None:
+        self.period_s, self.misses = period_s, misses
+        self.address: str | None = None
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def __enter__(self) -> HeadWatch:
+        import ray
+
+        self.address = ray.get_runtime_context().gcs_address
+        threading.Thread(target=self._watch, name="ray-head-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        import socket
+
+        host, _, port = str(self.address).rpartition(":")
+        missed = 0
+        while not self._stop.wait(self.period_s):
+            try:
+                with socket.create_connection((host, int(port)), timeout=self.period_s):
+                    missed = 0
+            except OSError:
+                missed += 1
+                if missed >= self.misses:
+                    self.lost.set()
+                    return
+
+    def check(self, what: str) -> None:
+        """Raise :class:`HeadLost` (``what`` says what was saved) once the head stopped answering."""
+        if self.lost.is_set():
+            raise HeadLost(f"lost the Ray head node: its GCS at {self.address} does not answer; {what}; rerun the "
+                           "same command on a running Ray cluster to resume")
+
+
+class HeadLost(ResourceError):
+    """The Ray cluster's head node stopped answering (:class:`HeadWatch`)."""
+
+
 def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
     """Fail fast (not hang) when the connected Ray cluster cannot host the workers."""
     import ray

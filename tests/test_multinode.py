@@ -1,4 +1,4 @@
-"""Multi-node for real: a two-host cluster on this machine (tests/netns_cluster.py: network + UTS namespaces
+"""Multi-node for real: a two-host cluster on this machine (phasegan_hpc/testbed/netns.py: network + UTS namespaces
 node1 and node2 joined by a veth pair), with a Slurm of two slurmd and a Ray of two nodes on it.
 
 - ``sbatch --nodes=2 slurm/train_foam.sh`` starts the Ray head on node1 and a worker on node2 through srun,
@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-import netns_cluster as nc
+import h5py
 import numpy as np
 import pytest
 from movies import assert_identical, read, run_dir, write_dxchange
@@ -29,6 +29,7 @@ from tools import EXE, REPO
 
 from phasegan_hpc.config import config_to_toml, with_overrides
 from phasegan_hpc.reconstruct import ReconstructRequest, reconstruct
+from phasegan_hpc.testbed import netns as nc
 from phasegan_hpc.train.fit import fit
 from phasegan_hpc.train.loop import run_dir_of
 
@@ -244,3 +245,49 @@ def test_training_across_hosts_survives_node_loss_with_one_host_losses(ray_hosts
 
     assert [s for s, *_ in losses(two)] == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
+
+
+# ---- the head node lost (last: it takes Slurm's controller with it) -------------------------------------------
+
+
+def test_head_node_lost_ends_with_one_line_and_rerun_resumes(ray_hosts, tmp_path):
+    rng = np.random.default_rng(3)
+    archive = tmp_path / "long.h5"
+    with h5py.File(archive, "w") as f:  # 3,000 frames for Paganin (no model): long enough to be cut
+        f["exchange/data"] = (900 + 50 * rng.random((3000, 64, 64))).astype(np.uint16)
+        f["exchange/data_white"] = np.full((2, 64, 64), 1000, np.uint16)
+        f["exchange/data_dark"] = np.full((2, 64, 64), 10, np.uint16)
+        f.attrs.update(pixel_size_m=1e-6, distance_m=0.1, energy_kev=12.4)
+    out = tmp_path / "long_paganin.h5"
+    args = [EXE, "reconstruct", archive, "--method", "paganin", "--delta-beta", 1000, "--backend", "ray",
+            "--workers", 2, "--shard-frames", 30, "--batch-size", 10, "--output", out, "--no-preview"]
+    node1, node2 = ray_hosts.hosts
+    # The driver runs on node2 (as a login node would), the head on node1.
+    driver = subprocess.Popen(node2.cmd(*map(str, args)), env=nc.ray_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((d := run_dir(out)) and len(list(d.glob("shard-*.h5"))) >= 5):
+        time.sleep(0.05)
+    node1.kill_all()
+    killed = time.time()
+    _, err = driver.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert driver.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1 and "lost the Ray head node" in lines[0] and "rerun" in lines[0], err[-3000:]
+    assert time.time() - killed < 30  # not Ray's own 60 s wait for its GCS
+    saved = len(list(run_dir(out).glob("shard-*.h5")))
+    assert 5 <= saved < 100 and not out.exists()
+    # A Ray cluster again (head and worker started anew), the same command: it resumes from the saved shards.
+    node2.kill_all()
+    for h in ray_hosts.hosts:
+        shutil.rmtree(ray_hosts.root / f"ray-{h.name}", ignore_errors=True)
+    nc.start_ray(ray_hosts)
+    proc = node2.run(*map(str, args), "--json", str(tmp_path / "rerun.json"), env=nc.ray_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "rerun.json").read_text())
+    assert summary["reused_shards"] >= saved - 2 and summary["shards"] == 100  # (those mid-write are redone)
+    ref = reconstruct(ReconstructRequest(archive, method="paganin", physics={"delta_beta": 1000},
+                                         output=tmp_path / "ref.h5", backend="local", shard_frames=30, batch_size=10,
+                                         preview=False))
+    with h5py.File(out, "r") as a, h5py.File(ref.output, "r") as b:
+        np.testing.assert_array_equal(a["phase"][()], b["phase"][()])

@@ -70,6 +70,7 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     from phasegan_hpc.bench.frc import bench_frc
     from phasegan_hpc.bench.inference import bench_inference
     from phasegan_hpc.bench.live import bench_live
+    from phasegan_hpc.bench.nodes import bench_nodes
     from phasegan_hpc.bench.pipeline import bench_pipeline
     from phasegan_hpc.bench.plan import bench_plan
     from phasegan_hpc.bench.propagator import bench_propagator
@@ -82,7 +83,7 @@ def benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
     return {"frc": bench_frc, "propagator": bench_propagator, "read": bench_read, "pipeline": bench_pipeline,
             "flatfield": bench_flatfield, "step": bench_step, "train": bench_train, "reconstruct": bench_reconstruct,
             "live": bench_live, "inference": bench_inference, "table1": bench_table1, "check": bench_check,
-            "plan": bench_plan}
+            "plan": bench_plan, "nodes": bench_nodes}
 
 
 def run_benchmark(name: str, **options: Any) -> dict[str, Any]:

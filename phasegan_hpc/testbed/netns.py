@@ -6,8 +6,8 @@ hostname (a UTS namespace per process tree, :meth:`Host.cmd`) and its own ``/etc
 filesystem, as cluster nodes see a shared file system. Traffic stays between the two namespaces: nothing
 outside them is addressed.
 
-On it, for the tests (tests/test_multinode.py) and for trying things by hand (README, "A two-host test
-cluster"):
+On it, for the tests (tests/test_multinode.py), ``phasegan-hpc bench nodes`` and trying things by hand
+(README, "A two-host test cluster"):
 
 - :func:`up`: the namespaces; with ``slurm=True`` also munged (one key, shared: its socket is a file),
   slurmctld in node1 and one slurmd per namespace (``NodeName`` / ``NodeAddr`` per node, 1 CPU each);
@@ -18,8 +18,8 @@ cluster"):
 
 By hand, as root::
 
-    python tests/netns_cluster.py up --slurm --ray   # prints the commands to use it
-    python tests/netns_cluster.py down
+    phasegan-hpc testbed up --slurm --ray   # prints the commands to use it
+    phasegan-hpc testbed down
 
 Needs root, ``ip`` (iproute2) and ``unshare``/``nsenter`` (util-linux); each missing capability is one line
 (:class:`Unavailable`).
@@ -37,9 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import slurm_cluster  # noqa: E402
+from phasegan_hpc.errors import ResourceError
+from phasegan_hpc.testbed import slurm as slurm_cluster
 
 #: The cluster's hosts: (network namespace and hostname, address on the veth pair).
 NODES = (("node1", "10.213.0.1"), ("node2", "10.213.0.2"))
@@ -52,7 +51,7 @@ RAY_HEALTH_ENV = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check
                   "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
 
-class Unavailable(RuntimeError):
+class Unavailable(ResourceError):
     """A capability the cluster needs is missing here (one line says which)."""
 
 
@@ -198,11 +197,11 @@ def ray_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_ray_node(cluster: Cluster, host: Host, mount_tmpfs: str | None = None) -> subprocess.Popen:
-    """``ray start --block`` on ``host`` (the head on the first host), 1 CPU, its own temp dir; returns the
-    process (Ray's own processes are its children, in the host's namespace)."""
+def start_ray_node(cluster: Cluster, host: Host, mount_tmpfs: str | None = None, cpus: int = 1) -> subprocess.Popen:
+    """``ray start --block`` on ``host`` (the head on the first host), ``cpus`` CPUs, its own temp dir; returns
+    the process (Ray's own processes are its children, in the host's namespace)."""
     tmp = cluster.root / f"ray-{host.name}"
-    common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={tmp}", "--object-store-memory=200000000",
+    common = [f"--num-cpus={cpus}", "--num-gpus=0", f"--temp-dir={tmp}", "--object-store-memory=200000000",
               "--disable-usage-stats", "--block", f"--node-ip-address={host.ip}"]
     if host == cluster.head:
         argv = [ray_bin(), "start", "--head", f"--port={RAY_PORT}", "--include-dashboard=false", *common]
@@ -239,30 +238,25 @@ def start_ray(cluster: Cluster) -> None:
     wait_for_ray_nodes(cluster, len(cluster.hosts))
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("up", "down"):
-        print("usage: python tests/netns_cluster.py up [--slurm] [--ray] | down", file=sys.stderr)
-        return 2
+def bring_up(slurm: bool = False, ray: bool = False) -> list[str]:
+    """:func:`up` (and :func:`start_ray`) for use by hand; the lines that say how to use the cluster.
+
+    Raises:
+        ResourceError: a missing capability, or a daemon that did not come up (the cluster is then removed).
+    """
     try:
-        if argv[0] == "down":
-            down()
-            print("cluster removed")
-            return 0
-        cluster = up(slurm="--slurm" in argv)
-        if "--ray" in argv:
+        cluster = up(slurm=slurm)
+        if ray:
             start_ray(cluster)
-    except (Unavailable, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"hosts: {', '.join(f'{h.name} {h.ip}' for h in HOSTS)}; state in {STATE}")
-    print("a shell on node1:  ip netns exec node1 unshare --uts sh -c 'hostname node1; exec bash'")
+    except RuntimeError as exc:
+        down()
+        raise ResourceError(f"{str(exc).splitlines()[0]}; the cluster was removed") from None
+    shell = "  nsenter --net=/run/netns/node1 unshare --uts --mount -- sh -c " \
+            "'hostname node1; mount --bind /etc/netns/node1/hosts /etc/hosts; exec bash'"
+    lines = [f"hosts: {', '.join(f'{h.name} {h.ip}' for h in HOSTS)}; state in {STATE}", "a shell on node1:", shell]
     if cluster.slurm is not None:
-        print(f"Slurm:  export SLURM_CONF={cluster.slurm.root / 'slurm.conf'}  (run sbatch/srun/sinfo on node1)")
-    if "--ray" in argv:
-        print(f"Ray:    export RAY_ADDRESS={HOSTS[0].ip}:{RAY_PORT}  (drivers run on node1)")
-    print("remove:  python tests/netns_cluster.py down")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+        lines.append(f"Slurm: export SLURM_CONF={cluster.slurm.root / 'slurm.conf'}  (sbatch, srun, sinfo on node1)")
+    if ray:
+        lines.append(f"Ray:   export RAY_ADDRESS={HOSTS[0].ip}:{RAY_PORT}  (drivers on node1 or node2)")
+    lines.append("remove: phasegan-hpc testbed down")
+    return lines

@@ -1,6 +1,6 @@
 """A real Slurm cluster for tests: munged, slurmctld and slurmd from Debian, all under one directory, stopped
 by the PIDs this module started (nothing else on the machine is touched). One node (this machine, on free
-ports), or one node per host of the two-host namespace cluster (``hosts``, tests/netns_cluster.py: slurmctld
+ports), or one node per host of the two-host namespace cluster (``hosts``, testbed/netns.py: slurmctld
 on the first host, one slurmd per host, the standard ports inside each namespace, munged shared).
 
 Three settings are there for the speed of the requeue tests (tests/test_slurm_requeue.py): a requeued job
@@ -34,7 +34,7 @@ class SlurmCluster:
     root: Path
     env: dict[str, str]
     procs: list[subprocess.Popen] = field(default_factory=list)
-    hosts: tuple = ()  # netns_cluster.Host of each node; () for the one-node cluster on this machine
+    hosts: tuple = ()  # netns.Host of each node; () for the one-node cluster on this machine
 
     def command(self, *args: str) -> list[str]:
         """``args`` as a client command: on the first host of a namespace cluster (where slurmctld listens)."""
@@ -80,7 +80,7 @@ class SlurmCluster:
 
 def start(root: Path, cpus: int = 2, memory_mb: int = 8000, hosts: tuple = ()) -> SlurmCluster:
     """Start munged, slurmctld and slurmd (foreground processes) with state under ``root``; with ``hosts``
-    (tests/netns_cluster.py), slurmctld on the first and one slurmd of 1 CPU on each.
+    (testbed/netns.py), slurmctld on the first and one slurmd of 1 CPU on each.
 
     Raises:
         RuntimeError: a command is missing (``make test`` installs slurm-wlm and munge) or a daemon

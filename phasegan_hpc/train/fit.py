@@ -24,7 +24,14 @@ from typing import Any
 import tomllib
 import torch
 
-from phasegan_hpc.cluster import check_resources, check_shared, check_storage, connect_ray, disconnect_ray
+from phasegan_hpc.cluster import (
+    HeadWatch,
+    check_resources,
+    check_shared,
+    check_storage,
+    connect_ray,
+    disconnect_ray,
+)
 from phasegan_hpc.config import Config, config_from_dict, config_to_toml
 from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.errors import PhaseganError, ResourceError, TrainingError
@@ -83,7 +90,8 @@ def fit(cfg: Config, *, workers: int = 1, cpus_per_worker: float = 1.0, gpus_per
         # rank 0 writes the run under storage, every rank reads the data: every node must see both
         check_shared([storage], sorted(Path(cfg.train.data_dir).glob("*.h5")), "storage")
         trainer = make_trainer(cfg, storage, workers, cpus_per_worker, gpus_per_worker, max_failures)
-        result = _fit_with_progress(trainer, run_dir_of(cfg), total, progress, max_failures)
+        with HeadWatch() as head:
+            result = _fit_with_progress(trainer, run_dir_of(cfg), total, progress, max_failures, head)
         return _summary(cfg, result)
     finally:
         disconnect_ray(started)
@@ -121,7 +129,8 @@ def make_trainer(cfg: Config, storage: Path, workers: int, cpus: float, gpus: fl
     )
 
 
-def _fit_with_progress(trainer, run_dir: Path, total: int, progress: ProgressFn | None, max_failures: int = 0):
+def _fit_with_progress(trainer, run_dir: Path, total: int, progress: ProgressFn | None, max_failures: int = 0,
+                       head: HeadWatch | None = None):
     """``trainer.fit()`` in a thread while this one reports progress and says when Ray Train restarted the
     workers from a checkpoint (one line each); worker errors become one line."""
     box: dict[str, Any] = {}
@@ -138,10 +147,13 @@ def _fit_with_progress(trainer, run_dir: Path, total: int, progress: ProgressFn 
     last_step, seen = -1, before + 1
     while thread.is_alive():
         thread.join(1.0)
+        if head is not None:
+            head.check(f"the checkpoints of run {run_dir} stay")
         rec = latest_losses(run_dir)
         starts = start_steps(run_dir)
         for step in starts[seen:]:  # Ray Train started the workers again: a worker or its node was lost
-            redo = f"; steps {step + 1}-{last_step} are done again" if last_step > step else ""
+            redo = (f"; step {last_step} is done again" if last_step == step + 1 else
+                    f"; steps {step + 1}-{last_step} are done again" if last_step > step else "")
             notice(f"training restarted after a lost worker (failure {len(starts) - before - 1} of at most "
                    f"{max_failures}): resumed from its checkpoint at step {step}{redo}")
         seen = max(seen, len(starts))

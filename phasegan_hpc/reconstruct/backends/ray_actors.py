@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import ray
 import torch
 
-from phasegan_hpc.cluster import check_resources, check_shared, connect_ray, disconnect_ray
+from phasegan_hpc.cluster import HeadWatch, check_resources, check_shared, connect_ray, disconnect_ray
 from phasegan_hpc.errors import DataError, PhaseganError, ResourceError
 from phasegan_hpc.reconstruct.backends import Advance, check_device
 from phasegan_hpc.reconstruct.plan import Shard
@@ -114,6 +114,7 @@ class RayBackend:
                                                 max_restarts=0, max_concurrency=2)
         actors: list = []
         self.replaced, self.lost = 0, []
+        head = HeadWatch()
         try:
             n = self.workers or default_workers(self.cpus_per_worker, self.gpus_per_worker)
             if (known := source.pending()) is not None:
@@ -122,6 +123,7 @@ class RayBackend:
             # every node must write its shards where the driver assembles them and read the archive we read
             check_shared([Path(j.shards_dir) for j in jobs], [f for j in jobs for f in _archive_files(j)],
                          "the output's shard directory")
+            head.__enter__()
             starting: dict[Any, Any] = {}  # host() call -> actor: given work once it answers
             hosts: dict[Any, str] = {}  # actor -> where it runs
 
@@ -137,6 +139,7 @@ class RayBackend:
             rows: list[dict[str, Any]] = []
             shown = done_frames = 0
             while in_flight or not source.exhausted():
+                head.check(f"the {len(rows)} shard(s) finished in this run are saved")
                 if starting:  # actors that have started join the idle ones
                     up, _ = ray.wait(list(starting), num_returns=len(starting),
                                      timeout=0 if (idle or in_flight) else POLL_S)
@@ -183,9 +186,11 @@ class RayBackend:
                     shown = now
             return rows
         finally:
-            for actor in actors:
-                ray.kill(actor, no_restart=True)
-            disconnect_ray(started)
+            head.__exit__()
+            if not head.lost.is_set():  # without a head, ray.kill would wait for it; the actors die with it
+                for actor in actors:
+                    ray.kill(actor, no_restart=True)
+                disconnect_ray(started)
 
     def _lose(self, shard: Shard | None, where: str, exc: BaseException) -> None:
         """Count a lost actor and say so (one line on stderr, kept in :attr:`lost`)."""
