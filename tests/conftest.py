@@ -67,9 +67,9 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    """One real one-node Slurm cluster (tests/slurm_cluster.py) for the whole session: test_slurm.py's and
+    """One real one-node Slurm cluster (phasegan_hpc/testbed/slurm.py) for the whole session: test_slurm.py's and
     test_slurm_requeue.py's jobs share it, so its daemons start once."""
-    import slurm_cluster
+    from phasegan_hpc.testbed import slurm as slurm_cluster
 
     cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
     try:

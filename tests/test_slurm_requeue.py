@@ -1,4 +1,4 @@
-"""Slurm time limits on a real one-node Slurm (tests/slurm_cluster.py): slurm/requeue.sh's signal and requeue
+"""Slurm time limits on a real one-node Slurm (phasegan_hpc/testbed/slurm.py): slurm/requeue.sh's signal and requeue
 paths driven by the test (`scancel --signal`, `scontrol requeue`, `scancel`; the signal path through
 slurm/tune.sh, which resumes its search when requeued), and one `sbatch --time=2 slurm/train_foam.sh` whose
 training outlasts its limit and ends, after requeues, with the losses of an uninterrupted run."""
