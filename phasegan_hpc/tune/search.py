@@ -39,7 +39,7 @@ from phasegan_hpc.models.artifact import PhaseModel
 from phasegan_hpc.physics.geometry import Geometry
 from phasegan_hpc.train.fit import make_trainer
 from phasegan_hpc.train.loop import link_latest, train_loop
-from phasegan_hpc.train.session import RaySession, load_checkpoint
+from phasegan_hpc.train.session import RaySession, latest_checkpoint, load_checkpoint
 from phasegan_hpc.train.step import PAIRED_METHODS
 from phasegan_hpc.tune.figures import search_figure
 
@@ -227,16 +227,16 @@ def _export_best(best: dict[str, Any], cfg: Config, geometry: Geometry, path: Pa
     """G_O of the best trial's last checkpoint as ``model.pt`` (early-stopped trials have no model.pt).
 
     Single-device trials checkpoint through Tune; multi-worker trials through their own Ray Train run in
-    ``run_dir`` (``checkpoint_*`` directories, the newest last by name)."""
+    ``run_dir`` (its newest checkpoint: :func:`~phasegan_hpc.train.session.latest_checkpoint`)."""
     ckpt = best["checkpoint"]
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_checkpoint(Path(d))
     else:
-        train_ckpts = sorted(p for p in run_dir.glob("checkpoint_*") if (p / "checkpoint.pt").is_file())
-        if not train_ckpts:
+        latest = latest_checkpoint(run_dir)
+        if latest is None:
             raise DataError(f"best trial {best['trial']} left no checkpoint")
-        state = load_checkpoint(train_ckpts[-1])
+        state = load_checkpoint(latest)
     info = {"step": int(state["step"]), "config": config_to_toml(cfg), "tuned_metric": cfg.tune.metric,
             "trial": best["trial"]}
     PhaseModel.for_run(cfg, state["generators"], Normalisation.from_dict(state["normalisation"]), geometry,
