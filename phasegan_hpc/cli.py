@@ -372,10 +372,12 @@ def train(config_path: Path | None, data_dir: Path | None, method: str | None, e
 @click.option("--workers-per-trial", type=COUNT, default=1, show_default=True,
               help="> 1: each trial runs a Ray Train TorchTrainer with this many workers.")
 @click.option("--max-epochs", type=COUNT, default=None, help="Epochs per trial (default: [tune] max_epochs).")
+@click.option("--max-failures", type=NATURAL, default=2, show_default=True,
+              help="Failures each trial recovers from (a lost trial restarts from its latest checkpoint).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted search without redoing finished trials.")
 def tune(trials: int, config_path: Path | None, data_dir: Path | None, name: str, runs_dir: Path | None,
          gpus_per_trial: float, cpus_per_trial: float, workers_per_trial: int, max_epochs: int | None,
-         resume: bool) -> None:
+         max_failures: int, resume: bool) -> None:
     """Search the loss weights alpha_cyc / alpha_frc with Ray Tune (Optuna TPE + ASHA)."""
     from phasegan_hpc.config import load_config, with_overrides
     from phasegan_hpc.tune.search import run_search
@@ -385,7 +387,7 @@ def tune(trials: int, config_path: Path | None, data_dir: Path | None, name: str
         "train.runs_dir": None if runs_dir is None else str(runs_dir)})
     result = run_search(cfg, trials=trials, name=name, workers_per_trial=workers_per_trial,
                         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_epochs=max_epochs,
-                        resume=resume)
+                        max_failures=max_failures, resume=resume)
     console().print(search_table(result.rows, cfg.tune.metric, f"{result.directory}"))
     _err.print(f"wrote {', '.join(str(p) for p in result.files.values())}")
 

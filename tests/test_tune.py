@@ -1,5 +1,6 @@
 """`phasegan-hpc tune`: Optuna TPE + ASHA over real Ray Tune trials on the tiny config (CPU)."""
 
+import csv
 import json
 import os
 import shutil
@@ -95,7 +96,58 @@ def test_interrupted_search_resumes_without_repeating_trials(ray_cluster, tiny_d
         assert [r["step"] for r in recs if r.get("event") == "start"] == [0], name
 
 
+def test_a_lost_trial_restarts_from_its_checkpoint(ray_cluster, tiny_data, tmp_path):
+    """`phasegan-hpc tune --max-failures 1`: once the trial has reported its first epoch (with its checkpoint),
+    its process is killed (SIGKILL, as a lost node); Tune starts the trial again, which resumes at that
+    checkpoint's step (not at 0) and finishes its epochs; the search ends as if nothing had happened."""
+    cfg = tune_config(tiny_data, tmp_path / "runs", **{"train.log_every": 1})
+    (tmp_path / "c.toml").write_text(config_to_toml(cfg))
+    args = [EXE, "tune", "--trials", "1", "--config", str(tmp_path / "c.toml"), "--name", "lost",
+            "--max-epochs", "3", "--max-failures", "1"]
+    search = tmp_path / "runs" / "tune-lost"
+
+    def reported() -> dict | None:  # the trial's last result as Tune's driver logged it (result.json)
+        for path in search.glob("trial_*/result.json"):
+            lines = [ln for ln in path.read_text().splitlines() if ln.endswith("}")]
+            if lines:
+                return json.loads(lines[-1])
+        return None
+
+    t0 = time.time()
+    proc = subprocess.Popen(args, env=dict(os.environ, RAY_ADDRESS=ray_cluster), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and not (reported() or {}).get("epoch"):
+            time.sleep(0.2)
+        first = reported()
+        assert first and first["step"] in (4, 8), first  # an epoch end (4 steps each), reported with its checkpoint
+        assert Path(f"/proc/{first['pid']}/cmdline").read_bytes().startswith(b"ray::"), first  # the trial's actor
+        os.kill(first["pid"], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    print(f"lost-trial search: {time.time() - t0:.1f} s")
+    assert proc.returncode == 0, out[-3000:]
+    (trial,) = (search / "trials").iterdir()
+    recs = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    starts = [i for i, r in enumerate(recs) if r.get("event") == "start"]
+    resumed = recs[starts[-1]]["step"]
+    assert len(starts) == 2 and resumed >= first["step"], recs  # resumed from the checkpoint, not from step 0
+    assert sorted({r["step"] for r in recs[starts[-1]:] if "event" not in r}) == list(range(resumed + 1, 13))
+    assert reported()["pid"] != first["pid"] and reported()["epoch"] == 3
+    (row,) = csv.DictReader((search / "trials.csv").read_text().splitlines())
+    assert row["error"] == "False" and float(row["epochs"]) == 3
+    assert load_model(search / "model.pt").info["step"] == 12
+
+
 def test_defaults_and_bad_input(tmp_path, tiny_data):
+    import inspect
+
+    from phasegan_hpc.cli import tune
+
+    options = {p.name: p.default for p in tune.params}
+    assert options["max_failures"] == inspect.signature(run_search).parameters["max_failures"].default == 2
     proc = subprocess.run([EXE, "tune", "--trials", "64"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

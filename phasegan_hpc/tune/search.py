@@ -4,7 +4,9 @@ One trial = one training run of :func:`phasegan_hpc.train.loop.train_loop`. A si
 plain Tune function whose Session reports with ``ray.tune.report`` and checkpoints at every epoch end;
 with ``workers_per_trial > 1`` the trial function launches a Ray Train ``TorchTrainer`` whose reports
 reach Tune through ``TuneReportCallback``. Optuna's TPE proposes the weights, ASHA stops poor trials
-after ``[tune] grace_epochs``. The tuned metric (default ``val_unpaired``) needs no paired truth.
+after ``[tune] grace_epochs``. The tuned metric (default ``val_unpaired``) needs no paired truth. A trial
+that is lost (its process killed, its node gone) restarts from its latest checkpoint, up to ``max_failures``
+times (``tune.FailureConfig``).
 
 Outputs under ``STORAGE/tune-NAME/``: ``trials.csv`` (every trial's weights and metrics), ``best.toml``
 (a config ``phasegan-hpc train --config`` accepts), ``model.pt`` (the best trial's G_O; ``STORAGE/latest``
@@ -61,15 +63,17 @@ def trial_config(base: Config, params: dict[str, float], trials_dir: Path, trial
 
 
 def _trial(params: dict[str, float], base_toml: str, trials_dir: str, max_epochs: int, workers: int,
-           cpus_per_worker: float, gpus_per_worker: float) -> None:
-    """The Tune function: one training run with the proposed weights."""
+           cpus_per_worker: float, gpus_per_worker: float, max_failures: int) -> None:
+    """The Tune function: one training run with the proposed weights. Restarted after a failure, it resumes:
+    a single-device trial from Tune's checkpoint (``RaySession.restore``: ``tune.get_checkpoint()``), a
+    multi-worker one from its Ray Train run's (the same name and storage)."""
     base = config_from_dict(tomllib.loads(base_toml))
     cfg = trial_config(base, params, Path(trials_dir), tune.get_context().get_trial_name(), max_epochs)
     if workers <= 1:
         torch.set_num_threads(max(1, int(cpus_per_worker)))
         train_loop(cfg, RaySession.tune_trial())
         return
-    trainer = make_trainer(cfg, Path(trials_dir), workers, cpus_per_worker, gpus_per_worker, max_failures=1,
+    trainer = make_trainer(cfg, Path(trials_dir), workers, cpus_per_worker, gpus_per_worker, max_failures,
                            callbacks=[TuneReportCallback()])
     trainer.fit()
 
@@ -95,8 +99,13 @@ class SearchResult:
 
 
 def run_search(cfg: Config, *, trials: int, name: str, workers_per_trial: int = 1, cpus_per_trial: float = 1.0,
-               gpus_per_trial: float = 0.0, max_epochs: int | None = None, resume: bool = False) -> SearchResult:
+               gpus_per_trial: float = 0.0, max_epochs: int | None = None, max_failures: int = 2,
+               resume: bool = False) -> SearchResult:
     """Search the loss weights of ``cfg.train.method`` on ``cfg.train.data_dir``.
+
+    A trial that fails (its process killed, its node lost, or an error) is restarted from its latest
+    checkpoint, up to ``max_failures`` times (a multi-worker trial also recovers that many lost workers);
+    then it counts as errored. A resumed search keeps the ``max_failures`` it was started with.
 
     Raises:
         DataError: data missing (with the command that makes it), no held-out detector frames, a paired
@@ -105,8 +114,8 @@ def run_search(cfg: Config, *, trials: int, name: str, workers_per_trial: int = 
     """
     if cfg.train.method in PAIRED_METHODS:
         raise DataError(f"tune searches the cycle weights of phasegan / cyclegan, not {cfg.train.method}")
-    if trials < 1 or workers_per_trial < 1 or cpus_per_trial <= 0 or gpus_per_trial < 0:
-        raise ResourceError("need trials >= 1, workers per trial >= 1, cpus > 0, gpus >= 0")
+    if trials < 1 or workers_per_trial < 1 or cpus_per_trial <= 0 or gpus_per_trial < 0 or max_failures < 0:
+        raise ResourceError("need trials >= 1, workers per trial >= 1, cpus > 0, gpus >= 0, max failures >= 0")
     data_dir = Path(cfg.train.data_dir)
     data = open_training_data(data_dir, paired=False, upsample=cfg.model.upsample)
     if data.validation is None:
@@ -128,7 +137,7 @@ def run_search(cfg: Config, *, trials: int, name: str, workers_per_trial: int = 
         per_worker_gpu = gpus_per_trial / workers_per_trial
         check_resources(workers_per_trial, per_worker_cpu, per_worker_gpu)
         results = _fit(base, directory, trials, epochs, workers_per_trial, per_worker_cpu, per_worker_gpu,
-                       cpus_per_trial, gpus_per_trial, resume)
+                       cpus_per_trial, gpus_per_trial, max_failures, resume)
         return _write_outputs(base, directory, results, data.geometry, epochs)
     finally:
         disconnect_ray(started)
@@ -140,12 +149,12 @@ def trial_name(trial) -> str:
 
 
 def _fit(base: Config, directory: Path, trials: int, epochs: int, workers: int, cpu_w: float, gpu_w: float,
-         cpus: float, gpus: float, resume: bool):
+         cpus: float, gpus: float, max_failures: int, resume: bool):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t = base.tune
     trainable = tune.with_parameters(
         _trial, base_toml=config_to_toml(base), trials_dir=str(directory / TRIALS_DIR), max_epochs=epochs,
-        workers=workers, cpus_per_worker=cpu_w, gpus_per_worker=gpu_w)
+        workers=workers, cpus_per_worker=cpu_w, gpus_per_worker=gpu_w, max_failures=max_failures)
     # A multi-worker trial only orchestrates; its TorchTrainer holds the workers' resources (Tune needs a
     # non-empty request: one byte of memory).
     resources = {"cpu": 0, "memory": 1} if workers > 1 else {"cpu": cpus, "gpu": gpus}
@@ -163,7 +172,8 @@ def _fit(base: Config, directory: Path, trials: int, epochs: int, workers: int, 
                                     max_concurrent_trials=t.max_concurrent or None,
                                     trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=directory.name, storage_path=str(directory.parent), verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
     return tuner.fit()
 
