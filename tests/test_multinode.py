@@ -9,7 +9,7 @@ node1 and node2 joined by a veth pair), with a Slurm of two slurmd and a Ray of 
   identical, with only the lost shard redone; mid-training: Ray Train restores the last checkpoint and the
   losses equal a one-host 2-worker run's.
 
-One cluster for the session, torn down at its end leaving no process, namespace or file behind.
+One cluster for all of them, torn down at the end leaving no process, namespace or file behind.
 """
 
 import json
@@ -36,9 +36,10 @@ from phasegan_hpc.train.loop import run_dir_of
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def hosts():
-    """The two hosts with Slurm on them (Ray is started by ``ray_hosts``, when first needed)."""
+    """The two hosts with Slurm on them (Ray is started by ``ray_hosts``, when first needed). Only this module
+    uses them: they go at its end, so their daemons do not idle beside the rest of the suite."""
     try:
         cluster = nc.up(slurm=True)
     except nc.Unavailable as exc:
@@ -52,7 +53,7 @@ def hosts():
         assert not any(Path("/etc/netns", h.name).exists() for h in nc.HOSTS) and not nc.STATE.exists()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_hosts(hosts):
     nc.start_ray(hosts)
     return hosts

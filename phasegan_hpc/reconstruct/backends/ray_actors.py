@@ -151,11 +151,11 @@ class RayBackend:
                             if getattr(exc, "actor_init_failed", False) or self.replaced >= self.max_replacements:
                                 raise _ray_failure(exc, None) from None
                             actors.remove(actor)
-                            self._lose(None, "a starting worker", exc)
+                            self._lose(None, "a host not yet known", exc)
                             start_actor()
                             continue
                         idle.append(actor)
-                wait_s = 0.0 if (in_flight or starting) else POLL_S  # nothing running: wait on the source instead
+                wait_s = 0.0 if in_flight else POLL_S  # nothing running: wait on the source instead
                 while idle and (task := source.take(wait_s)) is not None:
                     actor = idle.pop()
                     in_flight[actor.run.remote(task)] = (actor, task)
