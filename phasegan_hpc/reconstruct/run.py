@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -445,6 +446,17 @@ def _archive_of(r: ReconstructRequest) -> Archive:
                                    r.flats_reduction, r.eigenflats)
 
 
+@contextlib.contextmanager
+def _checked_request(request: ReconstructRequest) -> Iterator[tuple[Archive, FrameReader, _Checked]]:
+    """The request's archive, a reader of it (closed on exit) and every check a run makes before work."""
+    archive = _archive_of(request)
+    reader = FrameReader(archive)
+    try:
+        yield archive, reader, _checked(request, archive, reader)
+    finally:
+        reader.close()
+
+
 def dry_run(request: ReconstructRequest) -> DryRun:
     """What ``reconstruct`` would do (``--dry-run``): every check, the plan, the output's size bound and the
     geometry with its sources; nothing is written and no worker starts.
@@ -452,12 +464,8 @@ def dry_run(request: ReconstructRequest) -> DryRun:
     Raises:
         DataError, ResourceError: what the run itself would refuse before starting.
     """
-    archive = _archive_of(request)
-    reader = FrameReader(archive)
-    try:
-        c = _checked(request, archive, reader)
-    finally:
-        reader.close()
+    with _checked_request(request) as (archive, _, c):
+        pass
     g = c.geometry
     return DryRun(archive=archive.path, dataset=archive.dataset, frames=archive.n_frames,
                   frame_shape=archive.frame_shape, roi=archive.roi, selection=archive.frames,
@@ -493,13 +501,8 @@ def planned_manifest(request: ReconstructRequest) -> dict[str, Any]:
     Raises:
         DataError, ResourceError: what the run itself would refuse before starting.
     """
-    archive = _archive_of(request)
-    reader = FrameReader(archive)
-    try:
-        c = _checked(request, archive, reader)
+    with _checked_request(request) as (archive, reader, c):
         return manifest(archive, _identity(request, archive, reader, c), c.plan)
-    finally:
-        reader.close()
 
 
 def _prepare(request: ReconstructRequest, backend: Backend, archive: Archive, reader: FrameReader) -> Prepared:
