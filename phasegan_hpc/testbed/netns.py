@@ -170,7 +170,16 @@ def up(root: Path = STATE, slurm: bool = False) -> Cluster:
 
 
 def down(root: Path = STATE) -> None:
-    """Remove everything :func:`up` and :func:`start_ray` made (see the module docstring)."""
+    """Remove everything :func:`up` and :func:`start_ray` made (see the module docstring).
+
+    Raises:
+        Unavailable: namespaces of these names exist but are not this cluster's (no state under ``root``):
+            their processes are not ours to kill.
+    """
+    existing = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    if existing & {h.name for h in HOSTS} and not (root / "cluster.json").exists():
+        raise Unavailable(f"network namespaces {sorted(existing & {h.name for h in HOSTS})} are not this cluster's "
+                          f"(no {root / 'cluster.json'}): left as they are")
     for h in HOSTS:
         if h.name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split():
             h.kill_all()
