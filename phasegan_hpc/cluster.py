@@ -155,7 +155,7 @@ class HeadWatch:
     message of its own; a driver that calls :meth:`check` in its loop ends instead with one clear line
     (:class:`HeadLost`) a few seconds after the head stops answering, and what it saved stays for a rerun.
 
-    Use as a context manager after :func:`connect_ray`.
+    :meth:`start` it (or use it as a context manager) after :func:`connect_ray`.
     """
 
     def __init__(self, period_s: float = 1.0, misses: int = 3) -> None:
@@ -164,15 +164,21 @@ class HeadWatch:
         self.lost = threading.Event()
         self._stop = threading.Event()
 
-    def __enter__(self) -> HeadWatch:
+    def start(self) -> None:
         import ray
 
         self.address = ray.get_runtime_context().gcs_address
         threading.Thread(target=self._watch, name="ray-head-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def __enter__(self) -> HeadWatch:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+        self.stop()
 
     def _watch(self) -> None:
         import socket

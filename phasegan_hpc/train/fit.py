@@ -37,7 +37,7 @@ from phasegan_hpc.data.frames import open_training_data
 from phasegan_hpc.errors import PhaseganError, ResourceError, TrainingError
 from phasegan_hpc.models.artifact import load_model
 from phasegan_hpc.progress import ProgressFn
-from phasegan_hpc.train.logs import check_mlflow, latest_losses, mlflow_environment, start_steps
+from phasegan_hpc.train.logs import check_mlflow, mlflow_environment, run_progress
 from phasegan_hpc.train.loop import check_init_from, network_shapes, run_dir_of, steps_per_epoch, train_loop
 from phasegan_hpc.train.session import RaySession
 from phasegan_hpc.train.step import PAIRED_METHODS
@@ -141,7 +141,7 @@ def _fit_with_progress(trainer, run_dir: Path, total: int, progress: ProgressFn 
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             box["error"] = exc
 
-    before = len(start_steps(run_dir))  # this run's earlier starts (a rerun resumes): not restarts
+    before = len(run_progress(run_dir)[1])  # this run's earlier starts (a rerun resumes): not restarts
     thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
     thread.start()
     last_step, seen = -1, before + 1
@@ -149,12 +149,12 @@ def _fit_with_progress(trainer, run_dir: Path, total: int, progress: ProgressFn 
         thread.join(1.0)
         if head is not None:
             head.check(f"the checkpoints of run {run_dir} stay")
-        rec = latest_losses(run_dir)
-        starts = start_steps(run_dir)
-        for step in starts[seen:]:  # Ray Train started the workers again: a worker or its node was lost
+        rec, starts = run_progress(run_dir)
+        for k in range(seen, len(starts)):  # Ray Train started the workers again: a worker or its node was lost
+            step = starts[k]
             redo = (f"; step {last_step} is done again" if last_step == step + 1 else
                     f"; steps {step + 1}-{last_step} are done again" if last_step > step else "")
-            notice(f"training restarted after a lost worker (failure {len(starts) - before - 1} of at most "
+            notice(f"training restarted after a lost worker (failure {k - before} of at most "
                    f"{max_failures}): resumed from its checkpoint at step {step}{redo}")
         seen = max(seen, len(starts))
         if rec is not None and rec["step"] != last_step:

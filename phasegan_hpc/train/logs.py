@@ -96,38 +96,27 @@ class JsonlSink:
         pass
 
 
-def latest_losses(run_dir: Path) -> dict[str, float] | None:
-    """The last training-loss record of ``run_dir/metrics.jsonl`` (for progress shown by a driver)."""
+def run_progress(run_dir: Path) -> tuple[dict[str, float] | None, list[int]]:
+    """What a driver shows of ``run_dir/metrics.jsonl``, from one read of it: the last training-loss record
+    (None before the first), and the step of every start still recorded (its ``"event": "start"`` records: the
+    first start, then one per resume, by a rerun or by Ray Train after a lost worker)."""
     try:
         lines = (Path(run_dir) / METRICS_FILE).read_text().splitlines()
     except OSError:
-        return None
-    for line in reversed(lines):
+        return None, []
+    latest, starts = None, []
+    for line in lines:
+        if '"loss_g"' not in line and '"start"' not in line:
+            continue  # parse only the records wanted
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line being written
         if "loss_g" in rec:
-            return rec
-    return None
-
-
-def start_steps(run_dir: Path) -> list[int]:
-    """The step of every start of the run still in ``run_dir/metrics.jsonl`` (its ``"event": "start"`` records:
-    the first start, then one per resume, by a rerun or by Ray Train after a lost worker)."""
-    try:
-        lines = (Path(run_dir) / METRICS_FILE).read_text().splitlines()
-    except OSError:
-        return []
-    steps = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written
-        if rec.get("event") == "start":
-            steps.append(int(rec.get("step", 0)))
-    return steps
+            latest = rec
+        elif rec.get("event") == "start":
+            starts.append(int(rec.get("step", 0)))
+    return latest, starts
 
 
 class TensorBoardSink:

@@ -123,7 +123,7 @@ class RayBackend:
             # every node must write its shards where the driver assembles them and read the archive we read
             check_shared([Path(j.shards_dir) for j in jobs], [f for j in jobs for f in _archive_files(j)],
                          "the output's shard directory")
-            head.__enter__()
+            head.start()
             starting: dict[Any, Any] = {}  # host() call -> actor: given work once it answers
             hosts: dict[Any, str] = {}  # actor -> where it runs
 
@@ -186,7 +186,7 @@ class RayBackend:
                     shown = now
             return rows
         finally:
-            head.__exit__()
+            head.stop()
             if not head.lost.is_set():  # without a head, ray.kill would wait for it; the actors die with it
                 for actor in actors:
                     ray.kill(actor, no_restart=True)
